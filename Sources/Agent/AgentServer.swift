@@ -1,0 +1,165 @@
+import AsyncHTTPClient
+import Foundation
+import HostKit
+import HTTPTypes
+import Hummingbird
+import Hypervisor
+import Logging
+import OpenAPIAsyncHTTPClient
+import ServerKit
+import ServiceLifecycle
+import ShepherdAPI
+import ShepherdCore
+
+/// A datastore this host sees, as given on the agent's command line.
+public struct DatastoreMount: Sendable, Equatable {
+    public var name: String
+    public var kind: String
+    public var path: String
+    public init(name: String, kind: String, path: String) { self.name = name; self.kind = kind; self.path = path }
+
+    /// Parses `NAME=PATH[,shared|,local]`; a clear error names the flag.
+    public static func parse(_ value: String) throws -> DatastoreMount {
+        let parts = value.split(separator: "=", maxSplits: 1).map(String.init)
+        guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+            throw ShepherdError.invalidField("--datastore", "'\(value)' must be NAME=PATH[,shared|,local]")
+        }
+        var path = parts[1]
+        var kind = "local"
+        for suffix in ["shared", "local"] where path.hasSuffix("," + suffix) {
+            kind = suffix
+            path.removeLast(suffix.count + 1)
+        }
+        try Validate.name(parts[0], field: "--datastore")
+        guard path.hasPrefix("/") else { throw ShepherdError.invalidField("--datastore", "'\(path)' must be an absolute path") }
+        return DatastoreMount(name: parts[0], kind: kind, path: path)
+    }
+}
+
+/// How an agent runs.
+public struct AgentConfiguration: Sendable {
+    public var name: String
+    public var cluster: String
+    public var managerURL: String
+    public var listen: String
+    /// The URL the manager uses to reach this agent.
+    public var advertiseURL: String
+    public var stateDirectory: String
+    public var joinTokenFile: String?
+    public var datastores: [DatastoreMount]
+    /// "qemu" or "fake" (tests of manager logic only).
+    public var driver: String
+    /// "auto" (probe), "kvm" or "tcg".
+    public var accelerator: String
+
+    public init(name: String, cluster: String, managerURL: String, listen: String, advertiseURL: String, stateDirectory: String,
+                joinTokenFile: String?, datastores: [DatastoreMount], driver: String, accelerator: String) {
+        self.name = name; self.cluster = cluster; self.managerURL = managerURL; self.listen = listen
+        self.advertiseURL = advertiseURL; self.stateDirectory = stateDirectory; self.joinTokenFile = joinTokenFile
+        self.datastores = datastores; self.driver = driver; self.accelerator = accelerator
+    }
+}
+
+/// The agent process: joins the manager, beats every 2 s, serves the manager→agent API.
+public enum AgentServer {
+    public static let version = "0.1.0"
+
+    public static func run(_ configuration: AgentConfiguration) async throws {
+        var logger = Logger(label: "shepherd.agent.\(configuration.name)")
+        logger.logLevel = .info
+        try Files.ensureDirectory(configuration.stateDirectory, mode: 0o700)
+        for datastore in configuration.datastores { try Files.ensureDirectory(datastore.path, mode: 0o755) }
+
+        let driver: any HypervisorDriver
+        switch configuration.driver {
+        case "fake":
+            driver = FakeDriver()
+        case "qemu":
+            let accelerator = configuration.accelerator == "auto" ? await AcceleratorProbe.choose() : configuration.accelerator
+            let qemu = try QEMUDriver(stateDirectory: configuration.stateDirectory, accelerator: accelerator)
+            let adopted = try await qemu.adopt()
+            let running = adopted.filter { $0.power == .running || $0.power == .paused }
+            logger.info("accelerator \(accelerator); \(adopted.count) VM(s) defined here, \(running.count) QEMU process(es) adopted")
+            driver = qemu
+        default:
+            throw ShepherdError.invalidField("--driver", "'\(configuration.driver)' must be qemu or fake")
+        }
+
+        let manager = ManagerLink(configuration: configuration, driver: driver, logger: logger)
+        let credential = try await manager.joinOrResume()
+        let (host, port) = try parseListen(configuration.listen)
+        let router = Router()
+        router.middlewares.add(ErrorMiddleware())
+        router.middlewares.add(AgentAuth(link: manager))
+        AgentRoutes(driver: driver).register(on: router)
+        let app = Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: "shepherd-agent"),
+                              logger: logger)
+        logger.info("agent \(configuration.name) serving on \(configuration.listen) as host \(credential.hostId)")
+        let group = ServiceGroup(configuration: .init(services: [.init(service: app), .init(service: manager)],
+                                                      gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+
+    static func parseListen(_ value: String) throws -> (String, Int) {
+        guard let colon = value.lastIndex(of: ":"), let port = Int(value[value.index(after: colon)...]), (1...65535).contains(port) else {
+            throw ShepherdError.invalidField("--listen", "'\(value)' must be host:port")
+        }
+        return (String(value[..<colon]), port)
+    }
+}
+
+/// The credential an agent got when it joined (its host id and secret).
+struct Credential: Codable, Sendable {
+    var hostId: String
+    var token: String
+    var managerURL: String
+}
+
+/// Only the manager, holding this host's secret, may call the agent.
+struct AgentAuth<Context: RequestContext>: RouterMiddleware {
+    let link: ManagerLink
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard let token = BearerAuth.token(in: request) else { throw BearerAuth.missing }
+        guard let expected = link.credential.withLock({ $0?.token }), BearerAuth.matches(token, expected) else { throw BearerAuth.wrong }
+        return try await next(request, context)
+    }
+}
+
+/// The manager→agent API: thin handlers over the driver.
+struct AgentRoutes: Sendable {
+    let driver: any HypervisorDriver
+
+    func register(on router: Router<BasicRequestContext>) {
+        let vms = router.group("/agent/v1/vms")
+        vms.get { _, _ in JSONResponse.make(await driver.statuses()) }
+        vms.put(":id") { request, context in
+            let definition = try await request.decode(as: AgentWire.VMDefinition.self, context: context)
+            guard definition.id == (try context.parameters.require("id")) else {
+                throw ShepherdError.invalidField("id", "the body's id must match the path")
+            }
+            return JSONResponse.make(try await driver.define(definition))
+        }
+        vms.get(":id") { _, context in JSONResponse.make(try await driver.status(context.parameters.require("id"))) }
+        vms.delete(":id") { _, context in
+            let id = try context.parameters.require("id")
+            try await driver.delete(id)
+            return JSONResponse.make(AgentWire.GuestStatus(vmId: id, power: .stopped, toolsRunning: false, reason: "deleted"))
+        }
+        vms.post(":id/start") { _, context in JSONResponse.make(try await driver.start(context.parameters.require("id"))) }
+        vms.post(":id/stop") { request, context in
+            let body = try await request.decode(as: AgentWire.PowerRequest.self, context: context)
+            return JSONResponse.make(try await driver.stop(context.parameters.require("id"), force: body.force))
+        }
+        vms.post(":id/reboot") { request, context in
+            let body = try await request.decode(as: AgentWire.PowerRequest.self, context: context)
+            return JSONResponse.make(try await driver.reboot(context.parameters.require("id"), force: body.force))
+        }
+        vms.post(":id/exec") { request, context in
+            let body = try await request.decode(as: AgentWire.ExecRequest.self, context: context)
+            try Validate.execCommand(body.command, timeoutSeconds: body.timeoutSeconds)
+            return JSONResponse.make(try await driver.exec(context.parameters.require("id"), command: body.command,
+                                                           timeoutSeconds: body.timeoutSeconds))
+        }
+    }
+}

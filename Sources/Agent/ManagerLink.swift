@@ -1,0 +1,113 @@
+import Foundation
+import HostKit
+import Hypervisor
+import Logging
+import ServiceLifecycle
+import ShepherdAPI
+import ShepherdCore
+import Synchronization
+
+/// The agent's link to the manager: joins once (the credential is kept, mode 0600, so a
+/// restarted agent resumes as the same host), then heartbeats every 2 s.
+final class ManagerLink: Service, Sendable {
+    let configuration: AgentConfiguration
+    let driver: any HypervisorDriver
+    let logger: Logger
+    let credential = Mutex<Credential?>(nil)
+
+    init(configuration: AgentConfiguration, driver: any HypervisorDriver, logger: Logger) {
+        self.configuration = configuration
+        self.driver = driver
+        self.logger = logger
+    }
+
+    private var credentialFile: String { configuration.stateDirectory + "/credential.json" }
+
+    /// The saved credential when it is for this manager, else a fresh join (retried until the manager answers).
+    func joinOrResume() async throws -> Credential {
+        if let data = FileManager.default.contents(atPath: credentialFile),
+           let saved = try? JSONDecoder().decode(Credential.self, from: data), saved.managerURL == configuration.managerURL {
+            credential.withLock { $0 = saved }
+            return saved
+        }
+        var attempt = 0
+        while true {
+            do {
+                return try await join()
+            } catch let error as ShepherdError where error.code == .forbidden || error.code == .unauthorized || error.code == .invalidField {
+                throw error
+            } catch {
+                attempt += 1
+                if attempt % 10 == 1 { logger.warning("cannot join the manager at \(configuration.managerURL) yet: \(error)") }
+                try await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+
+    private func join() async throws -> Credential {
+        guard let file = configuration.joinTokenFile,
+              let joinToken = try? String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
+              !joinToken.isEmpty else {
+            throw ShepherdError.invalidField("--join-token-file", "no readable join token (needed once, to join the manager)")
+        }
+        let client = try Client.manager(url: configuration.managerURL, token: joinToken, timeout: .seconds(10))
+        let report = try await hostReport()
+        let response = try await client.registerAgent(body: .json(.init(
+            name: configuration.name, cluster: configuration.cluster, address: configuration.advertiseURL, host: report,
+            datastores: datastoreReports(), agentVersion: AgentServer.version, accelerator: driver.accelerator)))
+        switch response {
+        case .ok(let ok):
+            let answer = try ok.body.json
+            let joined = Credential(hostId: answer.hostId, token: answer.token, managerURL: configuration.managerURL)
+            try Files.writeAtomically(try JSONEncoder().encode(joined), to: credentialFile, mode: 0o600)
+            credential.withLock { $0 = joined }
+            logger.info("joined the manager as host \(joined.hostId)")
+            return joined
+        case .default(let status, let error):
+            let body = try? error.body.json
+            throw ShepherdError(ShepherdError.Code(rawValue: body?.code ?? "") ?? .agentFailed,
+                                "the manager refused the join (\(status)): \(body?.message ?? "no details")")
+        }
+    }
+
+    func run() async throws {
+        try? await cancelWhenGracefulShutdown { [self] in
+            while !Task.isCancelled {
+                do { try await beat() } catch { logger.warning("heartbeat failed: \(error)") }
+                try await Task.sleep(for: Heartbeats.interval)
+            }
+        }
+    }
+
+    private func beat() async throws {
+        guard let current = credential.withLock({ $0 }) else { return }
+        let client = try Client.manager(url: configuration.managerURL, token: current.token, timeout: .seconds(10))
+        let guests = await driver.statuses().map { status in
+            Components.Schemas.GuestReport(vmId: status.vmId, power: .init(rawValue: status.power.rawValue) ?? .crashed,
+                                           toolsRunning: status.toolsRunning, pid: status.pid.map(Int.init), reason: status.reason)
+        }
+        let response = try await client.agentHeartbeat(body: .json(.init(
+            hostId: current.hostId, host: try await hostReport(), datastores: datastoreReports(), guests: guests)))
+        switch response {
+        case .noContent:
+            return
+        case .default(let status, let error):
+            let body = try? error.body.json
+            throw ShepherdError(.agentFailed, "the manager refused the heartbeat (\(status)): \(body?.message ?? "no details")")
+        }
+    }
+
+    private func hostReport() async throws -> Components.Schemas.HostReport {
+        let info = try HostInfo.read()
+        return .init(cpuModel: info.cpuModel, cpuVendor: info.cpuVendor, cpuFlags: info.cpuFlags, cores: info.cores,
+                     memoryTotalBytes: Int64(info.memoryTotalBytes), memoryAvailableBytes: Int64(info.memoryAvailableBytes))
+    }
+
+    private func datastoreReports() -> [Components.Schemas.DatastoreReport] {
+        configuration.datastores.map { datastore in
+            let space = try? FilesystemSpace.of(path: datastore.path)
+            return .init(name: datastore.name, kind: .init(rawValue: datastore.kind) ?? .local, path: datastore.path,
+                         capacityBytes: Int64(space?.capacityBytes ?? 0), freeBytes: Int64(space?.freeBytes ?? 0))
+        }
+    }
+}

@@ -1,0 +1,74 @@
+import Foundation
+
+/// Looking at and signalling processes by pid (ours or not, e.g. a daemonized QEMU). Never by name.
+///
+/// Every function refuses pids <= 0 (which kill(2) would read as process groups) and our own pid.
+public enum Processes {
+    /// True if `pid` exists and is not a zombie (kill(pid, 0), then the state in /proc/pid/stat).
+    public static func isAlive(_ pid: Int32) -> Bool {
+        guard pid > 0 else { return false }
+        if Glibc.kill(pid, 0) != 0 && errno != EPERM { return false }
+        guard let state = processState(pid) else {
+            // Gone between the two checks, or /proc not mounted: trust kill(2) once more.
+            return Glibc.kill(pid, 0) == 0 || errno == EPERM
+        }
+        return state != "Z" && state != "X" && state != "x"
+    }
+
+    /// The argv of `pid` from /proc/pid/cmdline, or nil if unreadable or empty (kernel threads, zombies).
+    public static func commandLine(_ pid: Int32) -> [String]? {
+        guard pid > 0, let bytes = readWholeFile("/proc/\(pid)/cmdline"), !bytes.isEmpty else { return nil }
+        var parts = bytes.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+        if parts.last == "" { parts.removeLast() }
+        return parts.isEmpty ? nil : parts
+    }
+
+    /// The positive pid in a pid file (surrounding whitespace allowed), or nil.
+    public static func readPidFile(_ path: String) -> Int32? {
+        guard let bytes = readWholeFile(path, limit: 4096) else { return nil }
+        let text = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let pid = Int32(text), pid > 0 else { return nil }
+        return pid
+    }
+
+    /// SIGTERM, wait up to `grace` polling `isAlive`, SIGKILL, wait up to 5 s; true if the process is gone. Not cut short by cancellation.
+    ///
+    /// A zombie counts as gone; reaping it is its parent's business.
+    public static func terminate(_ pid: Int32, grace: Duration) async -> Bool {
+        guard pid > 0, pid != getpid() else { return false }
+        guard isAlive(pid) else { return true }
+        _ = Glibc.kill(pid, SIGTERM)
+        if await waitUntilGone(pid, within: grace) { return true }
+        _ = Glibc.kill(pid, SIGKILL)
+        return await waitUntilGone(pid, within: .seconds(5))
+    }
+
+    /// SIGKILL now; true if the signal was delivered.
+    public static func kill(_ pid: Int32) -> Bool {
+        guard pid > 0, pid != getpid() else { return false }
+        return Glibc.kill(pid, SIGKILL) == 0
+    }
+
+    // MARK: - Internals
+
+    /// The state letter from /proc/pid/stat (R, S, D, Z, T, ...).
+    static func processState(_ pid: Int32) -> Character? {
+        guard let bytes = readWholeFile("/proc/\(pid)/stat", limit: 8192) else { return nil }
+        let text = String(decoding: bytes, as: UTF8.self)
+        // "pid (comm) S ..." — comm may contain spaces and parentheses, so cut at the last ")".
+        guard let close = text.lastIndex(of: ")") else { return nil }
+        return text[text.index(after: close)...].first(where: { $0 != " " })
+    }
+
+    private static func waitUntilGone(_ pid: Int32, within: Duration) async -> Bool {
+        let clock = ContinuousClock()
+        let deadline = clock.now + within
+        var step: Duration = .milliseconds(5)
+        while isAlive(pid) {
+            if clock.now >= deadline { return false }
+            await sleepUninterruptibly(min(step, max(deadline - clock.now, .milliseconds(1))))
+            step = min(step * 2, .milliseconds(100))
+        }
+        return true
+    }
+}

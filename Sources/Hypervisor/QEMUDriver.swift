@@ -1,0 +1,344 @@
+import Foundation
+import HostKit
+import QMP
+import QemuImg
+import ShepherdCore
+
+/// Runs each VM as its own daemonized QEMU process (own QMP and guest-agent sockets, pidfile,
+/// logs) under `<stateDirectory>/vms/<id>/`. QEMU outlives the agent; a new agent adopts it.
+public final class QEMUDriver: HypervisorDriver {
+    public let accelerator: String
+    private let stateDirectory: String
+    private let qemuBinary: String
+    private let supervisors = Supervisors()
+
+    public init(stateDirectory: String, accelerator: String, qemuBinary: String = "qemu-system-x86_64") throws {
+        self.stateDirectory = stateDirectory
+        self.accelerator = accelerator
+        self.qemuBinary = qemuBinary
+        try Files.ensureDirectory(stateDirectory + "/vms", mode: 0o700)
+    }
+
+    /// Loads every VM defined on this host; the running QEMU processes among them are adopted.
+    public func adopt() async throws -> [AgentWire.GuestStatus] {
+        let root = stateDirectory + "/vms"
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+        for id in entries.sorted() {
+            let file = "\(root)/\(id)/vm.json"
+            guard let data = FileManager.default.contents(atPath: file),
+                  let definition = try? JSONDecoder().decode(AgentWire.VMDefinition.self, from: data) else { continue }
+            await supervisors.insert(GuestSupervisor(definition: definition, directory: "\(root)/\(id)",
+                                                     accelerator: accelerator, qemuBinary: qemuBinary))
+        }
+        return await statuses()
+    }
+
+    public func define(_ definition: AgentWire.VMDefinition) async throws -> AgentWire.GuestStatus {
+        guard definition.id.allSatisfy({ $0.isHexDigit || $0 == "-" }), !definition.id.isEmpty else {
+            throw ShepherdError.invalidField("id", "'\(definition.id)' is not a VM id")
+        }
+        let directory = "\(stateDirectory)/vms/\(definition.id)"
+        if let existing = await supervisors.get(definition.id) {
+            try await existing.redefine(definition)
+            return try await existing.status()
+        }
+        let supervisor = GuestSupervisor(definition: definition, directory: directory, accelerator: accelerator, qemuBinary: qemuBinary)
+        try await supervisor.create()
+        await supervisors.insert(supervisor)
+        return try await supervisor.status()
+    }
+
+    public func start(_ vm: String) async throws -> AgentWire.GuestStatus { try await supervisor(vm).start() }
+    public func stop(_ vm: String, force: Bool) async throws -> AgentWire.GuestStatus { try await supervisor(vm).stop(force: force) }
+    public func reboot(_ vm: String, force: Bool) async throws -> AgentWire.GuestStatus { try await supervisor(vm).reboot(force: force) }
+    public func status(_ vm: String) async throws -> AgentWire.GuestStatus { try await supervisor(vm).status() }
+
+    public func statuses() async -> [AgentWire.GuestStatus] {
+        let all = await supervisors.all()
+        return await withTaskGroup(of: AgentWire.GuestStatus?.self) { group in
+            for supervisor in all { group.addTask { try? await supervisor.status(pingTimeout: .milliseconds(500)) } }
+            var result: [AgentWire.GuestStatus] = []
+            for await status in group { if let status { result.append(status) } }
+            return result.sorted { $0.vmId < $1.vmId }
+        }
+    }
+
+    public func delete(_ vm: String) async throws {
+        guard let supervisor = await supervisors.get(vm) else { return }
+        try await supervisor.destroy()
+        await supervisors.remove(vm)
+    }
+
+    public func exec(_ vm: String, command: [String], timeoutSeconds: Int) async throws -> AgentWire.ExecResult {
+        try await supervisor(vm).exec(command, timeoutSeconds: timeoutSeconds)
+    }
+
+    private func supervisor(_ vm: String) async throws -> GuestSupervisor {
+        guard let supervisor = await supervisors.get(vm) else { throw ShepherdError.notFound("VM", vm) }
+        return supervisor
+    }
+}
+
+private actor Supervisors {
+    private var byID: [String: GuestSupervisor] = [:]
+    func insert(_ supervisor: GuestSupervisor) { byID[supervisor.id] = supervisor }
+    func get(_ id: String) -> GuestSupervisor? { byID[id] }
+    func remove(_ id: String) { byID[id] = nil }
+    func all() -> [GuestSupervisor] { Array(byID.values) }
+}
+
+/// One VM's QEMU process: starts it, watches it, talks QMP and the guest agent to it.
+/// Guest-agent conversations are serialized (its socket takes one client); while one runs,
+/// status reports reuse the last known tools state instead of queueing a ping.
+actor GuestSupervisor {
+    nonisolated let id: String
+    private var definition: AgentWire.VMDefinition
+    private let directory: String
+    private let accelerator: String
+    private let qemuBinary: String
+    private var guestAgentBusy = 0
+    private var lastToolsRunning = false
+
+    init(definition: AgentWire.VMDefinition, directory: String, accelerator: String, qemuBinary: String) {
+        self.id = definition.id
+        self.definition = definition
+        self.directory = directory
+        self.accelerator = accelerator
+        self.qemuBinary = qemuBinary
+    }
+
+    private var qmpSocket: String { directory + "/qmp.sock" }
+    private var guestAgentSocket: String { directory + "/qga.sock" }
+    private var pidFile: String { directory + "/qemu.pid" }
+    private var logFile: String { directory + "/qemu.log" }
+    private var serialLog: String { directory + "/serial.log" }
+
+    /// Creates the VM's directory and its disk (copied from the template) and saves the definition.
+    func create() async throws {
+        try Files.ensureDirectory(directory, mode: 0o700)
+        do {
+            if !FileManager.default.fileExists(atPath: definition.disk) {
+                guard let source = definition.sourceDisk else {
+                    throw ShepherdError(.invalidField, "disk: '\(definition.disk)' does not exist and no source disk was given")
+                }
+                guard FileManager.default.fileExists(atPath: source) else {
+                    throw ShepherdError(.notFound, "the template disk '\(source)' is not on this host")
+                }
+                let diskDirectory = (definition.disk as NSString).deletingLastPathComponent
+                try Files.ensureDirectory(diskDirectory, mode: 0o755)
+                let partial = definition.disk + ".partial"
+                try? FileManager.default.removeItem(atPath: partial)
+                try await QemuImg.convert(source: source, destination: partial)
+                try FileManager.default.moveItem(atPath: partial, toPath: definition.disk)
+            }
+            try save()
+        } catch {
+            try? FileManager.default.removeItem(atPath: directory)
+            throw error
+        }
+    }
+
+    func redefine(_ definition: AgentWire.VMDefinition) throws {
+        self.definition = definition
+        try save()
+    }
+
+    private func save() throws {
+        let data = try JSONEncoder().encode(definition)
+        try Files.writeAtomically(data, to: directory + "/vm.json", mode: 0o600)
+    }
+
+    // MARK: state
+
+    /// The pid of this VM's QEMU if it runs (checked against its command line, since pids get reused).
+    private func livePid() -> Int32? {
+        guard let pid = Processes.readPidFile(pidFile), Processes.isAlive(pid),
+              let argv = Processes.commandLine(pid), argv.contains(where: { $0.contains(id) }) else { return nil }
+        return pid
+    }
+
+    /// What runs now. A pidfile whose process is gone means QEMU died without being asked to
+    /// (QEMU removes its pidfile when it exits cleanly, and so do we after cutting power).
+    func status(pingTimeout: Duration = .seconds(1)) async throws -> AgentWire.GuestStatus {
+        guard let pid = livePid() else {
+            if let stale = Processes.readPidFile(pidFile) {
+                return AgentWire.GuestStatus(vmId: id, power: .crashed, toolsRunning: false, pid: nil,
+                                             reason: "the QEMU process (pid \(stale)) ended unexpectedly\(lastLogLine().map { ": " + $0 } ?? "")")
+            }
+            return AgentWire.GuestStatus(vmId: id, power: .stopped, toolsRunning: false)
+        }
+        let answer = try? await QMP.execute(socketPath: qmpSocket, "query-status", timeout: .seconds(3))
+        let qemuStatus = answer?["status"]?.stringValue ?? "unknown"
+        if qemuStatus == "shutdown" {
+            // The guest powered itself off; QEMU waits (-no-shutdown) for us to end it.
+            await quit(pid: pid)
+            return AgentWire.GuestStatus(vmId: id, power: .stopped, toolsRunning: false, reason: "the guest powered off")
+        }
+        let tools: Bool
+        if guestAgentBusy > 0 {
+            tools = lastToolsRunning
+        } else {
+            tools = await GuestAgent.ping(socketPath: guestAgentSocket, timeout: pingTimeout)
+            lastToolsRunning = tools
+        }
+        let power: AgentWire.GuestPower = (qemuStatus == "paused" || qemuStatus == "prelaunch") ? .paused : .running
+        return AgentWire.GuestStatus(vmId: id, power: power, toolsRunning: tools, pid: pid)
+    }
+
+    private func lastLogLine() -> String? {
+        guard let text = try? String(contentsOfFile: logFile, encoding: .utf8) else { return nil }
+        return text.split(separator: "\n").last.map(String.init)
+    }
+
+    // MARK: power
+
+    func start() async throws -> AgentWire.GuestStatus {
+        if let pid = livePid() {
+            throw ShepherdError(.illegalState, "VM '\(definition.name)' already runs here (QEMU pid \(pid))")
+        }
+        for stale in [pidFile, qmpSocket, guestAgentSocket] { try? FileManager.default.removeItem(atPath: stale) }
+        for file in [definition.kernel, definition.initrd, definition.disk] where !FileManager.default.fileExists(atPath: file) {
+            throw ShepherdError(.notFound, "cannot start VM '\(definition.name)': '\(file)' is not on this host")
+        }
+        let argv = QEMUCommandLine(definition: definition, accelerator: accelerator, qmpSocket: qmpSocket,
+                                   guestAgentSocket: guestAgentSocket, pidFile: pidFile, logFile: logFile, serialLog: serialLog).arguments
+        do {
+            try await Command.check(qemuBinary, argv, timeout: .seconds(60))
+        } catch let error as HostKitError {
+            throw ShepherdError(.agentFailed, "QEMU did not start for '\(definition.name)': \(error.message)")
+        }
+        lastToolsRunning = false
+        guard let pid = livePid() else {
+            throw ShepherdError(.agentFailed, "QEMU for '\(definition.name)' exited right after starting\(lastLogLine().map { ": " + $0 } ?? "")")
+        }
+        return AgentWire.GuestStatus(vmId: id, power: .running, toolsRunning: false, pid: pid)
+    }
+
+    func stop(force: Bool) async throws -> AgentWire.GuestStatus {
+        guard let pid = livePid() else {
+            try? FileManager.default.removeItem(atPath: pidFile)
+            return AgentWire.GuestStatus(vmId: id, power: .stopped, toolsRunning: false, reason: "was not running")
+        }
+        if force {
+            await quit(pid: pid)
+            return AgentWire.GuestStatus(vmId: id, power: .stopped, toolsRunning: false, reason: "power cut")
+        }
+        if await withGuestAgent({ await GuestAgent.ping(socketPath: self.guestAgentSocket, timeout: .seconds(2)) }) {
+            try await withGuestAgent { try await GuestAgent.shutdown(socketPath: self.guestAgentSocket, mode: "powerdown") }
+            return AgentWire.GuestStatus(vmId: id, power: .running, toolsRunning: true, pid: pid, reason: "through the tools")
+        }
+        _ = try await qmp("system_powerdown")
+        return AgentWire.GuestStatus(vmId: id, power: .running, toolsRunning: false, pid: pid, reason: "ACPI power button")
+    }
+
+    func reboot(force: Bool) async throws -> AgentWire.GuestStatus {
+        guard let pid = livePid() else {
+            throw ShepherdError(.illegalState, "VM '\(definition.name)' does not run here")
+        }
+        if force {
+            _ = try await qmp("system_reset")
+            return AgentWire.GuestStatus(vmId: id, power: .running, toolsRunning: false, pid: pid, reason: "reset")
+        }
+        try await withGuestAgent { try await GuestAgent.shutdown(socketPath: self.guestAgentSocket, mode: "reboot") }
+        lastToolsRunning = false
+        return AgentWire.GuestStatus(vmId: id, power: .running, toolsRunning: false, pid: pid, reason: "through the tools")
+    }
+
+    /// Ends QEMU: `quit` over QMP, then the SIGTERM→SIGKILL ladder; clears the pidfile so a
+    /// power cut we asked for is never mistaken for a crash.
+    private func quit(pid: Int32) async {
+        _ = try? await QMP.execute(socketPath: qmpSocket, "quit", timeout: .seconds(3))
+        for _ in 0..<50 where Processes.isAlive(pid) { try? await Task.sleep(for: .milliseconds(100)) }
+        if Processes.isAlive(pid) { _ = await Processes.terminate(pid, grace: .seconds(5)) }
+        try? FileManager.default.removeItem(atPath: pidFile)
+        lastToolsRunning = false
+    }
+
+    /// Cuts power if needed and removes the VM's directory and disk.
+    func destroy() async throws {
+        if let pid = livePid() { await quit(pid: pid) }
+        let diskDirectory = (definition.disk as NSString).deletingLastPathComponent
+        try? FileManager.default.removeItem(atPath: definition.disk)
+        try? FileManager.default.removeItem(atPath: definition.disk + ".partial")
+        if (try? FileManager.default.contentsOfDirectory(atPath: diskDirectory))?.isEmpty == true {
+            try? FileManager.default.removeItem(atPath: diskDirectory)
+        }
+        try FileManager.default.removeItem(atPath: directory)
+    }
+
+    // MARK: guest
+
+    func exec(_ command: [String], timeoutSeconds: Int) async throws -> AgentWire.ExecResult {
+        guard livePid() != nil else { throw ShepherdError(.illegalState, "VM '\(definition.name)' does not run here") }
+        guard let program = command.first else { throw ShepherdError.invalidField("command", "must name a program") }
+        guard await withGuestAgent({ await GuestAgent.ping(socketPath: self.guestAgentSocket, timeout: .seconds(2)) }) else {
+            throw ShepherdError(.toolsNotRunning, "the tools of '\(definition.name)' do not answer (qemu-guest-agent ping timed out after 2 s)")
+        }
+        let result: GuestAgent.ExecResult
+        do {
+            result = try await withGuestAgent {
+                try await GuestAgent.exec(socketPath: self.guestAgentSocket, path: program, arguments: Array(command.dropFirst()),
+                                          timeout: .seconds(timeoutSeconds))
+            }
+        } catch let error as QMPError {
+            if error.kind == .timeout {
+                throw ShepherdError(.timedOut, "'\(command.joined(separator: " "))' did not finish in '\(definition.name)' within \(timeoutSeconds) s")
+            }
+            throw ShepherdError(.agentFailed, "running '\(program)' in '\(definition.name)' failed: \(error.message)")
+        }
+        let code = result.signal.map { 128 + Int($0) } ?? Int(result.exitCode)
+        return AgentWire.ExecResult(exitCode: code, stdout: result.stdout, stderr: result.stderr)
+    }
+
+    private func withGuestAgent<T: Sendable>(_ body: @Sendable () async throws -> T) async rethrows -> T {
+        guestAgentBusy += 1
+        defer { guestAgentBusy -= 1 }
+        return try await body()
+    }
+
+    private func qmp(_ command: String, _ arguments: [String: JSONValue]? = nil) async throws -> JSONValue {
+        do {
+            return try await QMP.execute(socketPath: qmpSocket, command, arguments: arguments, timeout: .seconds(5))
+        } catch let error as QMPError {
+            throw ShepherdError(.agentFailed, "QMP \(command) on '\(definition.name)' failed: \(error.message)")
+        }
+    }
+}
+
+/// The QEMU command line of one VM: direct kernel boot, virtio disk, guest-agent port, QMP,
+/// serial to a file, `-no-shutdown` so a guest power-off is seen before QEMU ends.
+public struct QEMUCommandLine: Sendable {
+    public let definition: AgentWire.VMDefinition
+    public let accelerator: String
+    public let qmpSocket: String
+    public let guestAgentSocket: String
+    public let pidFile: String
+    public let logFile: String
+    public let serialLog: String
+
+    public init(definition: AgentWire.VMDefinition, accelerator: String, qmpSocket: String, guestAgentSocket: String,
+                pidFile: String, logFile: String, serialLog: String) {
+        self.definition = definition; self.accelerator = accelerator; self.qmpSocket = qmpSocket
+        self.guestAgentSocket = guestAgentSocket; self.pidFile = pidFile; self.logFile = logFile; self.serialLog = serialLog
+    }
+
+    public var arguments: [String] {
+        [
+            "-name", "guest=\(definition.name.replacingOccurrences(of: ",", with: ",,")),debug-threads=on",
+            "-uuid", definition.id,
+            "-machine", "pc", "-accel", accelerator, "-cpu", accelerator == "kvm" ? "host" : "max",
+            "-m", "\(definition.memoryMiB)", "-smp", "\(definition.cpus)",
+            "-nodefaults", "-no-user-config", "-display", "none",
+            "-kernel", definition.kernel, "-initrd", definition.initrd, "-append", definition.cmdline,
+            "-blockdev", "driver=qcow2,node-name=disk0,file.driver=file,file.filename=\(definition.disk.replacingOccurrences(of: ",", with: ",,"))",
+            "-device", "virtio-blk-pci,drive=disk0",
+            "-chardev", "socket,id=qga0,path=\(guestAgentSocket),server=on,wait=off",
+            "-device", "virtio-serial-pci",
+            "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+            "-qmp", "unix:\(qmpSocket),server=on,wait=off",
+            "-serial", "file:\(serialLog)",
+            "-D", logFile,
+            "-no-shutdown", "-daemonize", "-pidfile", pidFile,
+        ]
+    }
+}

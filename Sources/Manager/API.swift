@@ -1,0 +1,282 @@
+import Foundation
+import GRDB
+import ShepherdAPI
+import ShepherdCore
+
+/// The bearer token of the request being handled, set by the auth middleware for the
+/// agent endpoints, which check it themselves.
+enum RequestBearer {
+    @TaskLocal static var token: String?
+}
+
+/// The OpenAPI handlers: decode → call a service → encode. Nothing else lives here.
+struct API: APIProtocol {
+    let store: Store
+    let vms: VMService
+    let hosts: HostService
+    let version: String
+
+    typealias Schemas = Components.Schemas
+
+    func healthz(_ input: Operations.Healthz.Input) async throws -> Operations.Healthz.Output {
+        .ok(.init(body: .json(.init(status: "ok", version: version))))
+    }
+
+    // MARK: clusters, hosts, datastores, templates
+
+    func listClusters(_ input: Operations.ListClusters.Input) async throws -> Operations.ListClusters.Output {
+        let rows = try await guarded {
+            try await store.db.read { db in
+                try ClusterRecord.order(Column("name")).fetchAll(db).map { cluster in
+                    (cluster,
+                     try HostRecord.filter(Column("clusterId") == cluster.id).fetchCount(db),
+                     try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM vm JOIN host ON host.id = vm.hostId WHERE host.clusterId = ?", arguments: [cluster.id]) ?? 0)
+                }
+            }
+        }
+        return .ok(.init(body: .json(rows.map { cluster, hostCount, vmCount in
+            Schemas.Cluster(id: cluster.id, name: cluster.name, hostCount: hostCount, vmCount: vmCount,
+                            memoryOvercommit: cluster.memoryOvercommit, createdAt: cluster.createdAt)
+        })))
+    }
+
+    func createCluster(_ input: Operations.CreateCluster.Input) async throws -> Operations.CreateCluster.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        try Validate.name(body.name)
+        let cluster = ClusterRecord(id: newID(), name: body.name, memoryOvercommit: false, createdAt: Date())
+        try await guarded {
+            try await store.db.write { db in
+                if try ClusterRecord.filter(Column("name") == body.name).fetchCount(db) > 0 {
+                    throw ShepherdError(.alreadyExists, "name: a cluster named '\(body.name)' already exists")
+                }
+                try cluster.insert(db)
+            }
+        }
+        return .created(.init(body: .json(.init(id: cluster.id, name: cluster.name, hostCount: 0, vmCount: 0,
+                                                memoryOvercommit: false, createdAt: cluster.createdAt))))
+    }
+
+    func listHosts(_ input: Operations.ListHosts.Input) async throws -> Operations.ListHosts.Output {
+        let hosts = try await guarded { try await store.db.read { db in try HostRecord.order(Column("name")).fetchAll(db).map { try Self.host($0, db) } } }
+        return .ok(.init(body: .json(hosts)))
+    }
+
+    func getHost(_ input: Operations.GetHost.Input) async throws -> Operations.GetHost.Output {
+        let host = try await guarded { try await store.db.read { db in try Self.host(Inventory.host(db, input.path.host), db) } }
+        return .ok(.init(body: .json(host)))
+    }
+
+    static func host(_ host: HostRecord, _ db: Database) throws -> Schemas.Host {
+        let cluster = try ClusterRecord.fetchOne(db, key: host.clusterId)
+        let vms = try VMRecord.filter(Column("hostId") == host.id).fetchAll(db)
+        return Schemas.Host(
+            id: host.id, name: host.name, clusterId: host.clusterId, clusterName: cluster?.name ?? "",
+            state: Schemas.HostState(rawValue: host.state) ?? .disconnected, address: host.address,
+            cpuModel: host.cpuModel, cpuVendor: host.cpuVendor, cpuFlags: host.cpuFlags.split(separator: " ").map(String.init),
+            cores: host.cores, memoryTotalMiB: host.memoryTotalMiB, memoryFreeMiB: host.memoryFreeMiB,
+            memoryAllocatedMiB: vms.filter { $0.lifecycle.consumesHostResources }.reduce(0) { $0 + $1.memoryMiB },
+            vmCount: vms.count, accelerator: host.accelerator, agentVersion: host.agentVersion, lastHeartbeat: host.lastHeartbeat)
+    }
+
+    func listDatastores(_ input: Operations.ListDatastores.Input) async throws -> Operations.ListDatastores.Output {
+        let rows = try await guarded {
+            try await store.db.read { db in
+                let hostNames = Dictionary(uniqueKeysWithValues: try HostRecord.fetchAll(db).map { ($0.id, $0.name) })
+                let links = try DatastoreHostRecord.fetchAll(db)
+                return try DatastoreRecord.order(Column("name")).fetchAll(db).map { store in
+                    Schemas.Datastore(id: store.id, name: store.name, kind: Schemas.DatastoreKind(rawValue: store.kind) ?? .local,
+                                      path: store.path,
+                                      hosts: links.filter { $0.datastoreId == store.id }.compactMap { hostNames[$0.hostId] }.sorted(),
+                                      capacityBytes: store.capacityBytes, freeBytes: store.freeBytes)
+                }
+            }
+        }
+        return .ok(.init(body: .json(rows)))
+    }
+
+    func listTemplates(_ input: Operations.ListTemplates.Input) async throws -> Operations.ListTemplates.Output {
+        let rows = try await guarded { try await store.db.read { db in try TemplateRecord.order(Column("name")).fetchAll(db) } }
+        return .ok(.init(body: .json(rows.map(Self.template))))
+    }
+
+    func createTemplate(_ input: Operations.CreateTemplate.Input) async throws -> Operations.CreateTemplate.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        try Validate.name(body.name)
+        for (field, value) in [("kernel", body.kernel), ("initrd", body.initrd), ("disk", body.disk)] {
+            if value.isEmpty || value.hasPrefix("/") || value.split(separator: "/").contains("..") {
+                throw ShepherdError.invalidField(field, "'\(value)' must be a path relative to the datastore, without '..'")
+            }
+        }
+        let template = TemplateRecord(id: newID(), name: body.name, description: body.description ?? "", datastore: body.datastore,
+                                      kernel: body.kernel, initrd: body.initrd, disk: body.disk, cmdline: body.cmdline, createdAt: Date())
+        try await guarded {
+            try await store.db.write { db in
+                _ = try Inventory.datastore(db, named: body.datastore, field: "datastore")
+                if try TemplateRecord.filter(Column("name") == body.name).fetchCount(db) > 0 {
+                    throw ShepherdError(.alreadyExists, "name: a template named '\(body.name)' already exists")
+                }
+                try template.insert(db)
+            }
+        }
+        return .created(.init(body: .json(Self.template(template))))
+    }
+
+    static func template(_ row: TemplateRecord) -> Schemas.Template {
+        Schemas.Template(id: row.id, name: row.name, description: row.description, datastore: row.datastore, kernel: row.kernel,
+                         initrd: row.initrd, disk: row.disk, cmdline: row.cmdline, createdAt: row.createdAt)
+    }
+
+    // MARK: VMs
+
+    func listVMs(_ input: Operations.ListVMs.Input) async throws -> Operations.ListVMs.Output {
+        let rows = try await guarded {
+            try await store.db.read { db in
+                let hostNames = Dictionary(uniqueKeysWithValues: try HostRecord.fetchAll(db).map { ($0.id, $0.name) })
+                return try VMRecord.order(Column("name")).fetchAll(db).map { Self.vm($0, hostName: hostNames[$0.hostId] ?? "") }
+            }
+        }
+        return .ok(.init(body: .json(rows)))
+    }
+
+    func getVM(_ input: Operations.GetVM.Input) async throws -> Operations.GetVM.Output {
+        let vm = try await guarded {
+            try await store.db.read { db in
+                let vm = try Inventory.vm(db, input.path.vm)
+                return Self.vm(vm, hostName: try HostRecord.fetchOne(db, key: vm.hostId)?.name ?? "")
+            }
+        }
+        return .ok(.init(body: .json(vm)))
+    }
+
+    static func vm(_ row: VMRecord, hostName: String) -> Schemas.Vm {
+        Schemas.Vm(id: row.id, name: row.name, hostId: row.hostId, hostName: hostName, template: row.template, cpus: row.cpus,
+                   memoryMiB: row.memoryMiB, state: Schemas.VMState(rawValue: row.state) ?? .unknown, stateReason: row.stateReason,
+                   toolsStatus: row.toolsRunning ? .running : .notRunning, datastore: row.datastore, diskPath: row.diskPath,
+                   pid: row.pid, createdAt: row.createdAt)
+    }
+
+    func createVM(_ input: Operations.CreateVM.Input) async throws -> Operations.CreateVM.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let task = try await guarded {
+            try await vms.create(VMCreateRequest(name: body.name, cpus: body.cpus, memoryMiB: body.memoryMiB,
+                                                 template: body.template, host: body.host, datastore: body.datastore))
+        }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
+    func deleteVM(_ input: Operations.DeleteVM.Input) async throws -> Operations.DeleteVM.Output {
+        let task = try await guarded { try await vms.delete(input.path.vm, force: input.query.force ?? false) }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
+    func startVM(_ input: Operations.StartVM.Input) async throws -> Operations.StartVM.Output {
+        let task = try await guarded { try await vms.start(input.path.vm) }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
+    func stopVM(_ input: Operations.StopVM.Input) async throws -> Operations.StopVM.Output {
+        let force: Bool
+        switch input.body { case .json(let body)?: force = body.force ?? false; case nil: force = false }
+        let task = try await guarded { try await vms.stop(input.path.vm, force: force) }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
+    func rebootVM(_ input: Operations.RebootVM.Input) async throws -> Operations.RebootVM.Output {
+        let force: Bool
+        switch input.body { case .json(let body)?: force = body.force ?? false; case nil: force = false }
+        let task = try await guarded { try await vms.reboot(input.path.vm, force: force) }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
+    func execInVM(_ input: Operations.ExecInVM.Input) async throws -> Operations.ExecInVM.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let result = try await guarded { try await vms.exec(input.path.vm, command: body.command, timeoutSeconds: body.timeoutSeconds) }
+        return .ok(.init(body: .json(.init(exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr))))
+    }
+
+    // MARK: tasks and events
+
+    func listTasks(_ input: Operations.ListTasks.Input) async throws -> Operations.ListTasks.Output {
+        let limit = try Self.limit(input.query.limit)
+        let rows = try await guarded {
+            try await store.db.read { db in try TaskRecord.order(Column("createdAt").desc).limit(limit).fetchAll(db) }
+        }
+        return .ok(.init(body: .json(rows.map(Self.task))))
+    }
+
+    func getTask(_ input: Operations.GetTask.Input) async throws -> Operations.GetTask.Output {
+        let row = try await guarded { try await store.db.read { db in try TaskRecord.fetchOne(db, key: input.path.task) } }
+        guard let row else { throw ShepherdError.notFound("task", input.path.task) }
+        return .ok(.init(body: .json(Self.task(row))))
+    }
+
+    static func task(_ row: TaskRecord) -> Schemas.Task {
+        Schemas.Task(id: row.id, kind: row.kind, targetType: row.targetType, targetId: row.targetId, targetName: row.targetName,
+                     state: Schemas.TaskState(rawValue: row.state) ?? .failed, progress: row.progress, message: row.message,
+                     error: row.errorCode.map { Schemas._Error(code: $0, message: row.errorMessage ?? "") },
+                     createdAt: row.createdAt, startedAt: row.startedAt, finishedAt: row.finishedAt)
+    }
+
+    func listEvents(_ input: Operations.ListEvents.Input) async throws -> Operations.ListEvents.Output {
+        let limit = try Self.limit(input.query.limit)
+        let rows = try await guarded {
+            try await store.db.read { db in try EventRecord.order(Column("id").desc).limit(limit).fetchAll(db) }
+        }
+        return .ok(.init(body: .json(rows.map { row in
+            Schemas.Event(id: row.id ?? 0, time: row.time, severity: Schemas.Event.SeverityPayload(rawValue: row.severity) ?? .info,
+                          kind: row.kind, targetType: row.targetType, targetId: row.targetId, targetName: row.targetName, message: row.message)
+        })))
+    }
+
+    static func limit(_ value: Int?) throws -> Int {
+        guard let value else { return 100 }
+        guard (1...1000).contains(value) else { throw ShepherdError.invalidField("limit", "\(value) is outside 1–1000") }
+        return value
+    }
+
+    // MARK: agents
+
+    func registerAgent(_ input: Operations.RegisterAgent.Input) async throws -> Operations.RegisterAgent.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let credential = try await guarded {
+            try await hosts.register(bearer: RequestBearer.token, name: body.name, cluster: body.cluster, address: body.address,
+                                     host: Self.report(body.host), datastores: body.datastores.map(Self.report),
+                                     agentVersion: body.agentVersion, accelerator: body.accelerator)
+        }
+        return .ok(.init(body: .json(.init(hostId: credential.hostId, token: credential.token))))
+    }
+
+    func agentHeartbeat(_ input: Operations.AgentHeartbeat.Input) async throws -> Operations.AgentHeartbeat.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        try await guarded {
+            try await hosts.heartbeat(bearer: RequestBearer.token, hostId: body.hostId, host: Self.report(body.host),
+                                      datastores: body.datastores.map(Self.report),
+                                      guests: body.guests.map { guest in
+                                          AgentWire.GuestStatus(vmId: guest.vmId, power: AgentWire.GuestPower(rawValue: guest.power.rawValue) ?? .crashed,
+                                                                toolsRunning: guest.toolsRunning, pid: guest.pid.map(Int32.init), reason: guest.reason)
+                                      })
+        }
+        return .noContent(.init())
+    }
+
+    static func report(_ host: Schemas.HostReport) -> HostReport {
+        HostReport(cpuModel: host.cpuModel, cpuVendor: host.cpuVendor, cpuFlags: host.cpuFlags, cores: host.cores,
+                   memoryTotalBytes: host.memoryTotalBytes, memoryAvailableBytes: host.memoryAvailableBytes)
+    }
+
+    static func report(_ store: Schemas.DatastoreReport) -> DatastoreReport {
+        DatastoreReport(name: store.name, kind: store.kind.rawValue, path: store.path, capacityBytes: store.capacityBytes, freeBytes: store.freeBytes)
+    }
+
+    // MARK: helpers
+
+    private var unsupportedBody: ShepherdError { ShepherdError(.invalidBody, "the body must be application/json") }
+
+    /// Keeps ShepherdErrors as they are and turns anything unexpected into `internal`, so the
+    /// error middleware can tell our failures from requests the runtime could not decode.
+    private func guarded<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        do { return try await body() } catch let error as ShepherdError { throw error } catch {
+            throw ShepherdError(.internal, "\(error)")
+        }
+    }
+}

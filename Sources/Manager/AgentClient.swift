@@ -1,0 +1,82 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+import ShepherdCore
+
+/// The manager's side of the manager→agent API: JSON over HTTP with the host's own bearer token.
+/// Every call has a timeout; failures become `agent_unreachable` or the agent's own error.
+final class AgentClient: Sendable {
+    private let http: HTTPClient
+
+    init(http: HTTPClient = .shared) { self.http = http }
+
+    /// Where and how to reach one agent.
+    struct Endpoint: Sendable {
+        var hostName: String
+        var address: String
+        var token: String
+    }
+
+    func define(_ endpoint: Endpoint, _ definition: AgentWire.VMDefinition) async throws -> AgentWire.GuestStatus {
+        try await call(endpoint, .PUT, "/agent/v1/vms/\(definition.id)", body: definition, timeout: .seconds(300))
+    }
+
+    func status(_ endpoint: Endpoint, vm: String) async throws -> AgentWire.GuestStatus {
+        try await call(endpoint, .GET, "/agent/v1/vms/\(vm)", body: Optional<AgentWire.PowerRequest>.none, timeout: .seconds(10))
+    }
+
+    func start(_ endpoint: Endpoint, vm: String) async throws -> AgentWire.GuestStatus {
+        try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/start", body: Optional<AgentWire.PowerRequest>.none, timeout: .seconds(60))
+    }
+
+    func stop(_ endpoint: Endpoint, vm: String, force: Bool) async throws -> AgentWire.GuestStatus {
+        try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/stop", body: AgentWire.PowerRequest(force: force), timeout: .seconds(30))
+    }
+
+    func reboot(_ endpoint: Endpoint, vm: String, force: Bool) async throws -> AgentWire.GuestStatus {
+        try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/reboot", body: AgentWire.PowerRequest(force: force), timeout: .seconds(30))
+    }
+
+    func delete(_ endpoint: Endpoint, vm: String) async throws {
+        let _: AgentWire.GuestStatus = try await call(endpoint, .DELETE, "/agent/v1/vms/\(vm)", body: Optional<AgentWire.PowerRequest>.none, timeout: .seconds(60))
+    }
+
+    func exec(_ endpoint: Endpoint, vm: String, _ request: AgentWire.ExecRequest) async throws -> AgentWire.ExecResult {
+        try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/exec", body: request, timeout: .seconds(Int64(request.timeoutSeconds) + 10))
+    }
+
+    private func call<Body: Encodable, Answer: Decodable>(
+        _ endpoint: Endpoint, _ method: HTTPMethod, _ path: String, body: Body?, timeout: TimeAmount
+    ) async throws -> Answer {
+        var request = HTTPClientRequest(url: endpoint.address + path)
+        request.method = method
+        request.headers.add(name: "Authorization", value: "Bearer \(endpoint.token)")
+        if let body {
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(data: try JSONEncoder().encode(body)))
+        }
+        let response: HTTPClientResponse
+        let bytes: ByteBuffer
+        do {
+            response = try await http.execute(request, timeout: timeout)
+            bytes = try await response.body.collect(upTo: 64 << 20)
+        } catch {
+            throw ShepherdError(.agentUnreachable, "the agent of host '\(endpoint.hostName)' at \(endpoint.address) did not answer \(method) \(path) within \(timeout.nanoseconds / 1_000_000_000) s: \(error)")
+        }
+        let data = Data(buffer: bytes)
+        guard (200..<300).contains(Int(response.status.code)) else {
+            if let body = try? JSONDecoder().decode(ErrorBody.self, from: data) {
+                let code = ShepherdError.Code(rawValue: body.code) ?? .agentFailed
+                throw ShepherdError(code, "host '\(endpoint.hostName)': \(body.message)")
+            }
+            throw ShepherdError(.agentFailed, "host '\(endpoint.hostName)' answered \(response.status.code) to \(method) \(path)")
+        }
+        do {
+            return try JSONDecoder().decode(Answer.self, from: data)
+        } catch {
+            throw ShepherdError(.agentFailed, "host '\(endpoint.hostName)' answered \(method) \(path) with an unreadable body: \(error)")
+        }
+    }
+}

@@ -1,0 +1,180 @@
+import Foundation
+import GRDB
+import Logging
+import ServerKit
+import ShepherdCore
+
+/// What an agent says about its host when it joins or beats.
+struct HostReport: Sendable {
+    var cpuModel: String
+    var cpuVendor: String
+    var cpuFlags: [String]
+    var cores: Int
+    var memoryTotalBytes: Int64
+    var memoryAvailableBytes: Int64
+}
+
+struct DatastoreReport: Sendable {
+    var name: String
+    var kind: String
+    var path: String
+    var capacityBytes: Int64
+    var freeBytes: Int64
+}
+
+/// Agents joining, heartbeats, and what they say about the VMs: the manager's view of hosts.
+final class HostService: Sendable {
+    let store: Store
+    let events: EventLog
+    let tasks: TaskEngine
+    let joinToken: String
+    let logger: Logger
+    private let startedAt = ContinuousClock.now
+
+    init(store: Store, events: EventLog, tasks: TaskEngine, joinToken: String, logger: Logger) {
+        self.store = store; self.events = events; self.tasks = tasks; self.joinToken = joinToken; self.logger = logger
+    }
+
+    /// An agent joins with the join token; it gets its host's id and its own credential.
+    func register(bearer: String?, name: String, cluster: String, address: String, host report: HostReport,
+                  datastores: [DatastoreReport], agentVersion: String, accelerator: String) async throws -> (hostId: String, token: String) {
+        guard let bearer else { throw ShepherdError(.unauthorized, "joining needs the join token as bearer token") }
+        guard BearerAuth.matches(bearer, joinToken) else { throw ShepherdError(.forbidden, "the join token is not valid") }
+        try Validate.name(name)
+        try Validate.name(cluster, field: "cluster")
+        guard address.hasPrefix("http://") || address.hasPrefix("https://") else {
+            throw ShepherdError.invalidField("address", "'\(address)' must be an http(s) URL")
+        }
+        let token = BearerAuth.newSecret()
+        let (hostId, rejoined) = try await store.db.write { db -> (String, Bool) in
+            var clusterRow = try ClusterRecord.filter(Column("name") == cluster).fetchOne(db)
+            if clusterRow == nil {
+                clusterRow = ClusterRecord(id: newID(), name: cluster, memoryOvercommit: false, createdAt: Date())
+                try clusterRow!.insert(db)
+            }
+            let existing = try HostRecord.filter(Column("name") == name).fetchOne(db)
+            var host = HostRecord(
+                id: existing?.id ?? newID(), name: name, clusterId: clusterRow!.id, address: address, token: token,
+                state: existing?.hostState == .maintenance ? HostState.maintenance.rawValue : HostState.connected.rawValue,
+                cpuModel: report.cpuModel, cpuVendor: report.cpuVendor, cpuFlags: report.cpuFlags.joined(separator: " "),
+                cores: report.cores, memoryTotalMiB: Int(report.memoryTotalBytes / 1_048_576),
+                memoryFreeMiB: Int(report.memoryAvailableBytes / 1_048_576), accelerator: accelerator,
+                agentVersion: agentVersion, lastHeartbeat: Date())
+            try host.save(db)
+            try Self.saveDatastores(db, datastores, hostId: host.id)
+            _ = host
+            return (host.id, existing != nil)
+        }
+        await events.record(.info, "host.connected", targetType: "host", targetId: hostId, targetName: name,
+                            rejoined ? "rejoined from \(address)" : "joined cluster \(cluster) from \(address)")
+        return (hostId, token)
+    }
+
+    /// Records a heartbeat and settles the VMs that no task of this manager is changing.
+    func heartbeat(bearer: String?, hostId: String, host report: HostReport, datastores: [DatastoreReport],
+                   guests: [AgentWire.GuestStatus]) async throws {
+        guard let bearer else { throw ShepherdError(.unauthorized, "heartbeats need the host's credential as bearer token") }
+        let (host, wasLost) = try await store.db.write { db -> (HostRecord, Bool) in
+            guard var host = try HostRecord.fetchOne(db, key: hostId) else { throw ShepherdError.notFound("host", hostId) }
+            guard BearerAuth.matches(bearer, host.token) else { throw ShepherdError(.forbidden, "this credential does not belong to host '\(host.name)'") }
+            let wasLost = host.hostState == .disconnected
+            if wasLost { host.state = HostState.connected.rawValue }
+            host.cpuModel = report.cpuModel
+            host.cpuVendor = report.cpuVendor
+            host.cpuFlags = report.cpuFlags.joined(separator: " ")
+            host.cores = report.cores
+            host.memoryTotalMiB = Int(report.memoryTotalBytes / 1_048_576)
+            host.memoryFreeMiB = Int(report.memoryAvailableBytes / 1_048_576)
+            host.lastHeartbeat = Date()
+            try host.update(db)
+            try Self.saveDatastores(db, datastores, hostId: host.id)
+            return (host, wasLost)
+        }
+        if wasLost {
+            await events.record(.info, "host.connected", targetType: "host", targetId: host.id, targetName: host.name, "heartbeats resumed")
+        }
+        try await reconcile(host: host, guests: guests)
+    }
+
+    /// Brings the stored VM states in line with what the host reports, for VMs no live task owns.
+    private func reconcile(host: HostRecord, guests: [AgentWire.GuestStatus]) async throws {
+        let reported = Dictionary(guests.map { ($0.vmId, $0) }, uniquingKeysWith: { a, _ in a })
+        let vms = try await store.db.read { db in try VMRecord.filter(Column("hostId") == host.id).fetchAll(db) }
+        for vm in vms {
+            guard let guest = reported[vm.id] else { continue }
+            let owned = await tasks.isLive(vm.stateTask)
+            var changed = vm
+            var event: (EventLog.Severity, String, String)?
+            switch guest.power {
+            case .running, .paused:
+                if !owned, !(vm.lifecycle.since != nil) {
+                    changed.lifecycle = .running(since: Date())
+                    event = (.info, "vm.running", "found running on \(host.name) (was \(vm.lifecycle.name))")
+                }
+                if changed.lifecycle.consumesHostResources {
+                    changed.toolsRunning = guest.toolsRunning
+                    changed.pid = guest.pid.map(Int.init)
+                }
+            case .crashed:
+                if !owned, vm.lifecycle.name != "crashed", vm.lifecycle.name != "stopped" {
+                    let reason = guest.reason ?? "the QEMU process ended unexpectedly"
+                    changed.lifecycle = .crashed(reason: reason)
+                    event = (.error, "vm.crashed", "crashed on \(host.name): \(reason)")
+                }
+            case .stopped, .shutdown:
+                if !owned, vm.lifecycle.consumesHostResources || vm.lifecycle.name == "unknown" {
+                    changed.lifecycle = .stopped
+                    event = (.info, "vm.stopped", "the guest powered itself off on \(host.name)")
+                }
+            }
+            guard changed.state != vm.state || changed.toolsRunning != vm.toolsRunning || changed.pid != vm.pid else { continue }
+            if changed.toolsRunning != vm.toolsRunning, event == nil, changed.lifecycle.consumesHostResources, !owned {
+                event = (.info, changed.toolsRunning ? "vm.tools.running" : "vm.tools.stopped",
+                         changed.toolsRunning ? "tools answer" : "tools stopped answering")
+            }
+            let row = changed
+            try await store.db.write { db in try row.update(db) }
+            if let (severity, kind, message) = event {
+                await events.record(severity, kind, targetType: "vm", targetId: vm.id, targetName: vm.name, message)
+            }
+        }
+    }
+
+    /// Calls hosts lost after missed heartbeats; their running VMs become unknown.
+    func markLostHosts(now: Date = Date()) async throws {
+        guard ContinuousClock.now - startedAt > .seconds(Heartbeats.lostAfterSeconds) else { return }
+        let lost = try await store.db.write { db -> [HostRecord] in
+            let hosts = try HostRecord.filter(Column("state") == HostState.connected.rawValue).fetchAll(db)
+            var lost: [HostRecord] = []
+            for var host in hosts where now.timeIntervalSince(host.lastHeartbeat ?? .distantPast) > Heartbeats.lostAfterSeconds {
+                host.state = HostState.disconnected.rawValue
+                try host.update(db)
+                for var vm in try VMRecord.filter(Column("hostId") == host.id).fetchAll(db) where vm.state == "running" {
+                    vm.lifecycle = .unknown(reason: "host '\(host.name)' stopped sending heartbeats")
+                    try vm.update(db)
+                }
+                lost.append(host)
+            }
+            return lost
+        }
+        for host in lost {
+            let seconds = Int(now.timeIntervalSince(host.lastHeartbeat ?? .distantPast))
+            await events.record(.warning, "host.lost", targetType: "host", targetId: host.id, targetName: host.name,
+                                "no heartbeat for \(seconds) s (limit \(Int(Heartbeats.lostAfterSeconds)) s)")
+        }
+    }
+
+    private static func saveDatastores(_ db: Database, _ reports: [DatastoreReport], hostId: String) throws {
+        try DatastoreHostRecord.filter(Column("hostId") == hostId).deleteAll(db)
+        for report in reports {
+            var row = try DatastoreRecord.filter(Column("name") == report.name).fetchOne(db)
+                ?? DatastoreRecord(id: newID(), name: report.name, kind: report.kind, path: report.path, capacityBytes: 0, freeBytes: 0)
+            row.kind = report.kind
+            row.path = report.path
+            row.capacityBytes = report.capacityBytes
+            row.freeBytes = report.freeBytes
+            try row.save(db)
+            try DatastoreHostRecord(datastoreId: row.id, hostId: hostId).save(db)
+        }
+    }
+}

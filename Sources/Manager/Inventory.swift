@@ -1,0 +1,71 @@
+import Foundation
+import GRDB
+import Scheduling
+import ShepherdCore
+
+/// Read-side lookups over the store, shared by the services.
+struct Inventory: Sendable {
+    let store: Store
+
+    /// A VM by name or id.
+    static func vm(_ db: Database, _ reference: String) throws -> VMRecord {
+        if let vm = try VMRecord.filter(Column("name") == reference).fetchOne(db) ?? VMRecord.fetchOne(db, key: reference) {
+            return vm
+        }
+        throw ShepherdError.notFound("VM", reference)
+    }
+
+    /// A host by name or id.
+    static func host(_ db: Database, _ reference: String, field: String? = nil) throws -> HostRecord {
+        if let host = try HostRecord.filter(Column("name") == reference).fetchOne(db) ?? HostRecord.fetchOne(db, key: reference) {
+            return host
+        }
+        if let field { throw ShepherdError.invalidField(field, "host '\(reference)' does not exist") }
+        throw ShepherdError.notFound("host", reference)
+    }
+
+    static func datastore(_ db: Database, named name: String, field: String) throws -> DatastoreRecord {
+        guard let datastore = try DatastoreRecord.filter(Column("name") == name).fetchOne(db) else {
+            throw ShepherdError.invalidField(field, "datastore '\(name)' does not exist")
+        }
+        return datastore
+    }
+
+    /// Names of the datastores each host sees.
+    static func datastoresByHost(_ db: Database) throws -> [String: Set<String>] {
+        let rows = try Row.fetchAll(db, sql: """
+            SELECT datastoreHost.hostId AS hostId, datastore.name AS name
+            FROM datastoreHost JOIN datastore ON datastore.id = datastoreHost.datastoreId
+            """)
+        var result: [String: Set<String>] = [:]
+        for row in rows { result[row["hostId"], default: []].insert(row["name"]) }
+        return result
+    }
+
+    /// Memory of the VMs that run on each host, leaving one VM out (the one being admitted).
+    static func allocatedMiB(_ db: Database, excluding vmID: String? = nil) throws -> [String: Int] {
+        var result: [String: Int] = [:]
+        for vm in try VMRecord.fetchAll(db) where vm.id != vmID && vm.lifecycle.consumesHostResources {
+            result[vm.hostId, default: 0] += vm.memoryMiB
+        }
+        return result
+    }
+
+    /// Every host as placement sees it.
+    static func candidates(_ db: Database, excluding vmID: String? = nil) throws -> [HostCandidate] {
+        let allocated = try allocatedMiB(db, excluding: vmID)
+        let datastores = try datastoresByHost(db)
+        return try HostRecord.order(Column("name")).fetchAll(db).map { host in
+            candidate(host, allocated: allocated[host.id] ?? 0, datastores: datastores[host.id] ?? [])
+        }
+    }
+
+    static func candidate(_ host: HostRecord, allocated: Int, datastores: Set<String>) -> HostCandidate {
+        HostCandidate(id: host.id, name: host.name, state: host.hostState, cores: host.cores,
+                      memoryTotalMiB: host.memoryTotalMiB, memoryAllocatedMiB: allocated, datastores: datastores)
+    }
+
+    static func endpoint(_ host: HostRecord) -> AgentClient.Endpoint {
+        AgentClient.Endpoint(hostName: host.name, address: host.address, token: host.token)
+    }
+}

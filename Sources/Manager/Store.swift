@@ -1,0 +1,231 @@
+import Foundation
+import GRDB
+import ShepherdCore
+
+/// The manager's state in SQLite, migrated from the first version on.
+public final class Store: Sendable {
+    public let db: DatabaseQueue
+
+    /// Opens (creating when absent) the database at `path` and runs every pending migration.
+    public init(path: String) throws {
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(5)
+        db = try DatabaseQueue(path: path, configuration: configuration)
+        try Self.migrator.migrate(db)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1: clusters, hosts, datastores, templates, vms, tasks, events") { db in
+            try db.create(table: "cluster") { t in
+                t.primaryKey("id", .text)
+                t.column("name", .text).notNull().unique()
+                t.column("memoryOvercommit", .boolean).notNull().defaults(to: false)
+                t.column("createdAt", .datetime).notNull()
+            }
+            try db.create(table: "host") { t in
+                t.primaryKey("id", .text)
+                t.column("name", .text).notNull().unique()
+                t.column("clusterId", .text).notNull().references("cluster")
+                t.column("address", .text).notNull()
+                t.column("token", .text).notNull()
+                t.column("state", .text).notNull()
+                t.column("cpuModel", .text).notNull()
+                t.column("cpuVendor", .text).notNull()
+                t.column("cpuFlags", .text).notNull()
+                t.column("cores", .integer).notNull()
+                t.column("memoryTotalMiB", .integer).notNull()
+                t.column("memoryFreeMiB", .integer).notNull()
+                t.column("accelerator", .text).notNull()
+                t.column("agentVersion", .text).notNull()
+                t.column("lastHeartbeat", .datetime)
+            }
+            try db.create(table: "datastore") { t in
+                t.primaryKey("id", .text)
+                t.column("name", .text).notNull().unique()
+                t.column("kind", .text).notNull()
+                t.column("path", .text).notNull()
+                t.column("capacityBytes", .integer).notNull()
+                t.column("freeBytes", .integer).notNull()
+            }
+            try db.create(table: "datastoreHost") { t in
+                t.column("datastoreId", .text).notNull().references("datastore", onDelete: .cascade)
+                t.column("hostId", .text).notNull().references("host", onDelete: .cascade)
+                t.primaryKey(["datastoreId", "hostId"])
+            }
+            try db.create(table: "template") { t in
+                t.primaryKey("id", .text)
+                t.column("name", .text).notNull().unique()
+                t.column("description", .text).notNull()
+                t.column("datastore", .text).notNull()
+                t.column("kernel", .text).notNull()
+                t.column("initrd", .text).notNull()
+                t.column("disk", .text).notNull()
+                t.column("cmdline", .text).notNull()
+                t.column("createdAt", .datetime).notNull()
+            }
+            try db.create(table: "vm") { t in
+                t.primaryKey("id", .text)
+                t.column("name", .text).notNull().unique()
+                t.column("hostId", .text).notNull().references("host")
+                t.column("template", .text).notNull()
+                t.column("cpus", .integer).notNull()
+                t.column("memoryMiB", .integer).notNull()
+                t.column("state", .text).notNull()
+                t.column("stateTask", .text)
+                t.column("stateReason", .text)
+                t.column("runningSince", .datetime)
+                t.column("toolsRunning", .boolean).notNull().defaults(to: false)
+                t.column("datastore", .text).notNull()
+                t.column("diskPath", .text).notNull()
+                t.column("pid", .integer)
+                t.column("createdAt", .datetime).notNull()
+            }
+            try db.create(table: "task") { t in
+                t.primaryKey("id", .text)
+                t.column("kind", .text).notNull()
+                t.column("targetType", .text).notNull()
+                t.column("targetId", .text).notNull()
+                t.column("targetName", .text).notNull()
+                t.column("state", .text).notNull()
+                t.column("progress", .integer).notNull()
+                t.column("message", .text).notNull()
+                t.column("errorCode", .text)
+                t.column("errorMessage", .text)
+                t.column("createdAt", .datetime).notNull().indexed()
+                t.column("startedAt", .datetime)
+                t.column("finishedAt", .datetime)
+            }
+            try db.create(table: "event") { t in
+                t.autoIncrementedPrimaryKey("id")
+                t.column("time", .datetime).notNull()
+                t.column("severity", .text).notNull()
+                t.column("kind", .text).notNull()
+                t.column("targetType", .text).notNull()
+                t.column("targetId", .text).notNull()
+                t.column("targetName", .text).notNull()
+                t.column("message", .text).notNull()
+            }
+        }
+        return migrator
+    }
+}
+
+struct ClusterRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "cluster"
+    var id: String
+    var name: String
+    var memoryOvercommit: Bool
+    var createdAt: Date
+}
+
+struct HostRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "host"
+    var id: String
+    var name: String
+    var clusterId: String
+    var address: String
+    var token: String
+    var state: String
+    var cpuModel: String
+    var cpuVendor: String
+    var cpuFlags: String
+    var cores: Int
+    var memoryTotalMiB: Int
+    var memoryFreeMiB: Int
+    var accelerator: String
+    var agentVersion: String
+    var lastHeartbeat: Date?
+
+    var hostState: HostState { HostState(rawValue: state) ?? .disconnected }
+}
+
+struct DatastoreRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "datastore"
+    var id: String
+    var name: String
+    var kind: String
+    var path: String
+    var capacityBytes: Int64
+    var freeBytes: Int64
+}
+
+struct DatastoreHostRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "datastoreHost"
+    var datastoreId: String
+    var hostId: String
+}
+
+struct TemplateRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "template"
+    var id: String
+    var name: String
+    var description: String
+    var datastore: String
+    var kernel: String
+    var initrd: String
+    var disk: String
+    var cmdline: String
+    var createdAt: Date
+}
+
+struct VMRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "vm"
+    var id: String
+    var name: String
+    var hostId: String
+    var template: String
+    var cpus: Int
+    var memoryMiB: Int
+    var state: String
+    var stateTask: String?
+    var stateReason: String?
+    var runningSince: Date?
+    var toolsRunning: Bool
+    var datastore: String
+    var diskPath: String
+    var pid: Int?
+    var createdAt: Date
+
+    var lifecycle: VMLifecycle {
+        get { VMLifecycle(name: state, task: stateTask, reason: stateReason, since: runningSince) }
+        set {
+            state = newValue.name
+            stateTask = newValue.task
+            stateReason = newValue.reason
+            runningSince = newValue.since
+            if !newValue.consumesHostResources { pid = nil; toolsRunning = false }
+        }
+    }
+}
+
+struct TaskRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "task"
+    var id: String
+    var kind: String
+    var targetType: String
+    var targetId: String
+    var targetName: String
+    var state: String
+    var progress: Int
+    var message: String
+    var errorCode: String?
+    var errorMessage: String?
+    var createdAt: Date
+    var startedAt: Date?
+    var finishedAt: Date?
+}
+
+struct EventRecord: Codable, Sendable, FetchableRecord, MutablePersistableRecord {
+    static let databaseTableName = "event"
+    var id: Int64?
+    var time: Date
+    var severity: String
+    var kind: String
+    var targetType: String
+    var targetId: String
+    var targetName: String
+    var message: String
+
+    mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
+}

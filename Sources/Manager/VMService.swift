@@ -1,0 +1,342 @@
+import Foundation
+import GRDB
+import Logging
+import Scheduling
+import ShepherdCore
+
+/// What a user asks for when creating a VM.
+public struct VMCreateRequest: Sendable {
+    public var name: String
+    public var cpus: Int
+    public var memoryMiB: Int
+    public var template: String?
+    public var host: String?
+    public var datastore: String?
+    public init(name: String, cpus: Int, memoryMiB: Int, template: String? = nil, host: String? = nil, datastore: String? = nil) {
+        self.name = name; self.cpus = cpus; self.memoryMiB = memoryMiB
+        self.template = template; self.host = host; self.datastore = datastore
+    }
+}
+
+/// VM operations: validate, change state and start a task in one transaction, then run the
+/// workflow in the background with named undos.
+final class VMService: Sendable {
+    let store: Store
+    let agents: AgentClient
+    let tasks: TaskEngine
+    let events: EventLog
+    let placement: Placement
+    let timing: VMTiming
+
+    init(store: Store, agents: AgentClient, tasks: TaskEngine, events: EventLog, placement: Placement, timing: VMTiming) {
+        self.store = store; self.agents = agents; self.tasks = tasks; self.events = events
+        self.placement = placement; self.timing = timing
+    }
+
+    // MARK: create
+
+    func create(_ request: VMCreateRequest) async throws -> TaskRecord {
+        try Validate.name(request.name)
+        try Validate.cpus(request.cpus)
+        try Validate.memoryMiB(request.memoryMiB)
+        let templateName = request.template ?? "tiny"
+        if let host = request.host { try Validate.name(host, field: "host") }
+
+        let (vm, task, template, host) = try await store.db.write { [placement] db -> (VMRecord, TaskRecord, TemplateRecord, HostRecord) in
+            if try VMRecord.filter(Column("name") == request.name).fetchCount(db) > 0 {
+                throw ShepherdError(.alreadyExists, "name: a VM named '\(request.name)' already exists")
+            }
+            guard let template = try TemplateRecord.filter(Column("name") == templateName).fetchOne(db) else {
+                throw ShepherdError.invalidField("template", "template '\(templateName)' does not exist")
+            }
+            let datastore = try Inventory.datastore(db, named: request.datastore ?? template.datastore, field: "datastore")
+            let candidates = try Inventory.candidates(db)
+            let wanted = PlacementRequest(cpus: request.cpus, memoryMiB: request.memoryMiB, datastore: datastore.name)
+            let chosen: HostCandidate
+            if let reference = request.host {
+                let host = try Inventory.host(db, reference, field: "host")
+                chosen = candidates.first { $0.id == host.id }!
+                if let refusal = placement.admit(wanted, on: chosen, vm: request.name) { throw refusal }
+            } else {
+                chosen = try placement.place(wanted, on: candidates).get()
+            }
+            let host = try HostRecord.fetchOne(db, key: chosen.id)!
+            let id = newID()
+            let task = self.tasks.newTask(kind: "vm.create", targetType: "vm", targetId: id, targetName: request.name)
+            let vm = VMRecord(
+                id: id, name: request.name, hostId: host.id, template: template.name, cpus: request.cpus,
+                memoryMiB: request.memoryMiB, state: "creating", stateTask: task.id, stateReason: nil, runningSince: nil,
+                toolsRunning: false, datastore: datastore.name,
+                diskPath: "\(datastore.path)/vms/\(request.name)-\(id.prefix(8))/root.qcow2", pid: nil, createdAt: Date())
+            try task.insert(db)
+            try vm.insert(db)
+            return (vm, task, template, host)
+        }
+
+        let definition = try await self.definition(vm, template: template)
+        tasks.run(task) { [self] progress in
+            let rollback = Rollback()
+            do {
+                await rollback.add("remove VM '\(vm.name)' from the inventory") { [store] in
+                    _ = try await store.db.write { db in try VMRecord.deleteOne(db, key: vm.id) }
+                }
+                await progress.update(10, "copying the \(template.name) disk on \(host.name)")
+                await rollback.add("delete its files on \(host.name)") { [agents] in
+                    try await agents.delete(Inventory.endpoint(host), vm: vm.id)
+                }
+                _ = try await agents.define(Inventory.endpoint(host), definition)
+                await progress.update(90, "disk ready")
+                try await setLifecycle(vm.id, .stopped)
+            } catch {
+                throw failure(error, rolledBack: await rollback.run())
+            }
+            await events.record(.info, "vm.created", targetType: "vm", targetId: vm.id, targetName: vm.name,
+                                "created on \(host.name) from template \(template.name) (\(vm.cpus) vCPU, \(vm.memoryMiB) MiB)")
+            return "created on \(host.name)"
+        }
+        return task
+    }
+
+    /// The definition an agent needs, with absolute paths on its datastores.
+    private func definition(_ vm: VMRecord, template: TemplateRecord) async throws -> AgentWire.VMDefinition {
+        let templateStore = try await store.db.read { db in try Inventory.datastore(db, named: template.datastore, field: "template") }
+        let base = templateStore.path
+        return AgentWire.VMDefinition(
+            id: vm.id, name: vm.name, cpus: vm.cpus, memoryMiB: vm.memoryMiB,
+            kernel: "\(base)/\(template.kernel)", initrd: "\(base)/\(template.initrd)", cmdline: template.cmdline,
+            disk: vm.diskPath, sourceDisk: "\(base)/\(template.disk)")
+    }
+
+    // MARK: power
+
+    func start(_ reference: String) async throws -> TaskRecord {
+        let (vm, task, host, previous) = try await beginTransition(reference, kind: "vm.start") { [placement] db, vm, host, task in
+            guard host.hostState == .connected else {
+                throw ShepherdError(.hostNotConnected, "cannot start VM '\(vm.name)': its host '\(host.name)' is \(host.state)")
+            }
+            let datastores = try Inventory.datastoresByHost(db)[host.id] ?? []
+            let allocated = try Inventory.allocatedMiB(db, excluding: vm.id)[host.id] ?? 0
+            let candidate = Inventory.candidate(host, allocated: allocated, datastores: datastores)
+            let wanted = PlacementRequest(cpus: vm.cpus, memoryMiB: vm.memoryMiB, datastore: vm.datastore)
+            if let refusal = placement.admit(wanted, on: candidate, vm: vm.name) { throw refusal }
+            return try vm.lifecycle.start(vm: vm.name, task: task.id)
+        }
+        let definition = try await definitionFor(vm)
+        tasks.run(task) { [self] progress in
+            let rollback = Rollback()
+            await rollback.add("mark '\(vm.name)' \(previous.name) again") { try await self.setLifecycle(vm.id, previous) }
+            do {
+                await progress.update(5, "defining the VM on \(host.name)")
+                _ = try await agents.define(Inventory.endpoint(host), definition)
+                await progress.update(15, "starting QEMU on \(host.name)")
+                let status = try await agents.start(Inventory.endpoint(host), vm: vm.id)
+                await rollback.add("power off the half-started VM") { [agents] in
+                    _ = try await agents.stop(Inventory.endpoint(host), vm: vm.id, force: true)
+                }
+                try await store.db.write { db in
+                    guard var row = try VMRecord.fetchOne(db, key: vm.id) else { return }
+                    row.lifecycle = .running(since: Date())
+                    row.pid = status.pid.map(Int.init)
+                    try row.update(db)
+                }
+                await progress.update(30, "booting; waiting for the guest's tools")
+                let tools = try await waitForTools(vm: vm, host: host, progress: progress, from: 30, to: 95)
+                await events.record(.info, "vm.started", targetType: "vm", targetId: vm.id, targetName: vm.name,
+                                    tools ? "powered on on \(host.name); tools answer" : "powered on on \(host.name); tools did not answer within \(timing.toolsTimeoutSeconds) s")
+                return tools ? "running on \(host.name); tools answer" : "running on \(host.name); tools did not answer within \(timing.toolsTimeoutSeconds) s"
+            } catch {
+                throw failure(error, rolledBack: await rollback.run())
+            }
+        }
+        return task
+    }
+
+    /// Polls the agent until the guest's tools answer; false when they did not in time.
+    /// Throws when QEMU ends during boot.
+    private func waitForTools(vm: VMRecord, host: HostRecord, progress: TaskEngine.Progress, from: Int, to: Int) async throws -> Bool {
+        let started = ContinuousClock.now
+        let limit = Duration.seconds(timing.toolsTimeoutSeconds)
+        while ContinuousClock.now - started < limit {
+            let status = try await agents.status(Inventory.endpoint(host), vm: vm.id)
+            switch status.power {
+            case .crashed, .stopped, .shutdown:
+                throw ShepherdError(.agentFailed, "QEMU of '\(vm.name)' ended during boot (\(status.power.rawValue)\(status.reason.map { ": " + $0 } ?? ""))")
+            case .running, .paused:
+                if status.toolsRunning {
+                    try await store.db.write { db in
+                        guard var row = try VMRecord.fetchOne(db, key: vm.id) else { return }
+                        row.toolsRunning = true
+                        try row.update(db)
+                    }
+                    return true
+                }
+            }
+            let elapsed = (ContinuousClock.now - started) / limit
+            await progress.update(from + Int(Double(to - from) * min(1, elapsed * 4)), "booting; waiting for the guest's tools")
+            try await Task.sleep(for: timing.pollInterval)
+        }
+        return false
+    }
+
+    func stop(_ reference: String, force: Bool) async throws -> TaskRecord {
+        let (vm, task, host, previous) = try await beginTransition(reference, kind: force ? "vm.poweroff" : "vm.stop") { _, vm, _, task in
+            try vm.lifecycle.stop(vm: vm.name, task: task.id, force: force)
+        }
+        tasks.run(task) { [self] progress in
+            do {
+                await progress.update(10, force ? "cutting power" : "asking the guest to shut down")
+                let first = try await agents.stop(Inventory.endpoint(host), vm: vm.id, force: force)
+                let how = first.reason ?? (force ? "power cut" : "shutdown requested")
+                let limit = force ? 30 : timing.gracefulStopSeconds
+                try await waitForPower(vm: vm, host: host, seconds: limit, progress: progress, message: "waiting for the guest to power off (\(how))") {
+                    $0 == .stopped
+                } timeoutMessage: {
+                    force ? "QEMU of '\(vm.name)' did not end within \(limit) s"
+                          : "the guest of '\(vm.name)' did not power off within \(limit) s (\(how)); 'shepherd vm stop \(vm.name) --force' cuts its power"
+                }
+                try await setLifecycle(vm.id, .stopped)
+                await events.record(.info, "vm.stopped", targetType: "vm", targetId: vm.id, targetName: vm.name,
+                                    force ? "powered off (power cut)" : "shut down (\(how))")
+                return force ? "powered off" : "shut down (\(how))"
+            } catch {
+                try? await setLifecycle(vm.id, previous)
+                throw failure(error, rolledBack: "'\(vm.name)' is \(previous.name) again")
+            }
+        }
+        return task
+    }
+
+    func reboot(_ reference: String, force: Bool) async throws -> TaskRecord {
+        let (vm, task, host, previous) = try await beginTransition(reference, kind: "vm.reboot") { _, vm, _, task in
+            try vm.lifecycle.reboot(vm: vm.name, task: task.id)
+        }
+        tasks.run(task) { [self] progress in
+            do {
+                let endpoint = Inventory.endpoint(host)
+                let bootIDCommand = AgentWire.ExecRequest(command: ["cat", "/proc/sys/kernel/random/boot_id"], timeoutSeconds: 10)
+                let before = try? await agents.exec(endpoint, vm: vm.id, bootIDCommand).stdout
+                if before == nil && !force {
+                    throw ShepherdError(.toolsNotRunning, "cannot reboot '\(vm.name)' gracefully: its tools do not answer; 'shepherd vm reboot \(vm.name) --force' resets it")
+                }
+                await progress.update(10, force ? "resetting" : "asking the guest to reboot")
+                _ = try await agents.reboot(endpoint, vm: vm.id, force: force)
+                if let before {
+                    let started = ContinuousClock.now
+                    let limit = Duration.seconds(timing.toolsTimeoutSeconds + 60)
+                    while true {
+                        if ContinuousClock.now - started > limit {
+                            throw ShepherdError(.timedOut, "'\(vm.name)' did not come back from its reboot within \(limit.components.seconds) s")
+                        }
+                        try await Task.sleep(for: timing.pollInterval)
+                        if let now = try? await agents.exec(endpoint, vm: vm.id, bootIDCommand).stdout, now != before { break }
+                        await progress.update(40, "rebooting; waiting for the guest's tools")
+                    }
+                }
+                try await store.db.write { db in
+                    guard var row = try VMRecord.fetchOne(db, key: vm.id) else { return }
+                    row.lifecycle = .running(since: Date())
+                    row.toolsRunning = before != nil
+                    try row.update(db)
+                }
+                await events.record(.info, "vm.rebooted", targetType: "vm", targetId: vm.id, targetName: vm.name, force ? "reset" : "rebooted through its tools")
+                return before != nil ? "rebooted; tools answer again" : "reset"
+            } catch {
+                try? await setLifecycle(vm.id, previous)
+                throw failure(error, rolledBack: "'\(vm.name)' is \(previous.name) again")
+            }
+        }
+        return task
+    }
+
+    func delete(_ reference: String, force: Bool) async throws -> TaskRecord {
+        let (vm, task, host, previous) = try await beginTransition(reference, kind: "vm.delete") { _, vm, _, task in
+            try vm.lifecycle.delete(vm: vm.name, task: task.id, force: force)
+        }
+        tasks.run(task) { [self] progress in
+            do {
+                await progress.update(20, previous.consumesHostResources ? "cutting power and deleting files on \(host.name)" : "deleting files on \(host.name)")
+                try await agents.delete(Inventory.endpoint(host), vm: vm.id)
+                _ = try await store.db.write { db in try VMRecord.deleteOne(db, key: vm.id) }
+            } catch {
+                try? await setLifecycle(vm.id, previous)
+                throw failure(error, rolledBack: "'\(vm.name)' is \(previous.name) again")
+            }
+            await events.record(.info, "vm.deleted", targetType: "vm", targetId: vm.id, targetName: vm.name, "deleted from \(host.name)")
+            return "deleted"
+        }
+        return task
+    }
+
+    func exec(_ reference: String, command: [String], timeoutSeconds: Int?) async throws -> AgentWire.ExecResult {
+        try Validate.execCommand(command, timeoutSeconds: timeoutSeconds)
+        let (vm, host) = try await store.db.read { db in
+            let vm = try Inventory.vm(db, reference)
+            return (vm, try Inventory.host(db, vm.hostId))
+        }
+        try vm.lifecycle.checkExec(vm: vm.name)
+        return try await agents.exec(Inventory.endpoint(host), vm: vm.id,
+                                     AgentWire.ExecRequest(command: command, timeoutSeconds: timeoutSeconds ?? 60))
+    }
+
+    // MARK: helpers
+
+    /// In one transaction: find the VM and its host, apply the transition, persist it with a new task.
+    private func beginTransition(
+        _ reference: String, kind: String,
+        _ transition: @escaping @Sendable (Database, VMRecord, HostRecord, TaskRecord) throws -> VMLifecycle
+    ) async throws -> (VMRecord, TaskRecord, HostRecord, VMLifecycle) {
+        try await store.db.write { [tasks] db in
+            var vm = try Inventory.vm(db, reference)
+            let host = try Inventory.host(db, vm.hostId)
+            let task = tasks.newTask(kind: kind, targetType: "vm", targetId: vm.id, targetName: vm.name)
+            let previous = vm.lifecycle
+            vm.lifecycle = try transition(db, vm, host, task)
+            try task.insert(db)
+            try vm.update(db)
+            return (vm, task, host, previous)
+        }
+    }
+
+    private func definitionFor(_ vm: VMRecord) async throws -> AgentWire.VMDefinition {
+        let template = try await store.db.read { db in
+            try TemplateRecord.filter(Column("name") == vm.template).fetchOne(db)
+        }
+        guard let template else { throw ShepherdError(.notFound, "template '\(vm.template)' of VM '\(vm.name)' no longer exists") }
+        return try await definition(vm, template: template)
+    }
+
+    func setLifecycle(_ id: String, _ lifecycle: VMLifecycle) async throws {
+        try await store.db.write { db in
+            guard var row = try VMRecord.fetchOne(db, key: id) else { return }
+            row.lifecycle = lifecycle
+            try row.update(db)
+        }
+    }
+
+    private func waitForPower(
+        vm: VMRecord, host: HostRecord, seconds: Int, progress: TaskEngine.Progress, message: String,
+        until done: (AgentWire.GuestPower) -> Bool, timeoutMessage: () -> String
+    ) async throws {
+        let started = ContinuousClock.now
+        while ContinuousClock.now - started < .seconds(seconds) {
+            let status = try await agents.status(Inventory.endpoint(host), vm: vm.id)
+            if done(status.power) { return }
+            let fraction = (ContinuousClock.now - started) / .seconds(seconds)
+            await progress.update(20 + Int(70 * fraction), message)
+            try await Task.sleep(for: timing.pollInterval)
+        }
+        throw ShepherdError(.timedOut, timeoutMessage())
+    }
+}
+
+/// How long VM workflows wait; tests shorten these.
+public struct VMTiming: Sendable {
+    public var toolsTimeoutSeconds: Int = 120
+    public var gracefulStopSeconds: Int = 90
+    public var pollInterval: Duration = .milliseconds(250)
+    public init(toolsTimeoutSeconds: Int = 120, gracefulStopSeconds: Int = 90, pollInterval: Duration = .milliseconds(250)) {
+        self.toolsTimeoutSeconds = toolsTimeoutSeconds
+        self.gracefulStopSeconds = gracefulStopSeconds
+        self.pollInterval = pollInterval
+    }
+}

@@ -1,0 +1,36 @@
+import Foundation
+import HostKit
+
+/// A thin, typed wrapper over `qemu-img` (argv only, explicit timeouts).
+public enum QemuImg {
+    /// What `qemu-img info --output=json` says about an image.
+    public struct Info: Sendable, Decodable, Equatable {
+        public let format: String
+        public let virtualSize: UInt64
+        public let actualSize: UInt64?
+        public let backingFilename: String?
+
+        enum CodingKeys: String, CodingKey {
+            case format
+            case virtualSize = "virtual-size"
+            case actualSize = "actual-size"
+            case backingFilename = "backing-filename"
+        }
+    }
+
+    /// Copies `source` into a new standalone image (no backing file) at `destination`.
+    public static func convert(source: String, destination: String, format: String = "qcow2",
+                               timeout: Duration = .seconds(600)) async throws {
+        try await Command.check("qemu-img", ["convert", "-O", format, source, destination], timeout: timeout)
+    }
+
+    /// Creates an empty image of `bytes`.
+    public static func create(path: String, bytes: UInt64, format: String = "qcow2", timeout: Duration = .seconds(60)) async throws {
+        try await Command.check("qemu-img", ["create", "-f", format, path, String(bytes)], timeout: timeout)
+    }
+
+    public static func info(path: String, timeout: Duration = .seconds(30)) async throws -> Info {
+        let result = try await Command.check("qemu-img", ["info", "--output=json", "-U", path], timeout: timeout)
+        return try JSONDecoder().decode(Info.self, from: Data(result.stdout.utf8))
+    }
+}

@@ -1,0 +1,26 @@
+import Foundation
+
+/// A long operation's lifecycle, as the API shows it.
+public enum TaskState: String, Sendable, Codable, CaseIterable {
+    case queued, running, succeeded, failed
+
+    public var isFinished: Bool { self == .succeeded || self == .failed }
+}
+
+/// A host's connection state as the manager sees it.
+public enum HostState: String, Sendable, Codable, CaseIterable {
+    case connected, disconnected, maintenance
+}
+
+/// How often agents report and how long the manager waits before calling a host lost.
+public enum Heartbeats {
+    public static let interval: Duration = .seconds(2)
+    /// Five missed heartbeats.
+    public static let lostAfterSeconds: Double = 10
+}
+
+/// Mebibytes from bytes, rounded down.
+public func mebibytes(_ bytes: UInt64) -> Int { Int(bytes / 1_048_576) }
+
+/// A fresh identifier: a lowercase UUID.
+public func newID() -> String { UUID().uuidString.lowercased() }

@@ -1,0 +1,143 @@
+import ArgumentParser
+import Foundation
+import ShepherdAPI
+
+struct HostCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "host", abstract: "The hosts (agents) of the clusters.",
+                                                    subcommands: [List.self, Show.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List hosts with their state, CPU and memory.")
+        @OptionGroup var options: ClientOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let hosts = try await calling(options) { client in
+                switch try await client.listHosts() {
+                case .ok(let ok): return try ok.body.json
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+            if json { return try printJSON(hosts) }
+            printTable(["NAME", "STATE", "CLUSTER", "CPU", "CORES", "MEMORY", "VM MEMORY", "VMS", "ACCEL"], hosts.map { host in
+                [host.name, host.state.rawValue, host.clusterName, host.cpuModel, "\(host.cores)",
+                 "\(formatMiB(host.memoryFreeMiB)) free of \(formatMiB(host.memoryTotalMiB))", formatMiB(host.memoryAllocatedMiB),
+                 "\(host.vmCount)", host.accelerator]
+            })
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one host.")
+        @OptionGroup var options: ClientOptions
+        @Flag(help: "Print JSON.") var json = false
+        @Argument(help: "The host's name or id.") var host: String
+
+        func run() async throws {
+            let found = try await calling(options) { client in
+                switch try await client.getHost(path: .init(host: host)) {
+                case .ok(let ok): return try ok.body.json
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+            if json { return try printJSON(found) }
+            let rows: [(String, String)] = [
+                ("name", found.name), ("id", found.id), ("state", found.state.rawValue), ("cluster", found.clusterName),
+                ("address", found.address), ("cpu", "\(found.cpuModel) (\(found.cpuVendor)), \(found.cores) cores"),
+                ("memory", "\(formatMiB(found.memoryFreeMiB)) free of \(formatMiB(found.memoryTotalMiB)); VMs \(formatMiB(found.memoryAllocatedMiB))"),
+                ("vms", "\(found.vmCount)"), ("accelerator", found.accelerator), ("agent", found.agentVersion),
+                ("heartbeat", formatDate(found.lastHeartbeat)),
+            ]
+            for (key, value) in rows { print(key.padding(toLength: 12, withPad: " ", startingAt: 0) + value) }
+        }
+    }
+}
+
+struct ClusterCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cluster", abstract: "Clusters of hosts.",
+                                                    subcommands: [List.self, Create.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List clusters.")
+        @OptionGroup var options: ClientOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let clusters = try await calling(options) { client in
+                switch try await client.listClusters() {
+                case .ok(let ok): return try ok.body.json
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+            if json { return try printJSON(clusters) }
+            printTable(["NAME", "HOSTS", "VMS", "MEMORY OVERCOMMIT", "ID"], clusters.map { cluster in
+                [cluster.name, "\(cluster.hostCount)", "\(cluster.vmCount)", cluster.memoryOvercommit ? "on" : "off", cluster.id]
+            })
+        }
+    }
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create an empty cluster (agents join one by name).")
+        @OptionGroup var options: ClientOptions
+        @Flag(help: "Print JSON.") var json = false
+        @Argument(help: "The cluster's name.") var name: String
+
+        func run() async throws {
+            let cluster = try await calling(options) { client in
+                switch try await client.createCluster(body: .json(.init(name: name))) {
+                case .created(let created): return try created.body.json
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+            if json { return try printJSON(cluster) }
+            print("created cluster \(cluster.name) (\(cluster.id))")
+        }
+    }
+}
+
+struct DatastoreCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "datastore", abstract: "Storage the hosts see.", subcommands: [List.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List datastores.")
+        @OptionGroup var options: ClientOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let stores = try await calling(options) { client in
+                switch try await client.listDatastores() {
+                case .ok(let ok): return try ok.body.json
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+            if json { return try printJSON(stores) }
+            printTable(["NAME", "KIND", "HOSTS", "FREE", "CAPACITY", "PATH"], stores.map { store in
+                [store.name, store.kind.rawValue, store.hosts.joined(separator: ","), formatBytes(store.freeBytes),
+                 formatBytes(store.capacityBytes), store.path]
+            })
+        }
+    }
+}
+
+struct TemplateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "template", abstract: "Images VMs are created from.", subcommands: [List.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List templates.")
+        @OptionGroup var options: ClientOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let templates = try await calling(options) { client in
+                switch try await client.listTemplates() {
+                case .ok(let ok): return try ok.body.json
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+            if json { return try printJSON(templates) }
+            printTable(["NAME", "DATASTORE", "DISK", "DESCRIPTION"], templates.map { template in
+                [template.name, template.datastore, template.disk, template.description ?? ""]
+            })
+        }
+    }
+}

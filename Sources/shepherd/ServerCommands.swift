@@ -1,0 +1,45 @@
+import Agent
+import ArgumentParser
+import Foundation
+import Manager
+import ShepherdCore
+
+struct ManagerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "manager", abstract: "Run the manager (API, state, tasks).")
+
+    @Option(help: "State directory: database and tokens.") var stateDir = "/var/lib/shepherd"
+    @Option(help: "host:port to listen on; repeat for several.") var listen: [String] = ["127.0.0.1:7443"]
+    @Option(help: "Memory (MiB) each host keeps for itself.") var hostReserve = 512
+    @Option(help: "Seconds a power-on waits for the guest's tools.") var toolsTimeout = 120
+    @Option(help: "Seconds a graceful stop waits before giving up.") var stopTimeout = 90
+
+    func run() async throws {
+        for address in listen { _ = try ManagerServer.parseListen(address) }
+        try await ManagerServer.run(ManagerConfiguration(
+            stateDirectory: stateDir, listen: listen, hostReserveMiB: hostReserve,
+            timing: VMTiming(toolsTimeoutSeconds: toolsTimeout, gracefulStopSeconds: stopTimeout)))
+    }
+}
+
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "agent", abstract: "Run a host's agent (QEMU guests, heartbeats).")
+
+    @Option(help: "This host's name.") var name: String
+    @Option(help: "The cluster to join (created when absent).") var cluster = "cluster-1"
+    @Option(help: "The manager's URL as seen from this host.") var manager: String
+    @Option(help: "host:port for the manager→agent API.") var listen: String
+    @Option(help: "The URL the manager reaches this agent at (default http://LISTEN).") var advertise: String?
+    @Option(help: "State directory: VM definitions, sockets, logs, credential.") var stateDir: String
+    @Option(help: "File holding the join token (read once, to join).") var joinTokenFile: String?
+    @Option(help: "A datastore this host sees: NAME=PATH[,shared|,local]; repeatable.") var datastore: [String] = []
+    @Option(help: "qemu, or fake for tests of manager logic.") var driver = "qemu"
+    @Option(help: "auto (a real boot probe decides), kvm or tcg.") var accel = "auto"
+
+    func run() async throws {
+        guard ["auto", "kvm", "tcg"].contains(accel) else { throw ValidationError("--accel must be auto, kvm or tcg") }
+        try await AgentServer.run(AgentConfiguration(
+            name: name, cluster: cluster, managerURL: manager, listen: listen, advertiseURL: advertise ?? "http://\(listen)",
+            stateDirectory: stateDir, joinTokenFile: joinTokenFile, datastores: try datastore.map(DatastoreMount.parse),
+            driver: driver, accelerator: accel))
+    }
+}

@@ -1,0 +1,190 @@
+import ArgumentParser
+import Foundation
+import ShepherdAPI
+
+typealias APIVM = Components.Schemas.Vm
+
+/// Shared flags of the commands that start a task.
+struct TaskFlags: ParsableArguments {
+    @Flag(name: .customLong("no-wait"), help: "Print the task and return instead of following it.")
+    var noWait = false
+    @Flag(help: "Print the final task as JSON.") var json = false
+
+    /// Follows (or just prints) a task the manager accepted.
+    func handle(_ task: APITask, client: Client) async throws {
+        if noWait {
+            if json { return try printJSON(task) }
+            print(task.id)
+            return
+        }
+        let done = try await follow(task, client: client, json: json)
+        if !json { print("\(done.targetName): \(done.message)") }
+    }
+}
+
+struct VMCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vm", abstract: "Create, run and remove virtual machines.",
+        subcommands: [List.self, Show.self, Create.self, Start.self, Stop.self, Reboot.self, Delete.self, Exec.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List VMs.")
+        @OptionGroup var options: ClientOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let vms = try await calling(options) { client in
+                switch try await client.listVMs() {
+                case .ok(let ok): return try ok.body.json
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+            if json { return try printJSON(vms) }
+            printTable(["NAME", "STATE", "HOST", "CPUS", "MEMORY", "TOOLS", "ID"], vms.map { vm in
+                [vm.name, vm.state.rawValue, vm.hostName, "\(vm.cpus)", formatMiB(vm.memoryMiB), vm.toolsStatus.rawValue, vm.id]
+            })
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one VM.")
+        @OptionGroup var options: ClientOptions
+        @Flag(help: "Print JSON.") var json = false
+        @Argument(help: "The VM's name or id.") var vm: String
+
+        func run() async throws {
+            let found = try await calling(options) { client in
+                switch try await client.getVM(path: .init(vm: vm)) {
+                case .ok(let ok): return try ok.body.json
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+            if json { return try printJSON(found) }
+            let rows: [(String, String)] = [
+                ("name", found.name), ("id", found.id), ("state", found.state.rawValue + (found.stateReason.map { " (\($0))" } ?? "")),
+                ("host", found.hostName), ("cpus", "\(found.cpus)"), ("memory", formatMiB(found.memoryMiB)),
+                ("tools", found.toolsStatus.rawValue), ("template", found.template), ("datastore", found.datastore),
+                ("disk", found.diskPath), ("pid", found.pid.map(String.init) ?? "-"), ("created", formatDate(found.createdAt)),
+            ]
+            for (key, value) in rows { print(key.padding(toLength: 11, withPad: " ", startingAt: 0) + value) }
+        }
+    }
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a VM from a template; the scheduler places it unless --host says where.")
+        @OptionGroup var options: ClientOptions
+        @OptionGroup var flags: TaskFlags
+        @Argument(help: "The new VM's name.") var name: String
+        @Option(help: "Virtual CPUs (1-64).") var cpus: Int = 1
+        @Option(help: "Memory in MiB (16-1048576).") var memory: Int = 128
+        @Option(help: "Template (default tiny).") var template: String?
+        @Option(help: "Host name; placed by the scheduler when absent.") var host: String?
+        @Option(help: "Datastore for the disk (default: the template's).") var datastore: String?
+
+        func run() async throws {
+            try await calling(options) { client in
+                let response = try await client.createVM(body: .json(.init(
+                    name: name, cpus: cpus, memoryMiB: memory, template: template, host: host, datastore: datastore)))
+                switch response {
+                case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+        }
+    }
+
+    struct Start: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Power on a VM; waits until its tools answer.")
+        @OptionGroup var options: ClientOptions
+        @OptionGroup var flags: TaskFlags
+        @Argument(help: "The VM's name or id.") var vm: String
+
+        func run() async throws {
+            try await calling(options) { client in
+                switch try await client.startVM(path: .init(vm: vm)) {
+                case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+        }
+    }
+
+    struct Stop: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Shut a VM down through its tools (ACPI otherwise); --force cuts power.")
+        @OptionGroup var options: ClientOptions
+        @OptionGroup var flags: TaskFlags
+        @Flag(help: "Cut the power instead of asking the guest.") var force = false
+        @Argument(help: "The VM's name or id.") var vm: String
+
+        func run() async throws {
+            try await calling(options) { client in
+                switch try await client.stopVM(path: .init(vm: vm), body: .json(.init(force: force))) {
+                case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+        }
+    }
+
+    struct Reboot: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Reboot a VM through its tools; --force resets it.")
+        @OptionGroup var options: ClientOptions
+        @OptionGroup var flags: TaskFlags
+        @Flag(help: "Reset instead of asking the guest.") var force = false
+        @Argument(help: "The VM's name or id.") var vm: String
+
+        func run() async throws {
+            try await calling(options) { client in
+                switch try await client.rebootVM(path: .init(vm: vm), body: .json(.init(force: force))) {
+                case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+        }
+    }
+
+    struct Delete: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete a stopped VM and its disk; --force cuts power first.")
+        @OptionGroup var options: ClientOptions
+        @OptionGroup var flags: TaskFlags
+        @Flag(help: "Cut the power of a running VM first.") var force = false
+        @Argument(help: "The VM's name or id.") var vm: String
+
+        func run() async throws {
+            try await calling(options) { client in
+                switch try await client.deleteVM(path: .init(vm: vm), query: .init(force: force)) {
+                case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+        }
+    }
+
+    struct Exec: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run a command inside the guest through its tools; exits with the command's exit code.",
+            discussion: "Example: shepherd vm exec web1 -- uname -a")
+        @OptionGroup var options: ClientOptions
+        @Flag(help: "Print the result as JSON.") var json = false
+        @Option(help: "Seconds to wait for the command (1-3600).") var timeout: Int = 60
+        @Argument(help: "The VM's name or id.") var vm: String
+        @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String] = []
+
+        func run() async throws {
+            guard !command.isEmpty else { throw ValidationError("command: give the command after --, e.g. shepherd vm exec \(vm) -- uname -a") }
+            let result = try await calling(options) { client in
+                switch try await client.execInVM(path: .init(vm: vm), body: .json(.init(command: command, timeoutSeconds: timeout))) {
+                case .ok(let ok): return try ok.body.json
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+            if json {
+                try printJSON(result)
+            } else {
+                FileHandle.standardOutput.write(Data(result.stdout.utf8))
+                FileHandle.standardError.write(Data(result.stderr.utf8))
+            }
+            if result.exitCode != 0 { throw ExitCode(Int32(truncatingIfNeeded: result.exitCode)) }
+        }
+    }
+}
