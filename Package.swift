@@ -27,9 +27,9 @@ let package = Package(
         // Pure algorithms over a cluster snapshot.
         .target(name: "Scheduling", dependencies: ["ShepherdCore"], swiftSettings: strict),
         // Leaves: no domain imports.
-        .target(name: "HostKit", swiftSettings: strict),
-        .target(name: "QMP", swiftSettings: strict),
-        .target(name: "QemuImg", dependencies: ["HostKit"], swiftSettings: strict),
+        .target(name: "HostKit", exclude: ["README.md"], swiftSettings: strict),
+        .target(name: "QMP", exclude: ["README.md"], swiftSettings: strict),
+        .target(name: "QemuImg", dependencies: ["HostKit"], exclude: ["README.md"], swiftSettings: strict),
         .target(
             name: "Hypervisor",
             dependencies: ["ShepherdCore", "QMP", "QemuImg", "HostKit"],
@@ -90,13 +90,20 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             swiftSettings: strict),
+        // Starts real managers and agents (the built `shepherd` binary) for tests, and cleans up.
+        .target(
+            name: "TestSupport",
+            dependencies: [
+                "ShepherdAPI", "HostKit", "ShepherdCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ],
+            path: "Tests/TestSupport"),
         .testTarget(name: "ShepherdCoreTests", dependencies: ["ShepherdCore"]),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"]),
-        .testTarget(name: "ManagerTests", dependencies: ["Manager", "Agent", "Hypervisor", "ShepherdAPI",
-            .product(name: "OpenAPIAsyncHTTPClient", package: "swift-openapi-async-http-client"),
-            .product(name: "AsyncHTTPClient", package: "async-http-client")]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Manager", "Agent", "Hypervisor", "HostKit", "QMP", "ShepherdAPI",
-            .product(name: "OpenAPIAsyncHTTPClient", package: "swift-openapi-async-http-client"),
-            .product(name: "AsyncHTTPClient", package: "async-http-client")]),
+        .testTarget(name: "ManagerTests", dependencies: ["TestSupport", "Manager", "ServerKit"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["TestSupport", "QMP", "HostKit"]),
     ]
 )

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
   echo 'public enum OpenAPIDocument {'
   echo '    public static let yaml = #"""'
   cat docs/api/openapi.yaml
+  echo
   echo '"""#'
   echo '}'
 } > Sources/Manager/OpenAPIDocument.swift

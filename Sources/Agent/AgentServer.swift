@@ -75,7 +75,14 @@ public enum AgentServer {
         case "fake":
             driver = FakeDriver()
         case "qemu":
-            let accelerator = configuration.accelerator == "auto" ? await AcceleratorProbe.choose() : configuration.accelerator
+            let accelerator: String
+            if configuration.accelerator == "auto" {
+                let kernel = AcceleratorProbe.findKernel(in: configuration.datastores.map(\.path))
+                accelerator = await AcceleratorProbe.choose(kernel: kernel)
+                logger.info("accelerator: \(accelerator)\(kernel.map { " (probe: booted \($0) under KVM; cached in /run/shepherd/accelerator)" } ?? " (no guest kernel under the datastores' templates to probe KVM with)")")
+            } else {
+                accelerator = configuration.accelerator
+            }
             let qemu = try QEMUDriver(stateDirectory: configuration.stateDirectory, accelerator: accelerator)
             let adopted = try await qemu.adopt()
             let running = adopted.filter { $0.power == .running || $0.power == .paused }

@@ -87,7 +87,8 @@ final class ManagerLink: Service, Sendable {
                                            toolsRunning: status.toolsRunning, pid: status.pid.map(Int.init), reason: status.reason)
         }
         let response = try await client.agentHeartbeat(body: .json(.init(
-            hostId: current.hostId, host: try await hostReport(), datastores: datastoreReports(), guests: guests)))
+            hostId: current.hostId, host: try await hostReport(), datastores: datastoreReports(), guests: guests,
+            accelerator: driver.accelerator, agentVersion: AgentServer.version)))
         switch response {
         case .noContent:
             return

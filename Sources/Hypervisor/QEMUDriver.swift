@@ -205,7 +205,7 @@ actor GuestSupervisor {
         do {
             try await Command.check(qemuBinary, argv, timeout: .seconds(60))
         } catch let error as HostKitError {
-            throw ShepherdError(.agentFailed, "QEMU did not start for '\(definition.name)': \(error.message)")
+            throw ShepherdError(.agentFailed, "QEMU did not start for '\(definition.name)': \(error.message)\(lastLogLine().map { "; its log says: " + $0 } ?? "")")
         }
         lastToolsRunning = false
         guard let pid = livePid() else {

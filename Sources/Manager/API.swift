@@ -250,6 +250,7 @@ struct API: APIProtocol {
         guard case .json(let body) = input.body else { throw unsupportedBody }
         try await guarded {
             try await hosts.heartbeat(bearer: RequestBearer.token, hostId: body.hostId, host: Self.report(body.host),
+                                      accelerator: body.accelerator, agentVersion: body.agentVersion,
                                       datastores: body.datastores.map(Self.report),
                                       guests: body.guests.map { guest in
                                           AgentWire.GuestStatus(vmId: guest.vmId, power: AgentWire.GuestPower(rawValue: guest.power.rawValue) ?? .crashed,

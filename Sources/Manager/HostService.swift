@@ -71,7 +71,8 @@ final class HostService: Sendable {
     }
 
     /// Records a heartbeat and settles the VMs that no task of this manager is changing.
-    func heartbeat(bearer: String?, hostId: String, host report: HostReport, datastores: [DatastoreReport],
+    func heartbeat(bearer: String?, hostId: String, host report: HostReport, accelerator: String?, agentVersion: String?,
+                   datastores: [DatastoreReport],
                    guests: [AgentWire.GuestStatus]) async throws {
         guard let bearer else { throw ShepherdError(.unauthorized, "heartbeats need the host's credential as bearer token") }
         let (host, wasLost) = try await store.db.write { db -> (HostRecord, Bool) in
@@ -86,6 +87,8 @@ final class HostService: Sendable {
             host.memoryTotalMiB = Int(report.memoryTotalBytes / 1_048_576)
             host.memoryFreeMiB = Int(report.memoryAvailableBytes / 1_048_576)
             host.lastHeartbeat = Date()
+            if let accelerator { host.accelerator = accelerator }
+            if let agentVersion { host.agentVersion = agentVersion }
             try host.update(db)
             try Self.saveDatastores(db, datastores, hostId: host.id)
             return (host, wasLost)

@@ -544,5 +544,8 @@ components:
         host: { $ref: "#/components/schemas/HostReport" }
         datastores: { type: array, items: { $ref: "#/components/schemas/DatastoreReport" } }
         guests: { type: array, items: { $ref: "#/components/schemas/GuestReport" } }
+        accelerator: { type: string, description: "kvm or tcg, as the agent decided at its start." }
+        agentVersion: { type: string }
+
 """#
 }

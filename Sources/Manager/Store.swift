@@ -4,13 +4,13 @@ import ShepherdCore
 
 /// The manager's state in SQLite, migrated from the first version on.
 public final class Store: Sendable {
-    public let db: DatabaseQueue
+    public let db: DatabasePool
 
     /// Opens (creating when absent) the database at `path` and runs every pending migration.
     public init(path: String) throws {
         var configuration = Configuration()
         configuration.busyMode = .timeout(5)
-        db = try DatabaseQueue(path: path, configuration: configuration)
+        db = try DatabasePool(path: path, configuration: configuration)
         try Self.migrator.migrate(db)
     }
 

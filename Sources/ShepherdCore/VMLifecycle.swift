@@ -86,7 +86,9 @@ public enum VMLifecycle: Sendable, Equatable {
     public func stop(vm: String, task: String, force: Bool) throws -> VMLifecycle {
         switch self {
         case .running: return .stopping(task: task)
-        case .unknown, .rebooting, .starting, .stopping, .crashed where force: return .stopping(task: task)
+        case .unknown, .rebooting, .starting, .stopping, .crashed:
+            if force { return .stopping(task: task) }
+            throw illegal("stop", vm: vm, allowed: ["running"])
         default:
             throw illegal("stop", vm: vm, allowed: force ? ["running", "starting", "stopping", "rebooting", "crashed", "unknown"] : ["running"])
         }
@@ -102,8 +104,8 @@ public enum VMLifecycle: Sendable, Equatable {
     public func delete(vm: String, task: String, force: Bool) throws -> VMLifecycle {
         switch self {
         case .stopped, .crashed, .unknown: return .deleting(task: task)
-        case .running, .starting, .stopping, .rebooting where force: return .deleting(task: task)
         case .running, .starting, .stopping, .rebooting:
+            if force { return .deleting(task: task) }
             throw ShepherdError(.illegalState, "cannot delete VM '\(vm)': it is \(name); stop it first or use --force to cut its power")
         default: throw illegal("delete", vm: vm, allowed: ["stopped", "crashed", "unknown"])
         }

@@ -1,0 +1,45 @@
+# Shepherd: two commands.
+#   make demo   installs what it needs, builds, builds the guest image once, runs a 3-host cluster
+#   make test   installs what it needs and runs the whole test suite
+SHELL := /bin/bash
+export PATH := $(if $(wildcard /opt/swift/usr/bin/swift),/opt/swift/usr/bin:,)$(PATH)
+PREFIX ?= /usr/local
+STATE_DIR ?= /var/lib/shepherd
+GUEST ?= guest/tiny
+SWIFT_BUILD_FLAGS ?=
+
+.PHONY: all deps build guest install demo test bench openapi clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	swift build $(SWIFT_BUILD_FLAGS)
+
+# The guest image is built once and kept (guest/ is not in git).
+guest: deps $(GUEST)/manifest.json
+$(GUEST)/manifest.json: scripts/build-guest-image.sh
+	scripts/build-guest-image.sh $(GUEST)
+
+install: build
+	install -m 0755 .build/debug/shepherd $(PREFIX)/bin/shepherd
+
+demo: install guest
+	shepherd demo --state-dir $(STATE_DIR) --image $(GUEST)
+
+test: deps guest
+	swift build --build-tests $(SWIFT_BUILD_FLAGS)
+	SHEPHERD_GUEST_IMAGE=$(abspath $(GUEST)) SHEPHERD_BINARY=$(abspath .build/debug/shepherd) \
+	  swift test --skip-build $(SWIFT_BUILD_FLAGS)
+
+bench: build guest
+	bench/boot-to-tools.sh
+
+# Regenerates the embedded copy of docs/api/openapi.yaml that the manager serves.
+openapi:
+	scripts/embed-openapi.sh
+
+clean:
+	rm -rf .build

@@ -1,0 +1,339 @@
+import AsyncHTTPClient
+import Foundation
+import GRDB
+import HostKit
+import NIOCore
+import NIOFoundationCompat
+import ShepherdAPI
+import ShepherdCore
+
+/// A failure of the test environment, with what to do about it.
+public struct HarnessError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Where the repository, the built binary and the guest image are.
+public enum Paths {
+    public static let repository: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    public static func binary() throws -> String {
+        let path = ProcessInfo.processInfo.environment["SHEPHERD_BINARY"] ?? repository + "/.build/debug/shepherd"
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            throw HarnessError("the shepherd binary is missing at \(path): run `swift build` (make test does) or set SHEPHERD_BINARY")
+        }
+        return path
+    }
+
+    public static func guestImage() throws -> String {
+        let path = ProcessInfo.processInfo.environment["SHEPHERD_GUEST_IMAGE"] ?? repository + "/guest/tiny"
+        for file in ["vmlinuz", "initrd.img", "rootfs.qcow2", "manifest.json"] where !FileManager.default.fileExists(atPath: "\(path)/\(file)") {
+            throw HarnessError("the guest image is missing \(path)/\(file): run `make guest` (scripts/build-guest-image.sh) or set SHEPHERD_GUEST_IMAGE")
+        }
+        return path
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read back, released).
+public func freePort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw HarnessError("socket() failed") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = 0
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    guard bound else { throw HarnessError("bind() failed") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// A manager and its agents as real processes in a temporary directory. Everything it starts
+/// it ends by pid in `shutdown()`, including QEMU processes its agents left behind.
+public final class TestCluster: @unchecked Sendable {
+    public let directory: String
+    public let driver: String
+    public let managerPort: Int
+    public private(set) var manager: ChildProcess?
+    public private(set) var agents: [String: ChildProcess] = [:]
+    private var agentPorts: [String: Int] = [:]
+    private let binary: String
+    private let managerArguments: [String]
+
+    public var url: String { "http://127.0.0.1:\(managerPort)" }
+    public var stateDirectory: String { directory + "/manager" }
+    public var sharedDatastore: String { directory + "/shared" }
+    public func agentDirectory(_ name: String) -> String { "\(directory)/hosts/\(name)" }
+
+    /// Starts a manager and `hosts` agents (host-1…) with `driver` ("fake" or "qemu").
+    public static func start(driver: String, hosts: Int = 1, managerArguments: [String] = []) async throws -> TestCluster {
+        let cluster = try TestCluster(driver: driver, managerArguments: managerArguments)
+        do {
+            try await cluster.startManager()
+            for index in 1...max(1, hosts) where hosts > 0 { try await cluster.startAgent("host-\(index)") }
+            if hosts > 0 { try await cluster.waitForHosts(connected: hosts) }
+            if driver == "qemu" { try await cluster.registerGuestTemplate() } else { try await cluster.registerFakeTemplate() }
+            return cluster
+        } catch {
+            await cluster.shutdown()
+            throw error
+        }
+    }
+
+    /// Runs `body` with a fresh cluster and always shuts it down afterwards.
+    public static func with<T>(driver: String, hosts: Int = 1, managerArguments: [String] = [],
+                               _ body: (TestCluster) async throws -> T) async throws -> T {
+        let cluster = try await start(driver: driver, hosts: hosts, managerArguments: managerArguments)
+        do {
+            let result = try await body(cluster)
+            await cluster.shutdown()
+            return result
+        } catch {
+            await cluster.shutdown()
+            throw error
+        }
+    }
+
+    private init(driver: String, managerArguments: [String]) throws {
+        binary = try Paths.binary()
+        self.driver = driver
+        self.managerArguments = managerArguments
+        directory = NSTemporaryDirectory() + "shepherd-test-\(UInt32.random(in: 0...UInt32.max))"
+        managerPort = try freePort()
+        try Files.ensureDirectory(directory, mode: 0o700)
+        try Files.ensureDirectory(directory + "/shared", mode: 0o755)
+    }
+
+    public func startManager() async throws {
+        let process = try ChildProcess.spawn(binary, ["manager", "--state-dir", stateDirectory, "--listen", "127.0.0.1:\(managerPort)",
+                                                      "--tools-timeout", "90", "--stop-timeout", "60"] + managerArguments,
+                                             logFile: directory + "/manager.log")
+        manager = process
+        for _ in 0..<200 {
+            if !process.isRunning { throw HarnessError("the manager exited: \(log("manager.log"))") }
+            if let client = try? client(), case .ok = try? await client.healthz(),
+               FileManager.default.fileExists(atPath: stateDirectory + "/admin-token") { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw HarnessError("the manager did not answer within 20 s: \(log("manager.log"))")
+    }
+
+    /// Ends the manager: SIGTERM (graceful) or SIGKILL (a crash).
+    public func stopManager(kill: Bool = false) async {
+        guard let manager else { return }
+        if kill { _ = Processes.kill(manager.pid); _ = await manager.waitForExit(timeout: .seconds(10)) } else {
+            await manager.terminate(grace: .seconds(10))
+        }
+        self.manager = nil
+    }
+
+    public func startAgent(_ name: String) async throws {
+        let port = try agentPorts[name] ?? freePort()
+        agentPorts[name] = port
+        try Files.ensureDirectory(directory + "/hosts", mode: 0o700)
+        let process = try ChildProcess.spawn(binary, [
+            "agent", "--name", name, "--manager", url, "--listen", "127.0.0.1:\(port)",
+            "--state-dir", agentDirectory(name), "--join-token-file", stateDirectory + "/join-token",
+            "--datastore", "shared=\(sharedDatastore),shared", "--driver", driver,
+        ], logFile: "\(directory)/agent-\(name).log")
+        agents[name] = process
+    }
+
+    /// Ends an agent without touching its QEMU processes.
+    public func stopAgent(_ name: String, kill: Bool = false) async {
+        guard let agent = agents[name] else { return }
+        if kill { _ = Processes.kill(agent.pid); _ = await agent.waitForExit(timeout: .seconds(10)) } else {
+            await agent.terminate(grace: .seconds(10))
+        }
+        agents[name] = nil
+    }
+
+    public func waitForHosts(connected count: Int, timeout: Duration = .seconds(60)) async throws {
+        let started = ContinuousClock.now
+        while ContinuousClock.now - started < timeout {
+            if case .ok(let ok) = try? await client().listHosts(), let hosts = try? ok.body.json,
+               hosts.filter({ $0.state == .connected }).count >= count { return }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        throw HarnessError("\(count) host(s) did not connect within \(timeout): \(agents.keys.sorted().map { log("agent-\($0).log") })")
+    }
+
+    public var adminToken: String {
+        (try? String(contentsOfFile: stateDirectory + "/admin-token", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+    }
+
+    /// An authenticated API client (or one presenting `token`).
+    public func client(token: String? = nil) throws -> Client {
+        try Client.manager(url: url, token: token ?? adminToken)
+    }
+
+    private func registerGuestTemplate() async throws {
+        let image = try Paths.guestImage()
+        try Files.ensureDirectory(sharedDatastore + "/templates/tiny", mode: 0o755)
+        for file in ["vmlinuz", "initrd.img", "rootfs.qcow2"] {
+            try FileManager.default.copyItem(atPath: "\(image)/\(file)", toPath: "\(sharedDatastore)/templates/tiny/\(file)")
+        }
+        let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: image + "/manifest.json"))) as? [String: Any]
+        try await createTemplate(cmdline: manifest?["cmdline"] as? String ?? "console=ttyS0 root=/dev/vda rw")
+    }
+
+    private func registerFakeTemplate() async throws {
+        try await createTemplate(cmdline: "console=ttyS0")
+    }
+
+    private func createTemplate(cmdline: String) async throws {
+        let answer = try await client().createTemplate(body: .json(.init(
+            name: "tiny", description: "test", datastore: "shared", kernel: "templates/tiny/vmlinuz",
+            initrd: "templates/tiny/initrd.img", disk: "templates/tiny/rootfs.qcow2", cmdline: cmdline)))
+        guard case .created = answer else { throw HarnessError("registering template tiny failed: \(answer)") }
+    }
+
+    // MARK: API conveniences that fail loudly
+
+    public func createVM(_ name: String, cpus: Int = 1, memoryMiB: Int = 128, host: String? = nil) async throws -> Components.Schemas.Task {
+        switch try await client().createVM(body: .json(.init(name: name, cpus: cpus, memoryMiB: memoryMiB, host: host))) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json)
+        case .default(let status, let error): throw HarnessError("create \(name): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func start(_ vm: String) async throws -> Components.Schemas.Task {
+        switch try await client().startVM(path: .init(vm: vm)) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json)
+        case .default(let status, let error): throw HarnessError("start \(vm): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func stop(_ vm: String, force: Bool = false) async throws -> Components.Schemas.Task {
+        switch try await client().stopVM(path: .init(vm: vm), body: .json(.init(force: force))) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json)
+        case .default(let status, let error): throw HarnessError("stop \(vm): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func reboot(_ vm: String, force: Bool = false) async throws -> Components.Schemas.Task {
+        switch try await client().rebootVM(path: .init(vm: vm), body: .json(.init(force: force))) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json)
+        case .default(let status, let error): throw HarnessError("reboot \(vm): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func delete(_ vm: String, force: Bool = false) async throws -> Components.Schemas.Task {
+        switch try await client().deleteVM(path: .init(vm: vm), query: .init(force: force)) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json)
+        case .default(let status, let error): throw HarnessError("delete \(vm): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func exec(_ vm: String, _ command: [String]) async throws -> Components.Schemas.ExecResult {
+        switch try await client().execInVM(path: .init(vm: vm), body: .json(.init(command: command, timeoutSeconds: 30))) {
+        case .ok(let ok): return try ok.body.json
+        case .default(let status, let error): throw HarnessError("exec in \(vm): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func vm(_ name: String) async throws -> Components.Schemas.Vm {
+        switch try await client().getVM(path: .init(vm: name)) {
+        case .ok(let ok): return try ok.body.json
+        case .default(let status, let error): throw HarnessError("get \(name): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func events() async throws -> [Components.Schemas.Event] {
+        guard case .ok(let ok) = try await client().listEvents(query: .init(limit: 1000)) else { throw HarnessError("listing events failed") }
+        return try ok.body.json
+    }
+
+    public func tasks() async throws -> [Components.Schemas.Task] {
+        guard case .ok(let ok) = try await client().listTasks(query: .init(limit: 1000)) else { throw HarnessError("listing tasks failed") }
+        return try ok.body.json
+    }
+
+    /// Polls a task until it ends (or `timeout`).
+    public func wait(_ task: Components.Schemas.Task, timeout: Duration = .seconds(240)) async throws -> Components.Schemas.Task {
+        let started = ContinuousClock.now
+        var current = task
+        while current.state != .succeeded && current.state != .failed {
+            if ContinuousClock.now - started > timeout { throw HarnessError("task \(task.kind) \(task.targetName) still \(current.state) after \(timeout): \(current.message)") }
+            try await Task.sleep(for: .milliseconds(200))
+            guard case .ok(let ok) = try await client().getTask(path: .init(task: task.id)) else { throw HarnessError("task \(task.id) vanished") }
+            current = try ok.body.json
+        }
+        return current
+    }
+
+    /// Polls until `condition` holds for the VM (or `timeout`).
+    public func waitForVM(_ name: String, timeout: Duration = .seconds(60), _ condition: (Components.Schemas.Vm) -> Bool) async throws -> Components.Schemas.Vm {
+        let started = ContinuousClock.now
+        while true {
+            let vm = try await vm(name)
+            if condition(vm) { return vm }
+            if ContinuousClock.now - started > timeout { throw HarnessError("VM \(name) did not reach the expected state within \(timeout); it is \(vm.state) \(vm.stateReason ?? "")") }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+    }
+
+    /// A raw HTTP request (for auth and malformed-body tests): status and body.
+    public func raw(_ method: String, _ path: String, token: String?, body: String? = nil) async throws -> (Int, String) {
+        var request = HTTPClientRequest(url: url + path)
+        request.method = .init(rawValue: method)
+        if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
+        if let body {
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(string: body))
+        }
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+        let bytes = try await response.body.collect(upTo: 16 << 20)
+        return (Int(response.status.code), String(buffer: bytes))
+    }
+
+    /// Every row of the tables a refused request must not touch, as text.
+    public func databaseSnapshot() throws -> String {
+        var configuration = Configuration()
+        configuration.readonly = true
+        configuration.busyMode = .timeout(10)
+        let queue = try DatabaseQueue(path: stateDirectory + "/shepherd.sqlite", configuration: configuration)
+        return try queue.read { db in
+            try ["cluster", "template", "vm", "task", "event"].map { table in
+                "\(table): " + (try Row.fetchAll(db, sql: "SELECT * FROM \(table) ORDER BY rowid")).map(\.description).joined(separator: "; ")
+            }.joined(separator: "\n")
+        }
+    }
+
+    public func log(_ file: String) -> String {
+        let text = (try? String(contentsOfFile: "\(directory)/\(file)", encoding: .utf8)) ?? "(no \(file))"
+        return String(text.suffix(3000))
+    }
+
+    /// Pids of QEMU processes that agents of this cluster run (from their pidfiles).
+    public func qemuPids() -> [Int32] {
+        var pids: [Int32] = []
+        for name in agentPorts.keys {
+            let vms = agentDirectory(name) + "/vms"
+            for id in (try? FileManager.default.contentsOfDirectory(atPath: vms)) ?? [] {
+                if let pid = Processes.readPidFile("\(vms)/\(id)/qemu.pid"), Processes.isAlive(pid),
+                   Processes.commandLine(pid)?.contains(where: { $0.contains(id) }) == true {
+                    pids.append(pid)
+                }
+            }
+        }
+        return pids
+    }
+
+    /// Ends agents, any QEMU they left, and the manager; removes the directory.
+    public func shutdown() async {
+        for name in Array(agents.keys) { await stopAgent(name) }
+        for pid in qemuPids() { _ = await Processes.terminate(pid, grace: .seconds(3)) }
+        await stopManager()
+        if ProcessInfo.processInfo.environment["SHEPHERD_KEEP_TEST_DIRS"] == nil {
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+    }
+}

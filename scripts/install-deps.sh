@@ -1,0 +1,38 @@
+#!/bin/bash
+# Installs the Debian packages Shepherd needs (Debian 12 / Ubuntu). Idempotent and quick when
+# everything is there: apt runs only for what is missing.
+set -euo pipefail
+
+packages=(
+  qemu-system-x86      # the hypervisor (TCG when KVM does not work)
+  qemu-utils           # qemu-img
+  qemu-guest-agent     # copied into the guest image: the "tools"
+  busybox-static       # the guest's userland
+  cpio gzip xz-utils zstd e2fsprogs kmod   # building the guest image
+  iproute2             # network namespaces, veth, bridges for the demo
+  libsqlite3-dev       # SQLite for GRDB
+  python3              # small helpers in tests and benchmarks
+  ca-certificates
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing ${missing[*]}; run as root (or with sudo) to install them" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v swift >/dev/null 2>&1 && [ ! -x /opt/swift/usr/bin/swift ]; then
+  echo "install-deps: Swift 6 is not installed. Install a Swift 6 toolchain for Linux (swift.org) into /opt/swift or put 'swift' on PATH." >&2
+  exit 1
+fi
+echo "install-deps: all system packages present"
