@@ -104,6 +104,6 @@ let package = Package(
         .testTarget(name: "ShepherdCoreTests", dependencies: ["ShepherdCore"]),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"]),
         .testTarget(name: "ManagerTests", dependencies: ["TestSupport", "Manager", "ServerKit"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["TestSupport", "QMP", "HostKit"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["TestSupport", "QMP", "HostKit", "ShepherdAPI"]),
     ]
 )

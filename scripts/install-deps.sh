@@ -8,7 +8,7 @@ packages=(
   qemu-utils           # qemu-img
   qemu-guest-agent     # copied into the guest image: the "tools"
   busybox-static       # the guest's userland
-  cpio gzip xz-utils zstd e2fsprogs kmod   # building the guest image
+  cpio gzip lz4 xz-utils zstd e2fsprogs kmod dpkg apt   # building the guest image
   iproute2             # network namespaces, veth, bridges for the demo
   libsqlite3-dev       # SQLite for GRDB
   python3              # small helpers in tests and benchmarks

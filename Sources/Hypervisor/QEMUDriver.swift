@@ -56,7 +56,7 @@ public final class QEMUDriver: HypervisorDriver {
     public func statuses() async -> [AgentWire.GuestStatus] {
         let all = await supervisors.all()
         return await withTaskGroup(of: AgentWire.GuestStatus?.self) { group in
-            for supervisor in all { group.addTask { try? await supervisor.status(pingTimeout: .milliseconds(500)) } }
+            for supervisor in all { group.addTask { try? await supervisor.status(pingTimeout: .seconds(1)) } }
             var result: [AgentWire.GuestStatus] = []
             for await status in group { if let status { result.append(status) } }
             return result.sorted { $0.vmId < $1.vmId }
@@ -98,6 +98,10 @@ actor GuestSupervisor {
     private let qemuBinary: String
     private var guestAgentBusy = 0
     private var lastToolsRunning = false
+    /// Pings missed in a row; tools count as gone only after `toolsMissLimit` (a loaded host
+    /// can miss one short ping while the guest agent is fine).
+    private var missedPings = 0
+    private let toolsMissLimit = 3
 
     init(definition: AgentWire.VMDefinition, directory: String, accelerator: String, qemuBinary: String) {
         self.id = definition.id
@@ -107,8 +111,12 @@ actor GuestSupervisor {
         self.qemuBinary = qemuBinary
     }
 
-    private var qmpSocket: String { directory + "/qmp.sock" }
-    private var guestAgentSocket: String { directory + "/qga.sock" }
+    /// Sockets live under /run (short, fixed paths): a UNIX socket path is limited to 107
+    /// bytes, which a deep state directory would exceed.
+    private var socketDirectory: String { "\(GuestSupervisor.runtimeDirectory)/\(id)" }
+    private var qmpSocket: String { socketDirectory + "/qmp.sock" }
+    private var guestAgentSocket: String { socketDirectory + "/qga.sock" }
+    static let runtimeDirectory = "/run/shepherd/vms"
     private var pidFile: String { directory + "/qemu.pid" }
     private var logFile: String { directory + "/qemu.log" }
     private var serialLog: String { directory + "/serial.log" }
@@ -177,9 +185,14 @@ actor GuestSupervisor {
         let tools: Bool
         if guestAgentBusy > 0 {
             tools = lastToolsRunning
+        } else if await GuestAgent.ping(socketPath: guestAgentSocket, timeout: pingTimeout) {
+            missedPings = 0
+            lastToolsRunning = true
+            tools = true
         } else {
-            tools = await GuestAgent.ping(socketPath: guestAgentSocket, timeout: pingTimeout)
-            lastToolsRunning = tools
+            missedPings += 1
+            if missedPings >= toolsMissLimit { lastToolsRunning = false }
+            tools = lastToolsRunning
         }
         let power: AgentWire.GuestPower = (qemuStatus == "paused" || qemuStatus == "prelaunch") ? .paused : .running
         return AgentWire.GuestStatus(vmId: id, power: power, toolsRunning: tools, pid: pid)
@@ -197,6 +210,7 @@ actor GuestSupervisor {
             throw ShepherdError(.illegalState, "VM '\(definition.name)' already runs here (QEMU pid \(pid))")
         }
         for stale in [pidFile, qmpSocket, guestAgentSocket] { try? FileManager.default.removeItem(atPath: stale) }
+        try Files.ensureDirectory(socketDirectory, mode: 0o700)
         for file in [definition.kernel, definition.initrd, definition.disk] where !FileManager.default.fileExists(atPath: file) {
             throw ShepherdError(.notFound, "cannot start VM '\(definition.name)': '\(file)' is not on this host")
         }
@@ -208,6 +222,7 @@ actor GuestSupervisor {
             throw ShepherdError(.agentFailed, "QEMU did not start for '\(definition.name)': \(error.message)\(lastLogLine().map { "; its log says: " + $0 } ?? "")")
         }
         lastToolsRunning = false
+        missedPings = 0
         guard let pid = livePid() else {
             throw ShepherdError(.agentFailed, "QEMU for '\(definition.name)' exited right after starting\(lastLogLine().map { ": " + $0 } ?? "")")
         }
@@ -264,6 +279,7 @@ actor GuestSupervisor {
             try? FileManager.default.removeItem(atPath: diskDirectory)
         }
         try FileManager.default.removeItem(atPath: directory)
+        try? FileManager.default.removeItem(atPath: socketDirectory)
     }
 
     // MARK: guest

@@ -137,7 +137,8 @@ final class Demo: @unchecked Sendable {
         try Files.ensureDirectory(stateDirectory, mode: 0o700)
         try Files.ensureDirectory(logDirectory, mode: 0o755)
         try Files.ensureDirectory(sharedDatastore + "/templates/tiny", mode: 0o755)
-        for file in ["vmlinuz", "initrd.img", "rootfs.qcow2", "manifest.json"] {
+        for file in ["vmlinuz", "vmlinux", "initrd.img", "rootfs.qcow2", "manifest.json"]
+        where FileManager.default.fileExists(atPath: "\(image)/\(file)") {
             try copyIfChanged("\(image)/\(file)", "\(sharedDatastore)/templates/tiny/\(file)")
         }
 
@@ -233,9 +234,13 @@ final class Demo: @unchecked Sendable {
         if case .ok(let ok) = try await client.listTemplates(), try ok.body.json.contains(where: { $0.name == "tiny" }) { return }
         let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(image)/manifest.json"))) as? [String: Any]
         guard let cmdline = manifest?["cmdline"] as? String else { throw CLIError("\(image)/manifest.json has no cmdline") }
+        // The uncompressed kernel boots directly (PVH) and skips self-decompression, slow under TCG.
+        let kernel = (manifest?["kernelPVH"] as? String).flatMap { name in
+            FileManager.default.fileExists(atPath: "\(sharedDatastore)/templates/tiny/\(name)") ? name : nil
+        } ?? "vmlinuz"
         switch try await client.createTemplate(body: .json(.init(
             name: "tiny", description: "Debian cloud kernel, busybox, qemu-guest-agent; root on its own qcow2 disk",
-            datastore: "shared", kernel: "templates/tiny/vmlinuz", initrd: "templates/tiny/initrd.img",
+            datastore: "shared", kernel: "templates/tiny/\(kernel)", initrd: "templates/tiny/initrd.img",
             disk: "templates/tiny/rootfs.qcow2", cmdline: cmdline))) {
         case .created: say("registered template tiny")
         case .default(let status, let error): throw CLIError.api(status, error)

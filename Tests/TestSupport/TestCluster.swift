@@ -177,20 +177,21 @@ public final class TestCluster: @unchecked Sendable {
     private func registerGuestTemplate() async throws {
         let image = try Paths.guestImage()
         try Files.ensureDirectory(sharedDatastore + "/templates/tiny", mode: 0o755)
-        for file in ["vmlinuz", "initrd.img", "rootfs.qcow2"] {
+        let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: image + "/manifest.json"))) as? [String: Any]
+        let kernel = (manifest?["kernelPVH"] as? String).flatMap { FileManager.default.fileExists(atPath: "\(image)/\($0)") ? $0 : nil } ?? "vmlinuz"
+        for file in Set(["vmlinuz", kernel, "initrd.img", "rootfs.qcow2"]) {
             try FileManager.default.copyItem(atPath: "\(image)/\(file)", toPath: "\(sharedDatastore)/templates/tiny/\(file)")
         }
-        let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: image + "/manifest.json"))) as? [String: Any]
-        try await createTemplate(cmdline: manifest?["cmdline"] as? String ?? "console=ttyS0 root=/dev/vda rw")
+        try await createTemplate(kernel: kernel, cmdline: manifest?["cmdline"] as? String ?? "console=ttyS0 root=/dev/vda rw")
     }
 
     private func registerFakeTemplate() async throws {
-        try await createTemplate(cmdline: "console=ttyS0")
+        try await createTemplate(kernel: "vmlinuz", cmdline: "console=ttyS0")
     }
 
-    private func createTemplate(cmdline: String) async throws {
+    private func createTemplate(kernel: String, cmdline: String) async throws {
         let answer = try await client().createTemplate(body: .json(.init(
-            name: "tiny", description: "test", datastore: "shared", kernel: "templates/tiny/vmlinuz",
+            name: "tiny", description: "test", datastore: "shared", kernel: "templates/tiny/\(kernel)",
             initrd: "templates/tiny/initrd.img", disk: "templates/tiny/rootfs.qcow2", cmdline: cmdline)))
         guard case .created = answer else { throw HarnessError("registering template tiny failed: \(answer)") }
     }
