@@ -11,7 +11,7 @@ packages=(
   cpio gzip lz4 xz-utils zstd e2fsprogs kmod dpkg apt   # building the guest image
   iproute2             # network namespaces, veth, bridges for the demo
   libsqlite3-dev       # SQLite for GRDB
-  python3              # small helpers in tests and benchmarks
+  python3 bc curl      # small helpers in benchmarks
   ca-certificates
 )
 

@@ -199,7 +199,7 @@ paths:
             schema: { $ref: "#/components/schemas/PowerRequest" }
       responses:
         "202":
-          description: Reboot started (through the tools, ACPI otherwise; force resets).
+          description: Reboot started through the tools (refused with tools_not_running when they do not answer); force resets.
           content:
             application/json:
               schema: { $ref: "#/components/schemas/Task" }

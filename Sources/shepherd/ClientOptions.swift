@@ -24,9 +24,9 @@ struct ClientOptions: ParsableArguments {
             .trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    func client() throws -> Client {
+    func client(timeout: Duration = .seconds(60)) throws -> Client {
         do {
-            return try Client.manager(url: resolvedURL, token: resolvedToken())
+            return try Client.manager(url: resolvedURL, token: resolvedToken(), timeout: timeout)
         } catch {
             throw CLIError("--url: '\(resolvedURL)' is not an http(s) URL")
         }
@@ -48,8 +48,8 @@ struct CLIError: Error, CustomStringConvertible {
 }
 
 /// Runs a call to the manager and turns transport failures into one readable line.
-func calling<T>(_ options: ClientOptions, _ body: (Client) async throws -> T) async throws -> T {
-    let client = try options.client()
+func calling<T>(_ options: ClientOptions, timeout: Duration = .seconds(60), _ body: (Client) async throws -> T) async throws -> T {
+    let client = try options.client(timeout: timeout)
     do {
         return try await body(client)
     } catch let error as CLIError {

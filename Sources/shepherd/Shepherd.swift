@@ -8,7 +8,7 @@ struct Shepherd: AsyncParsableCommand {
         abstract: "Manage a cluster of QEMU/KVM hosts: VMs, hosts, tasks.",
         discussion: """
             The CLI talks to the manager at http://127.0.0.1:7443 unless --url or SHEPHERD_URL says
-            otherwise, and authenticates with the admin token from SHEPHERD_TOKEN, --token, or
+            otherwise, and authenticates with the admin token from --token, SHEPHERD_TOKEN, or
             /var/lib/shepherd/admin-token (SHEPHERD_STATE_DIR moves it).
             """,
         subcommands: [

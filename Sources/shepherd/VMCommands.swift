@@ -172,7 +172,7 @@ struct VMCommand: AsyncParsableCommand {
 
         func run() async throws {
             guard !command.isEmpty else { throw ValidationError("command: give the command after --, e.g. shepherd vm exec \(vm) -- uname -a") }
-            let result = try await calling(options) { client in
+            let result = try await calling(options, timeout: .seconds(timeout + 30)) { client in
                 switch try await client.execInVM(path: .init(vm: vm), body: .json(.init(command: command, timeoutSeconds: timeout))) {
                 case .ok(let ok): return try ok.body.json
                 case .default(let status, let error): throw CLIError.api(status, error)
