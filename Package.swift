@@ -83,7 +83,7 @@ let package = Package(
         .executableTarget(
             name: "shepherd",
             dependencies: [
-                "ShepherdCore", "Agent", "Manager", "HostKit", "ShepherdAPI",
+                "ShepherdCore", "Agent", "Manager", "HostKit", "ShepherdAPI", "ServerKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "OpenAPIAsyncHTTPClient", package: "swift-openapi-async-http-client"),

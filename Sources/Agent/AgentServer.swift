@@ -62,7 +62,7 @@ public struct AgentConfiguration: Sendable {
 
 /// The agent process: joins the manager, beats every 2 s, serves the manager→agent API.
 public enum AgentServer {
-    public static let version = "0.1.0"
+    public static let version = shepherdVersion
 
     public static func run(_ configuration: AgentConfiguration) async throws {
         var logger = Logger(label: "shepherd.agent.\(configuration.name)")
@@ -94,7 +94,7 @@ public enum AgentServer {
 
         let manager = ManagerLink(configuration: configuration, driver: driver, logger: logger)
         let credential = try await manager.joinOrResume()
-        let (host, port) = try parseListen(configuration.listen)
+        let (host, port) = try ListenAddress.parse(configuration.listen)
         let router = Router()
         router.middlewares.add(ErrorMiddleware())
         router.middlewares.add(AgentAuth(link: manager))
@@ -107,12 +107,6 @@ public enum AgentServer {
         try await group.run()
     }
 
-    static func parseListen(_ value: String) throws -> (String, Int) {
-        guard let colon = value.lastIndex(of: ":"), let port = Int(value[value.index(after: colon)...]), (1...65535).contains(port) else {
-            throw ShepherdError.invalidField("--listen", "'\(value)' must be host:port")
-        }
-        return (String(value[..<colon]), port)
-    }
 }
 
 /// The credential an agent got when it joined (its host id and secret).
@@ -161,6 +155,37 @@ struct AgentRoutes: Sendable {
         vms.post(":id/reboot") { request, context in
             let body = try await request.decode(as: AgentWire.PowerRequest.self, context: context)
             return JSONResponse.make(try await driver.reboot(context.parameters.require("id"), force: body.force))
+        }
+        vms.post(":id/migrate") { request, context in
+            let body = try await request.decode(as: AgentWire.MigrateRequest.self, context: context)
+            try await driver.migrate(context.parameters.require("id"), body)
+            return JSONResponse.make(AgentWire.Done())
+        }
+        vms.get(":id/migration") { _, context in JSONResponse.make(try await driver.migrationProgress(context.parameters.require("id"))) }
+        vms.post(":id/migration/postcopy") { _, context in
+            try await driver.startPostcopy(context.parameters.require("id"))
+            return JSONResponse.make(AgentWire.Done())
+        }
+        vms.post(":id/migration/cancel") { _, context in
+            try await driver.cancelMigration(context.parameters.require("id"))
+            return JSONResponse.make(AgentWire.Done())
+        }
+        vms.post(":id/release") { _, context in
+            try await driver.release(context.parameters.require("id"))
+            return JSONResponse.make(AgentWire.Done())
+        }
+        vms.post(":id/clock") { _, context in
+            try await driver.syncGuestClock(context.parameters.require("id"))
+            return JSONResponse.make(AgentWire.Done())
+        }
+        router.post("/agent/v1/incoming") { request, context in
+            let body = try await request.decode(as: AgentWire.IncomingRequest.self, context: context)
+            return JSONResponse.make(try await driver.prepareIncoming(body))
+        }
+        router.post("/agent/v1/probe") { request, context in
+            let body = try await request.decode(as: AgentWire.ProbeRequest.self, context: context)
+            let (reachable, detail) = await TCP.reachable(body.address, port: body.port, timeout: .seconds(3))
+            return JSONResponse.make(AgentWire.ProbeAnswer(reachable: reachable, detail: detail))
         }
         vms.post(":id/exec") { request, context in
             let body = try await request.decode(as: AgentWire.ExecRequest.self, context: context)

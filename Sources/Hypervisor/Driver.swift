@@ -18,4 +18,19 @@ public protocol HypervisorDriver: Sendable {
     /// Cuts power when needed and removes the VM's files.
     func delete(_ vm: String) async throws
     func exec(_ vm: String, command: [String], timeoutSeconds: Int) async throws -> AgentWire.ExecResult
+
+    // MARK: live migration primitives (the manager orchestrates them)
+
+    /// Target: defines the VM and starts its QEMU waiting for the incoming migration.
+    func prepareIncoming(_ request: AgentWire.IncomingRequest) async throws -> AgentWire.IncomingAnswer
+    /// Source: sets capabilities and parameters, then starts sending to `request.uri`.
+    func migrate(_ vm: String, _ request: AgentWire.MigrateRequest) async throws
+    func migrationProgress(_ vm: String) async throws -> AgentWire.MigrationProgress
+    func startPostcopy(_ vm: String) async throws
+    func cancelMigration(_ vm: String) async throws
+    /// Forgets the VM on this host without touching its disk: the source after a migration,
+    /// the target after a failed one. Ends its QEMU if one runs.
+    func release(_ vm: String) async throws
+    /// Sets the guest's clock from the host's through the tools (after a switch-over).
+    func syncGuestClock(_ vm: String) async throws
 }

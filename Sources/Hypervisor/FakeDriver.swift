@@ -9,6 +9,7 @@ public actor FakeDriver: HypervisorDriver {
     private var definitions: [String: AgentWire.VMDefinition] = [:]
     private var running: Set<String> = []
     private var crashed: Set<String> = []
+    private var migrated: Set<String> = []
     private var nextPid: Int32 = 40_000
 
     public init() {}
@@ -56,6 +57,34 @@ public actor FakeDriver: HypervisorDriver {
         guard running.contains(vm) else { throw ShepherdError(.illegalState, "VM \(vm) does not run here") }
         if command.first == "echo" { return AgentWire.ExecResult(exitCode: 0, stdout: command.dropFirst().joined(separator: " ") + "\n", stderr: "") }
         return AgentWire.ExecResult(exitCode: 127, stdout: "", stderr: "\(command.first ?? ""): not found\n")
+    }
+
+    public func prepareIncoming(_ request: AgentWire.IncomingRequest) async throws -> AgentWire.IncomingAnswer {
+        definitions[request.definition.id] = request.definition
+        running.insert(request.definition.id)
+        return AgentWire.IncomingAnswer(uri: "tcp:\(request.address):1", pid: nextPid)
+    }
+
+    /// Fake migrations complete at once.
+    public func migrate(_ vm: String, _ request: AgentWire.MigrateRequest) async throws {
+        guard running.contains(vm) else { throw ShepherdError(.illegalState, "VM \(vm) does not run here") }
+        migrated.insert(vm)
+    }
+
+    public func migrationProgress(_ vm: String) async throws -> AgentWire.MigrationProgress {
+        AgentWire.MigrationProgress(status: migrated.contains(vm) ? "completed" : "none", totalTimeMs: 1, downtimeMs: 1, expectedDowntimeMs: 0,
+                                    transferredBytes: 0, remainingBytes: 0, totalBytes: 0, dirtyBytesPerSecond: 0,
+                                    bandwidthBytesPerSecond: 0, passes: 1, duplicatePages: 0, error: nil)
+    }
+
+    public func startPostcopy(_ vm: String) async throws {}
+    public func cancelMigration(_ vm: String) async throws { migrated.remove(vm) }
+    public func syncGuestClock(_ vm: String) async throws {}
+
+    public func release(_ vm: String) async throws {
+        definitions[vm] = nil
+        running.remove(vm)
+        migrated.remove(vm)
     }
 
     /// Makes a running guest "crash", as a killed QEMU would.

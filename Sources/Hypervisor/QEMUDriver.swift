@@ -73,6 +73,36 @@ public final class QEMUDriver: HypervisorDriver {
         try await supervisor(vm).exec(command, timeoutSeconds: timeoutSeconds)
     }
 
+    public func prepareIncoming(_ request: AgentWire.IncomingRequest) async throws -> AgentWire.IncomingAnswer {
+        let definition = request.definition
+        if let existing = await supervisors.get(definition.id), await existing.isRunning {
+            throw ShepherdError(.illegalState, "VM '\(definition.name)' already runs on this host")
+        }
+        let supervisor = GuestSupervisor(definition: definition, directory: "\(stateDirectory)/vms/\(definition.id)",
+                                         accelerator: accelerator, qemuBinary: qemuBinary)
+        try await supervisor.create()
+        await supervisors.insert(supervisor)
+        do {
+            return try await supervisor.startIncoming(address: request.address, postcopy: request.postcopy)
+        } catch {
+            try? await supervisor.forget()
+            await supervisors.remove(definition.id)
+            throw error
+        }
+    }
+
+    public func migrate(_ vm: String, _ request: AgentWire.MigrateRequest) async throws { try await supervisor(vm).migrate(request) }
+    public func migrationProgress(_ vm: String) async throws -> AgentWire.MigrationProgress { try await supervisor(vm).migrationProgress() }
+    public func startPostcopy(_ vm: String) async throws { try await supervisor(vm).startPostcopy() }
+    public func cancelMigration(_ vm: String) async throws { try await supervisor(vm).cancelMigration() }
+    public func syncGuestClock(_ vm: String) async throws { try await supervisor(vm).syncGuestClock() }
+
+    public func release(_ vm: String) async throws {
+        guard let supervisor = await supervisors.get(vm) else { return }
+        try await supervisor.forget()
+        await supervisors.remove(vm)
+    }
+
     private func supervisor(_ vm: String) async throws -> GuestSupervisor {
         guard let supervisor = await supervisors.get(vm) else { throw ShepherdError.notFound("VM", vm) }
         return supervisor
@@ -112,11 +142,19 @@ actor GuestSupervisor {
     }
 
     /// Sockets live under /run (short, fixed paths): a UNIX socket path is limited to 107
-    /// bytes, which a deep state directory would exceed.
-    private var socketDirectory: String { "\(GuestSupervisor.runtimeDirectory)/\(id)" }
+    /// bytes, which a deep state directory would exceed. The agent's own folder there keeps two
+    /// agents on one machine (a migration's source and target) apart.
+    private var socketDirectory: String { "\(runtimeDirectory)/\(id)" }
     private var qmpSocket: String { socketDirectory + "/qmp.sock" }
     private var guestAgentSocket: String { socketDirectory + "/qga.sock" }
-    static let runtimeDirectory = "/run/shepherd/vms"
+    private var runtimeDirectory: String { GuestSupervisor.runtimeDirectory(forStateDirectory: (directory as NSString).deletingLastPathComponent) }
+
+    /// `/run/shepherd/<hash of the agent's state dir>`: stable across agent restarts, short.
+    static func runtimeDirectory(forStateDirectory path: String) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in path.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        return "/run/shepherd/" + String(hash, radix: 16)
+    }
     private var pidFile: String { directory + "/qemu.pid" }
     private var logFile: String { directory + "/qemu.log" }
     private var serialLog: String { directory + "/serial.log" }
@@ -194,7 +232,7 @@ actor GuestSupervisor {
             if missedPings >= toolsMissLimit { lastToolsRunning = false }
             tools = lastToolsRunning
         }
-        let power: AgentWire.GuestPower = (qemuStatus == "paused" || qemuStatus == "prelaunch") ? .paused : .running
+        let power: AgentWire.GuestPower = qemuStatus == "running" ? .running : .paused
         return AgentWire.GuestStatus(vmId: id, power: power, toolsRunning: tools, pid: pid)
     }
 
@@ -206,6 +244,12 @@ actor GuestSupervisor {
     // MARK: power
 
     func start() async throws -> AgentWire.GuestStatus {
+        let pid = try await launch(extraArguments: [])
+        return AgentWire.GuestStatus(vmId: id, power: .running, toolsRunning: false, pid: pid)
+    }
+
+    /// Starts this VM's QEMU (daemonized) and returns its pid.
+    private func launch(extraArguments: [String]) async throws -> Int32 {
         if let pid = livePid() {
             throw ShepherdError(.illegalState, "VM '\(definition.name)' already runs here (QEMU pid \(pid))")
         }
@@ -217,7 +261,7 @@ actor GuestSupervisor {
         let argv = QEMUCommandLine(definition: definition, accelerator: accelerator, qmpSocket: qmpSocket,
                                    guestAgentSocket: guestAgentSocket, pidFile: pidFile, logFile: logFile, serialLog: serialLog).arguments
         do {
-            try await Command.check(qemuBinary, argv, timeout: .seconds(60))
+            try await Command.check(qemuBinary, argv + extraArguments, timeout: .seconds(60))
         } catch let error as HostKitError {
             throw ShepherdError(.agentFailed, "QEMU did not start for '\(definition.name)': \(error.message)\(lastLogLine().map { "; its log says: " + $0 } ?? "")")
         }
@@ -226,7 +270,7 @@ actor GuestSupervisor {
         guard let pid = livePid() else {
             throw ShepherdError(.agentFailed, "QEMU for '\(definition.name)' exited right after starting\(lastLogLine().map { ": " + $0 } ?? "")")
         }
-        return AgentWire.GuestStatus(vmId: id, power: .running, toolsRunning: false, pid: pid)
+        return pid
     }
 
     func stop(force: Bool) async throws -> AgentWire.GuestStatus {
@@ -267,6 +311,80 @@ actor GuestSupervisor {
         if Processes.isAlive(pid) { _ = await Processes.terminate(pid, grace: .seconds(5)) }
         try? FileManager.default.removeItem(atPath: pidFile)
         lastToolsRunning = false
+    }
+
+    var isRunning: Bool { livePid() != nil }
+
+    /// Starts QEMU with `-incoming defer`, enables post-copy when asked (both sides need it),
+    /// and listens on a free port of `address`.
+    func startIncoming(address: String, postcopy: Bool) async throws -> AgentWire.IncomingAnswer {
+        _ = try await launch(extraArguments: ["-incoming", "defer"])
+        if postcopy {
+            _ = try await qmp("migrate-set-capabilities", ["capabilities": [["capability": "postcopy-ram", "state": true]]])
+        }
+        let port = try TCP.freePort(on: address)
+        let uri = "tcp:\(address):\(port)"
+        _ = try await qmp("migrate-incoming", ["uri": .string(uri)])
+        return AgentWire.IncomingAnswer(uri: uri, pid: livePid())
+    }
+
+    func migrate(_ request: AgentWire.MigrateRequest) async throws {
+        guard livePid() != nil else { throw ShepherdError(.illegalState, "VM '\(definition.name)' does not run here") }
+        let capabilities: [JSONValue] = [
+            ["capability": "xbzrle", "state": .bool(request.xbzrle)],
+            ["capability": "auto-converge", "state": .bool(request.autoConverge)],
+            ["capability": "postcopy-ram", "state": .bool(request.postcopy)],
+        ]
+        _ = try await qmp("migrate-set-capabilities", ["capabilities": .array(capabilities)])
+        var parameters: [String: JSONValue] = ["downtime-limit": .number(Double(request.downtimeLimitMs))]
+        if request.maxBandwidthBytes > 0 { parameters["max-bandwidth"] = .number(Double(request.maxBandwidthBytes)) }
+        _ = try await qmp("migrate-set-parameters", parameters)
+        _ = try await qmp("migrate", ["uri": .string(request.uri)])
+    }
+
+    func migrationProgress() async throws -> AgentWire.MigrationProgress {
+        let info = try await qmp("query-migrate")
+        let ram = info["ram"]
+        let pageSize = Double(ram?["page-size"]?.intValue ?? 4096)
+        func int(_ value: JSONValue?) -> Int64 { Int64(value?.doubleValue ?? 0) }
+        return AgentWire.MigrationProgress(
+            status: info["status"]?.stringValue ?? "none", totalTimeMs: info["total-time"]?.intValue ?? 0,
+            downtimeMs: info["downtime"]?.intValue, expectedDowntimeMs: info["expected-downtime"]?.intValue ?? 0,
+            transferredBytes: int(ram?["transferred"]), remainingBytes: int(ram?["remaining"]), totalBytes: int(ram?["total"]),
+            dirtyBytesPerSecond: Int64((ram?["dirty-pages-rate"]?.doubleValue ?? 0) * pageSize),
+            bandwidthBytesPerSecond: Int64((ram?["mbps"]?.doubleValue ?? 0) * 1_000_000 / 8),
+            passes: ram?["dirty-sync-count"]?.intValue ?? 0, duplicatePages: int(ram?["duplicate"]),
+            error: info["error-desc"]?.stringValue)
+    }
+
+    func startPostcopy() async throws { _ = try await qmp("migrate-start-postcopy") }
+
+    func cancelMigration() async throws {
+        _ = try await qmp("migrate_cancel")
+        // A cancelled pre-copy leaves the source running; make sure it is.
+        for _ in 0..<50 {
+            let status = try await qmp("query-status")["status"]?.stringValue
+            if status == "running" { return }
+            if status == "paused" || status == "postmigrate" || status == "finish-migrate" {
+                _ = try? await qmp("cont")
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    /// guest-set-time without a time reads the hardware clock into the system clock: QEMU's RTC
+    /// follows the host's clock while the guest was paused for the switch-over.
+    func syncGuestClock() async throws {
+        _ = try await withGuestAgent {
+            try await GuestAgent.execute(socketPath: self.guestAgentSocket, "guest-set-time", timeout: .seconds(5))
+        }
+    }
+
+    /// Ends QEMU if it runs and removes this host's record of the VM, keeping the disk.
+    func forget() async throws {
+        if let pid = livePid() { await quit(pid: pid) }
+        try? FileManager.default.removeItem(atPath: directory)
+        try? FileManager.default.removeItem(atPath: socketDirectory)
     }
 
     /// Cuts power if needed and removes the VM's directory and disk.

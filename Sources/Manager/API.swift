@@ -14,6 +14,7 @@ struct API: APIProtocol {
     let store: Store
     let vms: VMService
     let hosts: HostService
+    let migrations: MigrationService
     let version: String
 
     typealias Schemas = Components.Schemas
@@ -185,6 +186,17 @@ struct API: APIProtocol {
         let force: Bool
         switch input.body { case .json(let body)?: force = body.force ?? false; case nil: force = false }
         let task = try await guarded { try await vms.reboot(input.path.vm, force: force) }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
+    func migrateVM(_ input: Operations.MigrateVM.Input) async throws -> Operations.MigrateVM.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        if body.dryRun == true {
+            let check = try await guarded { try await migrations.preflight(input.path.vm, target: body.target) }
+            return .ok(.init(body: .json(.init(vm: check.vm, source: check.source, target: check.target, ok: check.refusals.isEmpty,
+                                                refusals: check.refusals.map { .init(check: $0.check.rawValue, message: $0.message) }))))
+        }
+        let task = try await guarded { try await migrations.migrate(input.path.vm, target: body.target) }
         return .accepted(.init(body: .json(Self.task(task))))
     }
 

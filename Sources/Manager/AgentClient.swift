@@ -47,6 +47,38 @@ final class AgentClient: Sendable {
         try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/exec", body: request, timeout: .seconds(Int64(request.timeoutSeconds) + 10))
     }
 
+    func prepareIncoming(_ endpoint: Endpoint, _ request: AgentWire.IncomingRequest) async throws -> AgentWire.IncomingAnswer {
+        try await call(endpoint, .POST, "/agent/v1/incoming", body: request, timeout: .seconds(300))
+    }
+
+    func migrate(_ endpoint: Endpoint, vm: String, _ request: AgentWire.MigrateRequest) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/migrate", body: request, timeout: .seconds(30))
+    }
+
+    func migrationProgress(_ endpoint: Endpoint, vm: String) async throws -> AgentWire.MigrationProgress {
+        try await call(endpoint, .GET, "/agent/v1/vms/\(vm)/migration", body: Optional<AgentWire.Done>.none, timeout: .seconds(10))
+    }
+
+    func startPostcopy(_ endpoint: Endpoint, vm: String) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/migration/postcopy", body: Optional<AgentWire.Done>.none, timeout: .seconds(10))
+    }
+
+    func cancelMigration(_ endpoint: Endpoint, vm: String) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/migration/cancel", body: Optional<AgentWire.Done>.none, timeout: .seconds(20))
+    }
+
+    func release(_ endpoint: Endpoint, vm: String) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/release", body: Optional<AgentWire.Done>.none, timeout: .seconds(30))
+    }
+
+    func syncClock(_ endpoint: Endpoint, vm: String) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/clock", body: Optional<AgentWire.Done>.none, timeout: .seconds(10))
+    }
+
+    func probe(_ endpoint: Endpoint, address: String, port: Int) async throws -> AgentWire.ProbeAnswer {
+        try await call(endpoint, .POST, "/agent/v1/probe", body: AgentWire.ProbeRequest(address: address, port: port), timeout: .seconds(10))
+    }
+
     private func call<Body: Encodable, Answer: Decodable>(
         _ endpoint: Endpoint, _ method: HTTPMethod, _ path: String, body: Body?, timeout: TimeAmount
     ) async throws -> Answer {

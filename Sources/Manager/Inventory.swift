@@ -47,6 +47,8 @@ struct Inventory: Sendable {
         var result: [String: Int] = [:]
         for vm in try VMRecord.fetchAll(db) where vm.id != vmID && vm.lifecycle.consumesHostResources {
             result[vm.hostId, default: 0] += vm.memoryMiB
+            // A migration holds memory on both hosts until the switch-over.
+            if let target = vm.lifecycle.migrationTarget { result[target, default: 0] += vm.memoryMiB }
         }
         return result
     }

@@ -17,9 +17,11 @@ public struct ManagerConfiguration: Sendable {
     /// Memory each host keeps for itself; VMs never get it.
     public var hostReserveMiB: Int
     public var timing: VMTiming
+    public var migration: MigrationSettings
 
     public init(stateDirectory: String = "/var/lib/shepherd", listen: [String] = ["127.0.0.1:7443"],
-                hostReserveMiB: Int = 512, timing: VMTiming = VMTiming()) {
+                hostReserveMiB: Int = 512, timing: VMTiming = VMTiming(), migration: MigrationSettings = MigrationSettings()) {
+        self.migration = migration
         self.stateDirectory = stateDirectory
         self.listen = listen
         self.hostReserveMiB = hostReserveMiB
@@ -33,7 +35,7 @@ public struct ManagerConfiguration: Sendable {
 
 /// The manager process: HTTP API on each listen address, the host monitor, graceful shutdown.
 public enum ManagerServer {
-    public static let version = "0.1.0"
+    public static let version = shepherdVersion
 
     /// Runs until SIGTERM or SIGINT.
     public static func run(_ configuration: ManagerConfiguration) async throws {
@@ -48,9 +50,12 @@ public enum ManagerServer {
         let interrupted = try tasks.failInterrupted()
         if interrupted > 0 { logger.warning("marked \(interrupted) task(s) failed: the previous manager stopped while they ran") }
         let hosts = HostService(store: store, events: events, tasks: tasks, joinToken: joinToken, logger: logger)
-        let vms = VMService(store: store, agents: AgentClient(), tasks: tasks, events: events,
-                            placement: Placement(hostReserveMiB: configuration.hostReserveMiB), timing: configuration.timing)
-        let api = API(store: store, vms: vms, hosts: hosts, version: version)
+        let agents = AgentClient()
+        let placement = Placement(hostReserveMiB: configuration.hostReserveMiB)
+        let vms = VMService(store: store, agents: agents, tasks: tasks, events: events, placement: placement, timing: configuration.timing)
+        let migrations = MigrationService(store: store, agents: agents, tasks: tasks, events: events, placement: placement, vms: vms,
+                                          settings: configuration.migration, logger: logger)
+        let api = API(store: store, vms: vms, hosts: hosts, migrations: migrations, version: version)
 
         let router = Router()
         router.middlewares.add(ErrorMiddleware())
@@ -64,7 +69,7 @@ public enum ManagerServer {
 
         var services: [any Service] = [HostMonitor(hosts: hosts, logger: logger)]
         for address in configuration.listen {
-            let (host, port) = try parseListen(address)
+            let (host, port) = try ListenAddress.parse(address)
             services.append(Application(responder: responder,
                                         configuration: .init(address: .hostname(host, port: port), serverName: "shepherd-manager"),
                                         logger: logger))
@@ -75,13 +80,6 @@ public enum ManagerServer {
         try await group.run()
     }
 
-    /// "host:port" → its parts; a clear error names the flag.
-    public static func parseListen(_ value: String) throws -> (String, Int) {
-        guard let colon = value.lastIndex(of: ":"), let port = Int(value[value.index(after: colon)...]), (1...65535).contains(port) else {
-            throw ShepherdError.invalidField("--listen", "'\(value)' must be host:port")
-        }
-        return (String(value[..<colon]), port)
-    }
 
     /// Reads a secret file, or creates it with mode 0600.
     static func loadOrCreateSecret(_ path: String) throws -> String {

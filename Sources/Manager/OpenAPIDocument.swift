@@ -204,6 +204,32 @@ paths:
             application/json:
               schema: { $ref: "#/components/schemas/Task" }
         default: { $ref: "#/components/responses/Error" }
+  /api/v1/vms/{vm}/migrate:
+    post:
+      operationId: migrateVM
+      description: |
+        Host live migration. Runs every preflight check first (all of them, not just the first that
+        fails). With dryRun the answer is the check (200); otherwise 202 with the task, or 409
+        preflight_failed naming every failed check with its numbers.
+      parameters:
+        - { $ref: "#/components/parameters/VMRef" }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/MigrateRequest" }
+      responses:
+        "200":
+          description: The preflight's result (dryRun).
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/MigrationCheck" }
+        "202":
+          description: The migration started; follow the task (its message shows the passes, rates and the policy's decisions).
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/vms/{vm}/exec:
     post:
       operationId: execInVM
@@ -420,7 +446,7 @@ components:
         cmdline: { type: string }
     VMState:
       type: string
-      enum: [creating, stopped, starting, running, stopping, rebooting, crashed, deleting, unknown]
+      enum: [creating, stopped, starting, running, stopping, rebooting, crashed, deleting, migrating, unknown]
     ToolsStatus:
       type: string
       enum: [running, notRunning]
@@ -452,6 +478,29 @@ components:
         template: { type: string, description: "Template name; default tiny." }
         host: { type: string, description: "Host name or id; placed by the scheduler when absent." }
         datastore: { type: string, description: "Datastore for the disk; default the template's." }
+    MigrateRequest:
+      type: object
+      required: [target]
+      properties:
+        target: { type: string, description: "The target host's name or id." }
+        dryRun: { type: boolean, description: "Only run the preflight." }
+    MigrationRefusal:
+      type: object
+      required: [check, message]
+      properties:
+        check:
+          type: string
+          description: "vm_not_running, tools_not_running, passthrough_device, bound_to_host, same_host, target_not_connected, target_in_maintenance, target_short_of_cpu, target_short_of_memory, cpu_vendor_mismatch, cpu_model_mismatch, overcommit_mismatch, storage_not_shared, target_cannot_see_storage, network_unreachable"
+        message: { type: string }
+    MigrationCheck:
+      type: object
+      required: [vm, source, target, ok, refusals]
+      properties:
+        vm: { type: string }
+        source: { type: string }
+        target: { type: string }
+        ok: { type: boolean }
+        refusals: { type: array, items: { $ref: "#/components/schemas/MigrationRefusal" } }
     PowerRequest:
       type: object
       properties:
@@ -477,7 +526,7 @@ components:
       required: [id, kind, targetType, targetId, targetName, state, progress, message, createdAt]
       properties:
         id: { type: string }
-        kind: { type: string, description: "vm.create, vm.start, vm.stop, vm.reboot, vm.delete" }
+        kind: { type: string, description: "vm.create, vm.start, vm.stop, vm.poweroff, vm.reboot, vm.delete, vm.migrate" }
         targetType: { type: string }
         targetId: { type: string }
         targetName: { type: string }

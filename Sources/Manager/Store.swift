@@ -107,6 +107,9 @@ public final class Store: Sendable {
                 t.column("message", .text).notNull()
             }
         }
+        migrator.registerMigration("v2: live migration target") { db in
+            try db.alter(table: "vm") { t in t.add(column: "migrationTarget", .text) }
+        }
         return migrator
     }
 }
@@ -186,14 +189,16 @@ struct VMRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var diskPath: String
     var pid: Int?
     var createdAt: Date
+    var migrationTarget: String?
 
     var lifecycle: VMLifecycle {
-        get { VMLifecycle(name: state, task: stateTask, reason: stateReason, since: runningSince) }
+        get { VMLifecycle(name: state, task: stateTask, reason: stateReason, since: runningSince, migrationTarget: migrationTarget) }
         set {
             state = newValue.name
             stateTask = newValue.task
             stateReason = newValue.reason
-            runningSince = newValue.since
+            if newValue.name != "migrating" { runningSince = newValue.since }
+            migrationTarget = newValue.migrationTarget
             if !newValue.consumesHostResources { pid = nil; toolsRunning = false }
         }
     }

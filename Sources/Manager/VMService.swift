@@ -67,7 +67,8 @@ final class VMService: Sendable {
                 id: id, name: request.name, hostId: host.id, template: template.name, cpus: request.cpus,
                 memoryMiB: request.memoryMiB, state: "creating", stateTask: task.id, stateReason: nil, runningSince: nil,
                 toolsRunning: false, datastore: datastore.name,
-                diskPath: "\(datastore.path)/vms/\(request.name)-\(id.prefix(8))/root.qcow2", pid: nil, createdAt: Date())
+                diskPath: "\(datastore.path)/vms/\(request.name)-\(id.prefix(8))/root.qcow2", pid: nil, createdAt: Date(),
+                migrationTarget: nil)
             try task.insert(db)
             try vm.insert(db)
             return (vm, task, template, host)
@@ -98,7 +99,7 @@ final class VMService: Sendable {
     }
 
     /// The definition an agent needs, with absolute paths on its datastores.
-    private func definition(_ vm: VMRecord, template: TemplateRecord) async throws -> AgentWire.VMDefinition {
+    func definition(_ vm: VMRecord, template: TemplateRecord) async throws -> AgentWire.VMDefinition {
         let templateStore = try await store.db.read { db in try Inventory.datastore(db, named: template.datastore, field: "template") }
         let base = templateStore.path
         return AgentWire.VMDefinition(
@@ -297,7 +298,7 @@ final class VMService: Sendable {
         }
     }
 
-    private func definitionFor(_ vm: VMRecord) async throws -> AgentWire.VMDefinition {
+    func definitionFor(_ vm: VMRecord) async throws -> AgentWire.VMDefinition {
         let template = try await store.db.read { db in
             try TemplateRecord.filter(Column("name") == vm.template).fetchOne(db)
         }

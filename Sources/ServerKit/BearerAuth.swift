@@ -31,3 +31,15 @@ public enum BearerAuth {
     public static let missing = ShepherdError(.unauthorized, "missing or malformed 'Authorization: Bearer <token>' header")
     public static let wrong = ShepherdError(.unauthorized, "the bearer token is not valid")
 }
+
+/// A `host:port` to listen on.
+public enum ListenAddress {
+    /// "host:port" → its parts; a clear error names the flag.
+    public static func parse(_ value: String, flag: String = "--listen") throws -> (host: String, port: Int) {
+        guard let colon = value.lastIndex(of: ":"), let port = Int(value[value.index(after: colon)...]), (1...65535).contains(port),
+              colon > value.startIndex else {
+            throw ShepherdError.invalidField(flag, "'\(value)' must be host:port with a port of 1–65535")
+        }
+        return (String(value[..<colon]), port)
+    }
+}

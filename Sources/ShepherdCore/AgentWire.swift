@@ -66,3 +66,84 @@ public enum AgentWire {
         public init(exitCode: Int, stdout: String, stderr: String) { self.exitCode = exitCode; self.stdout = stdout; self.stderr = stderr }
     }
 }
+
+extension AgentWire {
+    /// Target side: start the VM's QEMU waiting for an incoming migration.
+    public struct IncomingRequest: Codable, Sendable {
+        public var definition: VMDefinition
+        /// The target's migration address (its host address, never loopback between hosts).
+        public var address: String
+        public var postcopy: Bool
+        public init(definition: VMDefinition, address: String, postcopy: Bool) {
+            self.definition = definition; self.address = address; self.postcopy = postcopy
+        }
+    }
+
+    /// Where the target listens.
+    public struct IncomingAnswer: Codable, Sendable {
+        public var uri: String
+        public var pid: Int32?
+        public init(uri: String, pid: Int32?) { self.uri = uri; self.pid = pid }
+    }
+
+    /// Source side: send the VM to `uri` with these settings.
+    public struct MigrateRequest: Codable, Sendable {
+        public var uri: String
+        public var downtimeLimitMs: Int
+        /// Bytes per second; 0 leaves QEMU's default cap (128 MiB/s in QEMU 7.2).
+        public var maxBandwidthBytes: Int64
+        public var postcopy: Bool
+        public var xbzrle: Bool
+        public var autoConverge: Bool
+        public init(uri: String, downtimeLimitMs: Int, maxBandwidthBytes: Int64, postcopy: Bool, xbzrle: Bool, autoConverge: Bool) {
+            self.uri = uri; self.downtimeLimitMs = downtimeLimitMs; self.maxBandwidthBytes = maxBandwidthBytes
+            self.postcopy = postcopy; self.xbzrle = xbzrle; self.autoConverge = autoConverge
+        }
+    }
+
+    /// QEMU's view of a migration (query-migrate), in plain units.
+    public struct MigrationProgress: Codable, Sendable, Equatable {
+        /// setup, active, postcopy-active, completed, failed, cancelled, …
+        public var status: String
+        public var totalTimeMs: Int
+        public var downtimeMs: Int?
+        public var expectedDowntimeMs: Int
+        public var transferredBytes: Int64
+        public var remainingBytes: Int64
+        public var totalBytes: Int64
+        public var dirtyBytesPerSecond: Int64
+        public var bandwidthBytesPerSecond: Int64
+        public var passes: Int
+        public var duplicatePages: Int64
+        public var error: String?
+        public init(status: String, totalTimeMs: Int, downtimeMs: Int?, expectedDowntimeMs: Int, transferredBytes: Int64,
+                    remainingBytes: Int64, totalBytes: Int64, dirtyBytesPerSecond: Int64, bandwidthBytesPerSecond: Int64,
+                    passes: Int, duplicatePages: Int64, error: String?) {
+            self.status = status; self.totalTimeMs = totalTimeMs; self.downtimeMs = downtimeMs; self.expectedDowntimeMs = expectedDowntimeMs
+            self.transferredBytes = transferredBytes; self.remainingBytes = remainingBytes; self.totalBytes = totalBytes
+            self.dirtyBytesPerSecond = dirtyBytesPerSecond; self.bandwidthBytesPerSecond = bandwidthBytesPerSecond
+            self.passes = passes; self.duplicatePages = duplicatePages; self.error = error
+        }
+    }
+
+    /// Can this host reach `address:port` (TCP connect)?
+    public struct ProbeRequest: Codable, Sendable {
+        public var address: String
+        public var port: Int
+        public init(address: String, port: Int) { self.address = address; self.port = port }
+    }
+
+    public struct ProbeAnswer: Codable, Sendable {
+        public var reachable: Bool
+        public var detail: String
+        public init(reachable: Bool, detail: String) { self.reachable = reachable; self.detail = detail }
+    }
+}
+
+extension AgentWire {
+    /// The answer of an agent call that has nothing else to say.
+    public struct Done: Codable, Sendable {
+        public var done: Bool
+        public init() { done = true }
+    }
+}

@@ -24,3 +24,6 @@ public func mebibytes(_ bytes: UInt64) -> Int { Int(bytes / 1_048_576) }
 
 /// A fresh identifier: a lowercase UUID.
 public func newID() -> String { UUID().uuidString.lowercased() }
+
+/// The version every Shepherd binary reports (manager, agent, CLI).
+public let shepherdVersion = "0.1.0"

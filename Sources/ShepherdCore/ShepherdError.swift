@@ -8,6 +8,7 @@ public struct ShepherdError: Error, Sendable, Equatable, CustomStringConvertible
         case notFound = "not_found"
         case alreadyExists = "already_exists"
         case illegalState = "illegal_state"
+        case preflightFailed = "preflight_failed"
         case insufficientResources = "insufficient_resources"
         case toolsNotRunning = "tools_not_running"
         case hostNotConnected = "host_not_connected"
@@ -26,7 +27,7 @@ public struct ShepherdError: Error, Sendable, Equatable, CustomStringConvertible
             case .unauthorized: 401
             case .forbidden: 403
             case .notFound: 404
-            case .alreadyExists, .illegalState, .toolsNotRunning, .hostNotConnected: 409
+            case .alreadyExists, .illegalState, .toolsNotRunning, .hostNotConnected, .preflightFailed: 409
             case .insufficientResources: 422
             case .agentUnreachable, .agentFailed, .timedOut: 502
             case .interrupted, .internal: 500

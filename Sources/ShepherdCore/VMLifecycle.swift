@@ -11,6 +11,8 @@ public enum VMLifecycle: Sendable, Equatable {
     case rebooting(task: String)
     case crashed(reason: String)
     case deleting(task: String)
+    /// Moving live to another host (by id); it runs on the source until the switch-over.
+    case migrating(task: String, target: String)
     /// The manager lost track (e.g. its host disconnected); the next heartbeat settles it.
     case unknown(reason: String)
 
@@ -25,6 +27,7 @@ public enum VMLifecycle: Sendable, Equatable {
         case .rebooting: "rebooting"
         case .crashed: "crashed"
         case .deleting: "deleting"
+        case .migrating: "migrating"
         case .unknown: "unknown"
         }
     }
@@ -32,7 +35,8 @@ public enum VMLifecycle: Sendable, Equatable {
     /// The task that owns a transitional state.
     public var task: String? {
         switch self {
-        case .creating(let task), .starting(let task), .stopping(let task), .rebooting(let task), .deleting(let task): task
+        case .creating(let task), .starting(let task), .stopping(let task), .rebooting(let task), .deleting(let task),
+             .migrating(let task, _): task
         default: nil
         }
     }
@@ -54,13 +58,19 @@ public enum VMLifecycle: Sendable, Equatable {
     /// Does QEMU run (or is it about to) — what counts against a host's memory.
     public var consumesHostResources: Bool {
         switch self {
-        case .starting, .running, .stopping, .rebooting: true
+        case .starting, .running, .stopping, .rebooting, .migrating: true
         default: false
         }
     }
 
+    /// The host a live migration moves the VM to.
+    public var migrationTarget: String? {
+        if case .migrating(_, let target) = self { return target }
+        return nil
+    }
+
     /// Rebuilds a state from its stored columns.
-    public init(name: String, task: String?, reason: String?, since: Date?) {
+    public init(name: String, task: String?, reason: String?, since: Date?, migrationTarget: String? = nil) {
         switch name {
         case "creating": self = .creating(task: task ?? "")
         case "stopped": self = .stopped
@@ -70,6 +80,7 @@ public enum VMLifecycle: Sendable, Equatable {
         case "rebooting": self = .rebooting(task: task ?? "")
         case "crashed": self = .crashed(reason: reason ?? "")
         case "deleting": self = .deleting(task: task ?? "")
+        case "migrating": self = .migrating(task: task ?? "", target: migrationTarget ?? "")
         default: self = .unknown(reason: reason ?? "stored state '\(name)' is not known")
         }
     }
@@ -111,9 +122,17 @@ public enum VMLifecycle: Sendable, Equatable {
         }
     }
 
+    public func migrate(vm: String, task: String, target: String) throws -> VMLifecycle {
+        guard case .running = self else { throw illegal("migrate", vm: vm, allowed: ["running"]) }
+        return .migrating(task: task, target: target)
+    }
+
     /// Running a command in the guest needs a running VM (its tools are checked separately).
     public func checkExec(vm: String) throws {
-        guard case .running = self else { throw illegal("exec in", vm: vm, allowed: ["running"]) }
+        switch self {
+        case .running, .migrating: return
+        default: throw illegal("exec in", vm: vm, allowed: ["running", "migrating"])
+        }
     }
 
     private func illegal(_ operation: String, vm: String, allowed: [String]) -> ShepherdError {

@@ -2,6 +2,7 @@ import Agent
 import ArgumentParser
 import Foundation
 import Manager
+import ServerKit
 import ShepherdCore
 
 struct ManagerCommand: AsyncParsableCommand {
@@ -12,12 +13,18 @@ struct ManagerCommand: AsyncParsableCommand {
     @Option(help: "Memory (MiB) each host keeps for itself.") var hostReserve = 512
     @Option(help: "Seconds a power-on waits for the guest's tools.") var toolsTimeout = 120
     @Option(help: "Seconds a graceful stop waits before giving up.") var stopTimeout = 90
+    @Option(help: "Seconds a live migration may take before it is abandoned (the source keeps running).") var migrationTimeout = 300
+    @Option(help: "Milliseconds of pause a live migration's switch-over may take.") var migrationDowntime = 30
+    @Flag(help: "Never switch a live migration to post-copy.") var noPostcopy = false
+    @Option(help: "MiB/s a live migration may use (0: uncapped).") var migrationMaxBandwidth = 0
 
     func run() async throws {
-        for address in listen { _ = try ManagerServer.parseListen(address) }
+        for address in listen { _ = try ListenAddress.parse(address) }
         try await ManagerServer.run(ManagerConfiguration(
             stateDirectory: stateDir, listen: listen, hostReserveMiB: hostReserve,
-            timing: VMTiming(toolsTimeoutSeconds: toolsTimeout, gracefulStopSeconds: stopTimeout)))
+            timing: VMTiming(toolsTimeoutSeconds: toolsTimeout, gracefulStopSeconds: stopTimeout),
+            migration: MigrationSettings(timeoutSeconds: migrationTimeout, downtimeLimitMs: migrationDowntime, postcopyAllowed: !noPostcopy,
+                                         maxBandwidthBytes: migrationMaxBandwidth > 0 ? Int64(migrationMaxBandwidth) << 20 : 100 << 30)))
     }
 }
 

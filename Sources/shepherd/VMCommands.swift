@@ -25,7 +25,7 @@ struct TaskFlags: ParsableArguments {
 struct VMCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vm", abstract: "Create, run and remove virtual machines.",
-        subcommands: [List.self, Show.self, Create.self, Start.self, Stop.self, Reboot.self, Delete.self, Exec.self])
+        subcommands: [List.self, Show.self, Create.self, Start.self, Stop.self, Reboot.self, Delete.self, Exec.self, Migrate.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List VMs.")
@@ -153,6 +153,35 @@ struct VMCommand: AsyncParsableCommand {
         func run() async throws {
             try await calling(options) { client in
                 switch try await client.deleteVM(path: .init(vm: vm), query: .init(force: force)) {
+                case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+        }
+    }
+
+    struct Migrate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Move a running VM to another host without stopping it (host live migration).",
+            discussion: "--dry-run runs every preflight check and lists each one that fails, with its numbers.")
+        @OptionGroup var options: ClientOptions
+        @OptionGroup var flags: TaskFlags
+        @Option(help: "The target host's name or id.") var to: String
+        @Flag(help: "Only run the preflight checks.") var dryRun = false
+        @Argument(help: "The VM's name or id.") var vm: String
+
+        func run() async throws {
+            try await calling(options) { client in
+                switch try await client.migrateVM(path: .init(vm: vm), body: .json(.init(target: to, dryRun: dryRun))) {
+                case .ok(let ok):
+                    let check = try ok.body.json
+                    if flags.json { try printJSON(check) } else if check.ok {
+                        print("\(check.vm) can migrate from \(check.source) to \(check.target): every check passed")
+                    } else {
+                        print("\(check.vm) cannot migrate from \(check.source) to \(check.target):")
+                        for refusal in check.refusals { print("  \(refusal.check): \(refusal.message)") }
+                    }
+                    if !check.ok { throw ExitCode(2) }
                 case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
                 case .default(let status, let error): throw CLIError.api(status, error)
                 }

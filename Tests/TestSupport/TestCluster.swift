@@ -233,6 +233,28 @@ public final class TestCluster: @unchecked Sendable {
         }
     }
 
+    public func migrate(_ vm: String, to target: String, timeout: Duration = .seconds(240)) async throws -> Components.Schemas.Task {
+        switch try await client().migrateVM(path: .init(vm: vm), body: .json(.init(target: target))) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json, timeout: timeout)
+        case .ok: throw HarnessError("migrate \(vm): answered a dry run")
+        case .default(let status, let error): throw HarnessError("migrate \(vm): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    /// Starts a migration and returns its task at once.
+    public func startMigration(_ vm: String, to target: String) async throws -> Components.Schemas.Task {
+        switch try await client().migrateVM(path: .init(vm: vm), body: .json(.init(target: target))) {
+        case .accepted(let accepted): return try accepted.body.json
+        case .ok: throw HarnessError("migrate \(vm): answered a dry run")
+        case .default(let status, let error): throw HarnessError("migrate \(vm): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func task(_ id: String) async throws -> Components.Schemas.Task {
+        guard case .ok(let ok) = try await client().getTask(path: .init(task: id)) else { throw HarnessError("task \(id) not found") }
+        return try ok.body.json
+    }
+
     public func exec(_ vm: String, _ command: [String]) async throws -> Components.Schemas.ExecResult {
         switch try await client().execInVM(path: .init(vm: vm), body: .json(.init(command: command, timeoutSeconds: 30))) {
         case .ok(let ok): return try ok.body.json

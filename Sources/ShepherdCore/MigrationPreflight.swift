@@ -1,0 +1,129 @@
+/// One side of a live migration as the preflight sees it.
+public struct MigrationHost: Sendable, Equatable {
+    public var name: String
+    public var cluster: String
+    public var clusterMemoryOvercommit: Bool
+    public var state: HostState
+    public var cpuVendor: String
+    public var cpuModel: String
+    public var cores: Int
+    /// Memory left for VMs (after the host reserve and the VMs already there).
+    public var freeMiB: Int
+    /// Datastores this host sees.
+    public var datastores: Set<String>
+
+    public init(name: String, cluster: String, clusterMemoryOvercommit: Bool, state: HostState, cpuVendor: String,
+                cpuModel: String, cores: Int, freeMiB: Int, datastores: Set<String>) {
+        self.name = name; self.cluster = cluster; self.clusterMemoryOvercommit = clusterMemoryOvercommit; self.state = state
+        self.cpuVendor = cpuVendor; self.cpuModel = cpuModel; self.cores = cores; self.freeMiB = freeMiB; self.datastores = datastores
+    }
+}
+
+/// Everything a host live migration depends on, as a snapshot.
+public struct MigrationRequest: Sendable, Equatable {
+    public var vm: String
+    public var state: String
+    public var toolsRunning: Bool
+    public var cpus: Int
+    public var memoryMiB: Int
+    /// Passthrough devices (GPU, USB, SR-IOV): a VM with any cannot move live.
+    public var passthroughDevices: [String]
+    /// The VM is pinned to its host by the operator.
+    public var boundToHost: Bool
+    public var datastore: String
+    /// "shared" (virtualized, every host sees it) or "local"/"block".
+    public var datastoreKind: String
+    public var source: MigrationHost
+    public var target: MigrationHost
+    /// The cluster's IMC baseline (a QEMU CPU model every host supports), or nil when IMC is off.
+    public var imcBaseline: String?
+
+    public init(vm: String, state: String, toolsRunning: Bool, cpus: Int, memoryMiB: Int, passthroughDevices: [String] = [],
+                boundToHost: Bool = false, datastore: String, datastoreKind: String, source: MigrationHost, target: MigrationHost,
+                imcBaseline: String? = nil) {
+        self.vm = vm; self.state = state; self.toolsRunning = toolsRunning; self.cpus = cpus; self.memoryMiB = memoryMiB
+        self.passthroughDevices = passthroughDevices; self.boundToHost = boundToHost; self.datastore = datastore
+        self.datastoreKind = datastoreKind; self.source = source; self.target = target; self.imcBaseline = imcBaseline
+    }
+}
+
+/// A failed preflight check: a stable code and a message with the numbers.
+public struct MigrationRefusal: Sendable, Equatable, CustomStringConvertible {
+    public enum Check: String, Sendable, CaseIterable, Codable {
+        case vmNotRunning = "vm_not_running"
+        case toolsNotRunning = "tools_not_running"
+        case passthroughDevice = "passthrough_device"
+        case boundToHost = "bound_to_host"
+        case sameHost = "same_host"
+        case targetNotConnected = "target_not_connected"
+        case targetInMaintenance = "target_in_maintenance"
+        case targetShortOfCPU = "target_short_of_cpu"
+        case targetShortOfMemory = "target_short_of_memory"
+        case cpuVendorMismatch = "cpu_vendor_mismatch"
+        case cpuModelMismatch = "cpu_model_mismatch"
+        case overcommitMismatch = "overcommit_mismatch"
+        case storageNotShared = "storage_not_shared"
+        case targetCannotSeeStorage = "target_cannot_see_storage"
+        case networkUnreachable = "network_unreachable"
+    }
+
+    public let check: Check
+    public let message: String
+
+    public init(_ check: Check, _ message: String) {
+        self.check = check
+        self.message = message
+    }
+
+    public var description: String { "\(check.rawValue): \(message)" }
+}
+
+/// The seed's constraints on host live migration, all checked (not just the first that fails),
+/// so `--dry-run` can list every reason at once. Pure; the reachability probe is done by the
+/// manager for real and added as `networkUnreachable`.
+public enum MigrationPreflight {
+    public static func check(_ request: MigrationRequest) -> [MigrationRefusal] {
+        var refusals: [MigrationRefusal] = []
+        let vm = request.vm, source = request.source, target = request.target
+        if request.state != "running" {
+            refusals.append(.init(.vmNotRunning, "VM '\(vm)' is \(request.state); only a running VM migrates live (a stopped one can simply start elsewhere)"))
+        }
+        if request.state == "running" && !request.toolsRunning {
+            refusals.append(.init(.toolsNotRunning, "the tools of '\(vm)' do not answer; live migration needs them (clock sync after the switch)"))
+        }
+        if !request.passthroughDevices.isEmpty {
+            refusals.append(.init(.passthroughDevice, "'\(vm)' has passthrough devices (\(request.passthroughDevices.joined(separator: ", "))) that cannot move"))
+        }
+        if request.boundToHost {
+            refusals.append(.init(.boundToHost, "'\(vm)' is bound to host '\(source.name)'"))
+        }
+        if source.name == target.name {
+            refusals.append(.init(.sameHost, "'\(vm)' already runs on '\(target.name)'"))
+        }
+        switch target.state {
+        case .connected: break
+        case .maintenance: refusals.append(.init(.targetInMaintenance, "target '\(target.name)' is in maintenance mode"))
+        case .disconnected: refusals.append(.init(.targetNotConnected, "target '\(target.name)' is disconnected"))
+        }
+        if request.cpus > target.cores {
+            refusals.append(.init(.targetShortOfCPU, "'\(vm)' has \(request.cpus) vCPUs; target '\(target.name)' has \(target.cores) cores"))
+        }
+        if request.memoryMiB > target.freeMiB {
+            refusals.append(.init(.targetShortOfMemory, "'\(vm)' needs \(request.memoryMiB) MiB; target '\(target.name)' has \(target.freeMiB) MiB free"))
+        }
+        if source.cpuVendor != target.cpuVendor {
+            refusals.append(.init(.cpuVendorMismatch, "source '\(source.name)' is \(source.cpuVendor), target '\(target.name)' is \(target.cpuVendor); no CPU mode bridges vendors"))
+        } else if source.cpuModel != target.cpuModel && request.imcBaseline == nil {
+            refusals.append(.init(.cpuModelMismatch, "source '\(source.name)' is '\(source.cpuModel)', target '\(target.name)' is '\(target.cpuModel)', and the cluster's IMC is off"))
+        }
+        if source.cluster != target.cluster && source.clusterMemoryOvercommit != target.clusterMemoryOvercommit {
+            refusals.append(.init(.overcommitMismatch, "cluster '\(source.cluster)' has memory overcommit \(source.clusterMemoryOvercommit ? "on" : "off"), cluster '\(target.cluster)' has it \(target.clusterMemoryOvercommit ? "on" : "off")"))
+        }
+        if request.datastoreKind != "shared" {
+            refusals.append(.init(.storageNotShared, "the disk of '\(vm)' is on \(request.datastoreKind) datastore '\(request.datastore)'; host migration needs shared storage (move the storage too: whole-VM migration)"))
+        } else if !target.datastores.contains(request.datastore) {
+            refusals.append(.init(.targetCannotSeeStorage, "target '\(target.name)' does not see datastore '\(request.datastore)'"))
+        }
+        return refusals
+    }
+}

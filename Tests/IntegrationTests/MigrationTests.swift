@@ -1,0 +1,86 @@
+import Foundation
+import HostKit
+import Testing
+import TestSupport
+
+/// Host live migration of real guests between two agents.
+@Suite("Live migration")
+struct MigrationTests {
+    /// Starts a counter in the guest: one line "i uptime" every 100 ms in /root/ticks.
+    private func startCounter(_ cluster: TestCluster, _ vm: String) async throws {
+        let script = "i=0; while :; do i=$((i+1)); read up rest < /proc/uptime; echo $i $up >> /root/ticks; usleep 100000; done"
+        let started = try await cluster.exec(vm, ["sh", "-c", "\(script) >/dev/null 2>&1 &"])
+        #expect(started.exitCode == 0)
+    }
+
+    private func ticks(_ cluster: TestCluster, _ vm: String) async throws -> [(Int, Double)] {
+        try await cluster.exec(vm, ["cat", "/root/ticks"]).stdout.split(separator: "\n").compactMap { line in
+            let parts = line.split(separator: " ")
+            guard parts.count == 2, let i = Int(parts[0]), let t = Double(parts[1]) else { return nil }
+            return (i, t)
+        }
+    }
+
+    @Test("a running guest moves to another host: its counter keeps running without a gap and its files are unchanged")
+    func counterSurvives() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 2) { cluster in
+            _ = try await cluster.createVM("mig1", memoryMiB: 128, host: "host-1")
+            try #require(try await cluster.start("mig1").state == .succeeded)
+            #expect(try await cluster.exec("mig1", ["sh", "-c", "dd if=/dev/urandom of=/root/data bs=1k count=512 2>/dev/null; sync"]).exitCode == 0)
+            let checksum = try await cluster.exec("mig1", ["md5sum", "/root/data"]).stdout
+            let bootID = try await cluster.exec("mig1", ["cat", "/proc/sys/kernel/random/boot_id"]).stdout
+            try await startCounter(cluster, "mig1")
+            try await Task.sleep(for: .seconds(2))
+
+            let task = try await cluster.migrate("mig1", to: "host-2")
+            #expect(task.state == .succeeded, "\(task.error?.message ?? "") \(cluster.log("manager.log"))")
+            #expect(task.message.contains("migrated to host-2") && task.message.contains("downtime"))
+            print("migration task: \(task.message)")
+            let vm = try await cluster.vm("mig1")
+            #expect(vm.hostName == "host-2" && vm.state == .running)
+            #expect(cluster.qemuPids().count == 1, "the source QEMU must be gone")
+
+            try await Task.sleep(for: .seconds(2))
+            let lines = try await ticks(cluster, "mig1")
+            #expect(lines.count > 30)
+            for (a, b) in zip(lines, lines.dropFirst()) {
+                #expect(b.0 == a.0 + 1, "the counter skipped from \(a.0) to \(b.0)")
+                #expect(b.1 - a.1 < 1.0, "a gap of \(b.1 - a.1) s in the guest's time after tick \(a.0)")
+            }
+            #expect(try await cluster.exec("mig1", ["md5sum", "/root/data"]).stdout == checksum)
+            #expect(try await cluster.exec("mig1", ["cat", "/proc/sys/kernel/random/boot_id"]).stdout == bootID)
+            #expect(try await cluster.events().contains { $0.kind == "vm.migrated" && $0.targetName == "mig1" })
+            #expect(try await cluster.delete("mig1", force: true).state == .succeeded)
+        }
+    }
+
+    @Test("killing the target QEMU mid-migration leaves the source running and the task failed with the reason")
+    func targetDeathRollsBack() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 2, managerArguments: ["--migration-max-bandwidth", "4", "--no-postcopy"]) { cluster in
+            _ = try await cluster.createVM("mig2", memoryMiB: 256, host: "host-1")
+            try #require(try await cluster.start("mig2").state == .succeeded)
+            // 80 MiB of random data in RAM (tmpfs): at 4 MiB/s the copy takes long enough to interrupt.
+            let fill = try await cluster.exec("mig2", ["sh", "-c", "dd if=/dev/urandom of=/run/fill bs=1M count=80 2>&1"])
+            #expect(fill.exitCode == 0, "\(fill.stdout)")
+            let sourcePid = try #require(try await cluster.vm("mig2").pid)
+            let task = try await cluster.startMigration("mig2", to: "host-2")
+            var targetPid: Int32?
+            for _ in 0..<100 where targetPid == nil {
+                try await Task.sleep(for: .milliseconds(200))
+                targetPid = cluster.qemuPids().first { $0 != Int32(sourcePid) }
+            }
+            let victim = try #require(targetPid, "the target QEMU never started")
+            try await Task.sleep(for: .seconds(2))
+            #expect(Processes.kill(victim))
+
+            let done = try await cluster.wait(task)
+            #expect(done.state == .failed)
+            #expect(done.error?.message.contains("keeps running on host-1") == true, "\(done.error?.message ?? "")")
+            let vm = try await cluster.vm("mig2")
+            #expect(vm.hostName == "host-1" && vm.state == .running)
+            #expect(vm.pid == sourcePid)
+            #expect(try await cluster.exec("mig2", ["true"]).exitCode == 0)
+            #expect(cluster.qemuPids() == [Int32(sourcePid)])
+        }
+    }
+}
