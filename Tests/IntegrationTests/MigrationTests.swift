@@ -83,4 +83,48 @@ struct MigrationTests {
             #expect(cluster.qemuPids() == [Int32(sourcePid)])
         }
     }
+
+    /// Keeps rewriting 32 MiB of the guest's memory with alternating random content (so neither
+    /// zero-page detection nor XBZRLE can shrink it): far faster than the limited link.
+    private func startDirtier(_ cluster: TestCluster, _ vm: String) async throws {
+        let prepare = try await cluster.exec(vm, ["sh", "-c", "dd if=/dev/urandom of=/run/a bs=1M count=16 2>/dev/null && dd if=/dev/urandom of=/run/b bs=1M count=16 2>/dev/null"])
+        #expect(prepare.exitCode == 0)
+        let loop = "while :; do cp /run/a /run/d1; cp /run/b /run/d2; cp /run/b /run/d1; cp /run/a /run/d2; done"
+        #expect(try await cluster.exec(vm, ["sh", "-c", "\(loop) >/dev/null 2>&1 &"]).exitCode == 0)
+        try await Task.sleep(for: .seconds(1))
+    }
+
+    @Test("a guest that dirties memory faster than a 16 MiB/s link still moves: the policy switches to post-copy")
+    func postcopyFinishes() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 2, managerArguments: ["--migration-max-bandwidth", "16"]) { cluster in
+            _ = try await cluster.createVM("mig3", memoryMiB: 256, host: "host-1")
+            try #require(try await cluster.start("mig3").state == .succeeded)
+            let bootID = try await cluster.exec("mig3", ["cat", "/proc/sys/kernel/random/boot_id"]).stdout
+            try await startDirtier(cluster, "mig3")
+            let task = try await cluster.migrate("mig3", to: "host-2")
+            print("post-copy migration task: \(task.message) \(task.error?.message ?? "")")
+            #expect(task.state == .succeeded, "\(task.error?.message ?? "")")
+            #expect(task.message.contains("switching to post-copy"), "\(task.message)")
+            #expect(try await cluster.vm("mig3").hostName == "host-2")
+            #expect(try await cluster.exec("mig3", ["cat", "/proc/sys/kernel/random/boot_id"]).stdout == bootID)
+            #expect(try await cluster.exec("mig3", ["cmp", "/run/a", "/run/a"]).exitCode == 0)
+        }
+    }
+
+    @Test("when post-copy is not allowed, a migration that cannot converge is abandoned early with the prediction and the source keeps running")
+    func abandonsEarly() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 2, managerArguments: ["--migration-max-bandwidth", "16", "--no-postcopy"]) { cluster in
+            _ = try await cluster.createVM("mig4", memoryMiB: 256, host: "host-1")
+            try #require(try await cluster.start("mig4").state == .succeeded)
+            try await startDirtier(cluster, "mig4")
+            let task = try await cluster.migrate("mig4", to: "host-2")
+            #expect(task.state == .failed)
+            let reason = task.error?.message ?? ""
+            #expect(reason.contains("post-copy is not allowed"), "\(reason)")
+            #expect(reason.contains("keeps running on host-1"), "\(reason)")
+            let vm = try await cluster.vm("mig4")
+            #expect(vm.hostName == "host-1" && vm.state == .running)
+            #expect(try await cluster.exec("mig4", ["true"]).exitCode == 0)
+        }
+    }
 }
