@@ -15,6 +15,7 @@ struct API: APIProtocol {
     let vms: VMService
     let hosts: HostService
     let migrations: MigrationService
+    let maintenance: MaintenanceService
     let version: String
 
     typealias Schemas = Components.Schemas
@@ -65,6 +66,17 @@ struct API: APIProtocol {
     func getHost(_ input: Operations.GetHost.Input) async throws -> Operations.GetHost.Output {
         let host = try await guarded { try await store.db.read { db in try Self.host(Inventory.host(db, input.path.host), db) } }
         return .ok(.init(body: .json(host)))
+    }
+
+    func setHostMaintenance(_ input: Operations.SetHostMaintenance.Input) async throws -> Operations.SetHostMaintenance.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let task = try await guarded {
+            switch body.action {
+            case .enter: try await maintenance.enter(input.path.host)
+            case .exit: try await maintenance.exit(input.path.host)
+            }
+        }
+        return .accepted(.init(body: .json(Self.task(task))))
     }
 
     static func host(_ host: HostRecord, _ db: Database) throws -> Schemas.Host {

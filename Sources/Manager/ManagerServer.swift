@@ -55,7 +55,8 @@ public enum ManagerServer {
         let vms = VMService(store: store, agents: agents, tasks: tasks, events: events, placement: placement, timing: configuration.timing)
         let migrations = MigrationService(store: store, agents: agents, tasks: tasks, events: events, placement: placement, vms: vms,
                                           settings: configuration.migration, logger: logger)
-        let api = API(store: store, vms: vms, hosts: hosts, migrations: migrations, version: version)
+        let maintenance = MaintenanceService(store: store, tasks: tasks, events: events, placement: placement, migrations: migrations)
+        let api = API(store: store, vms: vms, hosts: hosts, migrations: migrations, maintenance: maintenance, version: version)
 
         let router = Router()
         router.middlewares.add(ErrorMiddleware())

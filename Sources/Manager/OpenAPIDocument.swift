@@ -72,6 +72,27 @@ paths:
             application/json:
               schema: { $ref: "#/components/schemas/Host" }
         default: { $ref: "#/components/responses/Error" }
+  /api/v1/hosts/{host}/maintenance:
+    post:
+      operationId: setHostMaintenance
+      description: |
+        enter: moves every running VM away live (placement picks each target; the migration
+        preflight applies), reassigns the stopped ones, and fails naming each VM that cannot
+        leave (the host is then out of maintenance again). exit: the host takes VMs again.
+      parameters:
+        - { $ref: "#/components/parameters/HostRef" }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/MaintenanceRequest" }
+      responses:
+        "202":
+          description: Follow the task; each live migration is its own vm.migrate task.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/datastores:
     get:
       operationId: listDatastores
@@ -478,6 +499,11 @@ components:
         template: { type: string, description: "Template name; default tiny." }
         host: { type: string, description: "Host name or id; placed by the scheduler when absent." }
         datastore: { type: string, description: "Datastore for the disk; default the template's." }
+    MaintenanceRequest:
+      type: object
+      required: [action]
+      properties:
+        action: { type: string, enum: [enter, exit] }
     MigrateRequest:
       type: object
       required: [target]
@@ -526,7 +552,7 @@ components:
       required: [id, kind, targetType, targetId, targetName, state, progress, message, createdAt]
       properties:
         id: { type: string }
-        kind: { type: string, description: "vm.create, vm.start, vm.stop, vm.poweroff, vm.reboot, vm.delete, vm.migrate" }
+        kind: { type: string, description: "vm.create, vm.start, vm.stop, vm.poweroff, vm.reboot, vm.delete, vm.migrate, host.maintenance.enter, host.maintenance.exit" }
         targetType: { type: string }
         targetId: { type: string }
         targetName: { type: string }

@@ -4,7 +4,28 @@ import ShepherdAPI
 
 struct HostCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "host", abstract: "The hosts (agents) of the clusters.",
-                                                    subcommands: [List.self, Show.self])
+                                                    subcommands: [List.self, Show.self, Maintenance.self])
+
+    struct Maintenance: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Enter maintenance mode (moves every VM away live; the host then takes no VMs) or exit it.",
+            discussion: "Examples: shepherd host maintenance enter host-1 · shepherd host maintenance exit host-1")
+        enum Action: String, ExpressibleByArgument, CaseIterable { case enter, exit }
+        @OptionGroup var options: ClientOptions
+        @OptionGroup var flags: TaskFlags
+        @Argument(help: "enter or exit.") var action: Action
+        @Argument(help: "The host's name or id.") var host: String
+
+        func run() async throws {
+            try await calling(options) { client in
+                let body = Components.Schemas.MaintenanceRequest(action: action == .enter ? .enter : .exit)
+                switch try await client.setHostMaintenance(path: .init(host: host), body: .json(body)) {
+                case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+        }
+    }
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List hosts with their state, CPU and memory.")

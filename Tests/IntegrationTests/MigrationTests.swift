@@ -128,3 +128,32 @@ struct MigrationTests {
         }
     }
 }
+
+@Suite("Maintenance mode on real guests")
+struct MaintenanceGuestTests {
+    @Test("entering maintenance empties a host of its three running guests and reassigns a stopped one")
+    func evacuates() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 3) { cluster in
+            for name in ["ev1", "ev2", "ev3", "ev4"] { _ = try await cluster.createVM(name, memoryMiB: 96, host: "host-1") }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for name in ["ev1", "ev2", "ev3"] {
+                    group.addTask {
+                        let started = try await cluster.start(name)
+                        #expect(started.state == .succeeded)
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let task = try await cluster.maintenance("enter", "host-1")
+            #expect(task.state == .succeeded, "\(task.error?.message ?? "")")
+            #expect(try await cluster.host("host-1").state == .maintenance)
+            for name in ["ev1", "ev2", "ev3"] {
+                let vm = try await cluster.vm(name)
+                #expect(vm.hostName != "host-1" && vm.state == .running, "\(name) is on \(vm.hostName), \(vm.state)")
+                #expect(try await cluster.exec(name, ["true"]).exitCode == 0)
+            }
+            #expect(try await cluster.vm("ev4").hostName != "host-1")
+            #expect(try await cluster.host("host-1").vmCount == 0)
+        }
+    }
+}

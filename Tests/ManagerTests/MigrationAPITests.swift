@@ -40,3 +40,35 @@ struct MigrationAPITests {
         }
     }
 }
+
+@Suite("Maintenance mode", .serialized)
+struct MaintenanceTests {
+    @Test("a host whose VMs have nowhere to go does not enter maintenance, says which VM and why, and takes VMs again")
+    func refusesWhenStuck() async throws {
+        try await TestCluster.with(driver: "fake", hosts: 1) { cluster in
+            _ = try await cluster.createVM("only", host: "host-1")
+            _ = try await cluster.start("only")
+            let task = try await cluster.maintenance("enter", "host-1")
+            #expect(task.state == .failed)
+            let reason = task.error?.message ?? ""
+            #expect(reason.contains("only: no host can take the VM"), "\(reason)")
+            #expect(reason.contains("out of maintenance mode again"))
+            #expect(try await cluster.host("host-1").state == .connected)
+        }
+    }
+
+    @Test("a host in maintenance takes no new VMs, and exit brings it back")
+    func noNewVMs() async throws {
+        try await TestCluster.with(driver: "fake", hosts: 2) { cluster in
+            #expect(try await cluster.maintenance("enter", "host-1").state == .succeeded)
+            #expect(try await cluster.host("host-1").state == .maintenance)
+            let (status, body) = try await cluster.raw("POST", "/api/v1/vms", token: cluster.adminToken,
+                                                       body: #"{"name":"new","cpus":1,"memoryMiB":64,"host":"host-1"}"#)
+            #expect(status == 409 && body.contains("maintenance"), "\(body)")
+            _ = try await cluster.createVM("placed")
+            #expect(try await cluster.vm("placed").hostName == "host-2")
+            #expect(try await cluster.maintenance("exit", "host-1").state == .succeeded)
+            #expect(try await cluster.host("host-1").state == .connected)
+        }
+    }
+}

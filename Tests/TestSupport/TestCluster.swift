@@ -250,6 +250,21 @@ public final class TestCluster: @unchecked Sendable {
         }
     }
 
+    public func maintenance(_ action: String, _ host: String) async throws -> Components.Schemas.Task {
+        let body = Components.Schemas.MaintenanceRequest(action: action == "enter" ? .enter : .exit)
+        switch try await client().setHostMaintenance(path: .init(host: host), body: .json(body)) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json, timeout: .seconds(300))
+        case .default(let status, let error): throw HarnessError("maintenance \(action) \(host): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func host(_ name: String) async throws -> Components.Schemas.Host {
+        switch try await client().getHost(path: .init(host: name)) {
+        case .ok(let ok): return try ok.body.json
+        case .default(let status, let error): throw HarnessError("get host \(name): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
     public func task(_ id: String) async throws -> Components.Schemas.Task {
         guard case .ok(let ok) = try await client().getTask(path: .init(task: id)) else { throw HarnessError("task \(id) not found") }
         return try ok.body.json
