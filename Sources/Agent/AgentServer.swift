@@ -51,6 +51,8 @@ public struct AgentConfiguration: Sendable {
     public var driver: String
     /// "auto" (probe), "kvm" or "tcg".
     public var accelerator: String
+    /// The QEMU CPU model this host provides its guests (for IMC), nil for its own CPU.
+    public var cpuModel: String? = nil
 
     public init(name: String, cluster: String, managerURL: String, listen: String, advertiseURL: String, stateDirectory: String,
                 joinTokenFile: String?, datastores: [DatastoreMount], driver: String, accelerator: String) {

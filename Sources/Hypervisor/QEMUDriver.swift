@@ -460,7 +460,7 @@ public struct QEMUCommandLine: Sendable {
         [
             "-name", "guest=\(definition.name.replacingOccurrences(of: ",", with: ",,")),debug-threads=on",
             "-uuid", definition.id,
-            "-machine", "pc", "-accel", accelerator, "-cpu", accelerator == "kvm" ? "host" : "max",
+            "-machine", "pc", "-accel", accelerator, "-cpu", definition.cpuModel ?? (accelerator == "kvm" ? "host" : "max"),
             "-m", "\(definition.memoryMiB)", "-smp", "\(definition.cpus)",
             "-nodefaults", "-no-user-config", "-display", "none",
             "-kernel", definition.kernel, "-initrd", definition.initrd, "-append", definition.cmdline,

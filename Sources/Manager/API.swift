@@ -16,6 +16,7 @@ struct API: APIProtocol {
     let hosts: HostService
     let migrations: MigrationService
     let maintenance: MaintenanceService
+    let tasks: TaskEngine
     let version: String
 
     typealias Schemas = Components.Schemas
@@ -36,10 +37,48 @@ struct API: APIProtocol {
                 }
             }
         }
-        return .ok(.init(body: .json(rows.map { cluster, hostCount, vmCount in
-            Schemas.Cluster(id: cluster.id, name: cluster.name, hostCount: hostCount, vmCount: vmCount,
-                            memoryOvercommit: cluster.memoryOvercommit, createdAt: cluster.createdAt)
-        })))
+        return .ok(.init(body: .json(rows.map { cluster, hostCount, vmCount in Self.cluster(cluster, hostCount: hostCount, vmCount: vmCount) })))
+    }
+
+    static func cluster(_ cluster: ClusterRecord, hostCount: Int, vmCount: Int) -> Schemas.Cluster {
+        Schemas.Cluster(id: cluster.id, name: cluster.name, hostCount: hostCount, vmCount: vmCount,
+                        memoryOvercommit: cluster.memoryOvercommit, createdAt: cluster.createdAt, imcBaseline: cluster.imcBaseline,
+                        migrationTimeoutSeconds: cluster.migrationTimeoutSeconds, maxConcurrentMigrations: cluster.maxConcurrentMigrations)
+    }
+
+    func updateCluster(_ input: Operations.UpdateCluster.Input) async throws -> Operations.UpdateCluster.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        if let baseline = body.imcBaseline, baseline != "off" { try CPUModels.validate(baseline, field: "imcBaseline") }
+        if let timeout = body.migrationTimeoutSeconds, !(10...86_400).contains(timeout) {
+            throw ShepherdError.invalidField("migrationTimeoutSeconds", "\(timeout) is outside 10–86400")
+        }
+        if let limit = body.maxConcurrentMigrations, !(1...16).contains(limit) {
+            throw ShepherdError.invalidField("maxConcurrentMigrations", "\(limit) is outside 1–16")
+        }
+        let reference = input.path.cluster
+        let (cluster, hostCount, vmCount) = try await guarded {
+            try await store.db.write { db -> (ClusterRecord, Int, Int) in
+                guard var cluster = try ClusterRecord.filter(Column("name") == reference).fetchOne(db) ?? ClusterRecord.fetchOne(db, key: reference) else {
+                    throw ShepherdError.notFound("cluster", reference)
+                }
+                let hosts = try HostRecord.filter(Column("clusterId") == cluster.id).fetchAll(db)
+                if let baseline = body.imcBaseline {
+                    if baseline == "off" { cluster.imcBaseline = nil } else {
+                        let below = hosts.filter { !CPUModels.host(providing: $0.providedCPUModel, vendor: $0.cpuVendor, canRun: baseline) }
+                        guard below.isEmpty else {
+                            throw ShepherdError(.preflightFailed, "imcBaseline: \(baseline) is above what " + below.map { "'\($0.name)' (\($0.providedCPUModel ?? $0.cpuVendor))" }.joined(separator: ", ") + " provides")
+                        }
+                        cluster.imcBaseline = baseline
+                    }
+                }
+                if let timeout = body.migrationTimeoutSeconds { cluster.migrationTimeoutSeconds = timeout }
+                if let limit = body.maxConcurrentMigrations { cluster.maxConcurrentMigrations = limit }
+                try cluster.update(db)
+                let vmCount = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM vm JOIN host ON host.id = vm.hostId WHERE host.clusterId = ?", arguments: [cluster.id]) ?? 0
+                return (cluster, hosts.count, vmCount)
+            }
+        }
+        return .ok(.init(body: .json(Self.cluster(cluster, hostCount: hostCount, vmCount: vmCount))))
     }
 
     func createCluster(_ input: Operations.CreateCluster.Input) async throws -> Operations.CreateCluster.Output {
@@ -54,8 +93,7 @@ struct API: APIProtocol {
                 try cluster.insert(db)
             }
         }
-        return .created(.init(body: .json(.init(id: cluster.id, name: cluster.name, hostCount: 0, vmCount: 0,
-                                                memoryOvercommit: false, createdAt: cluster.createdAt))))
+        return .created(.init(body: .json(Self.cluster(cluster, hostCount: 0, vmCount: 0))))
     }
 
     func listHosts(_ input: Operations.ListHosts.Input) async throws -> Operations.ListHosts.Output {
@@ -86,6 +124,7 @@ struct API: APIProtocol {
             id: host.id, name: host.name, clusterId: host.clusterId, clusterName: cluster?.name ?? "",
             state: Schemas.HostState(rawValue: host.state) ?? .disconnected, address: host.address,
             cpuModel: host.cpuModel, cpuVendor: host.cpuVendor, cpuFlags: host.cpuFlags.split(separator: " ").map(String.init),
+            providedCPUModel: host.providedCPUModel,
             cores: host.cores, memoryTotalMiB: host.memoryTotalMiB, memoryFreeMiB: host.memoryFreeMiB,
             memoryAllocatedMiB: vms.filter { $0.lifecycle.consumesHostResources }.reduce(0) { $0 + $1.memoryMiB },
             vmCount: vms.count, accelerator: host.accelerator, agentVersion: host.agentVersion, lastHeartbeat: host.lastHeartbeat)
@@ -234,6 +273,11 @@ struct API: APIProtocol {
         return .ok(.init(body: .json(Self.task(row))))
     }
 
+    func cancelTask(_ input: Operations.CancelTask.Input) async throws -> Operations.CancelTask.Output {
+        let task = try await guarded { try await tasks.cancel(input.path.task) }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
     static func task(_ row: TaskRecord) -> Schemas.Task {
         Schemas.Task(id: row.id, kind: row.kind, targetType: row.targetType, targetId: row.targetId, targetName: row.targetName,
                      state: Schemas.TaskState(rawValue: row.state) ?? .failed, progress: row.progress, message: row.message,
@@ -285,7 +329,7 @@ struct API: APIProtocol {
     }
 
     static func report(_ host: Schemas.HostReport) -> HostReport {
-        HostReport(cpuModel: host.cpuModel, cpuVendor: host.cpuVendor, cpuFlags: host.cpuFlags, cores: host.cores,
+        HostReport(providedCPUModel: host.providedCPUModel, cpuModel: host.cpuModel, cpuVendor: host.cpuVendor, cpuFlags: host.cpuFlags, cores: host.cores,
                    memoryTotalBytes: host.memoryTotalBytes, memoryAvailableBytes: host.memoryAvailableBytes)
     }
 

@@ -6,6 +6,7 @@ import ShepherdCore
 
 /// What an agent says about its host when it joins or beats.
 struct HostReport: Sendable {
+    var providedCPUModel: String?
     var cpuModel: String
     var cpuVendor: String
     var cpuFlags: [String]
@@ -52,6 +53,10 @@ final class HostService: Sendable {
                 clusterRow = ClusterRecord(id: newID(), name: cluster, memoryOvercommit: false, createdAt: Date())
                 try clusterRow!.insert(db)
             }
+            if let baseline = clusterRow?.imcBaseline,
+               !CPUModels.host(providing: report.providedCPUModel, vendor: report.cpuVendor, canRun: baseline) {
+                throw ShepherdError(.preflightFailed, "host '\(name)' cannot join cluster '\(cluster)': it provides \(report.providedCPUModel ?? report.cpuVendor), below the cluster's IMC baseline \(baseline)")
+            }
             let existing = try HostRecord.filter(Column("name") == name).fetchOne(db)
             var host = HostRecord(
                 id: existing?.id ?? newID(), name: name, clusterId: clusterRow!.id, address: address, token: token,
@@ -59,7 +64,7 @@ final class HostService: Sendable {
                 cpuModel: report.cpuModel, cpuVendor: report.cpuVendor, cpuFlags: report.cpuFlags.joined(separator: " "),
                 cores: report.cores, memoryTotalMiB: Int(report.memoryTotalBytes / 1_048_576),
                 memoryFreeMiB: Int(report.memoryAvailableBytes / 1_048_576), accelerator: accelerator,
-                agentVersion: agentVersion, lastHeartbeat: Date())
+                agentVersion: agentVersion, lastHeartbeat: Date(), providedCPUModel: report.providedCPUModel)
             try host.save(db)
             try Self.saveDatastores(db, datastores, hostId: host.id)
             _ = host
@@ -81,6 +86,7 @@ final class HostService: Sendable {
             let wasLost = host.hostState == .disconnected
             if wasLost { host.state = HostState.connected.rawValue }
             host.cpuModel = report.cpuModel
+            host.providedCPUModel = report.providedCPUModel
             host.cpuVendor = report.cpuVendor
             host.cpuFlags = report.cpuFlags.joined(separator: " ")
             host.cores = report.cores

@@ -56,7 +56,8 @@ public enum ManagerServer {
         let migrations = MigrationService(store: store, agents: agents, tasks: tasks, events: events, placement: placement, vms: vms,
                                           settings: configuration.migration, logger: logger)
         let maintenance = MaintenanceService(store: store, tasks: tasks, events: events, placement: placement, migrations: migrations)
-        let api = API(store: store, vms: vms, hosts: hosts, migrations: migrations, maintenance: maintenance, version: version)
+        let api = API(store: store, vms: vms, hosts: hosts, migrations: migrations, maintenance: maintenance,
+                      tasks: tasks, version: version)
 
         let router = Router()
         router.middlewares.add(ErrorMiddleware())

@@ -37,6 +37,7 @@ final class MigrationService: Sendable {
     let vms: VMService
     let settings: MigrationSettings
     let logger: Logger
+    private let slots = MigrationSlots()
 
     init(store: Store, agents: AgentClient, tasks: TaskEngine, events: EventLog, placement: Placement, vms: VMService,
          settings: MigrationSettings, logger: Logger) {
@@ -49,6 +50,8 @@ final class MigrationService: Sendable {
         var source: HostRecord
         var target: HostRecord
         var request: MigrationRequest
+        var timeoutSeconds: Int
+        var maxConcurrent: Int
     }
 
     /// Every check of the seed, the network one for real.
@@ -60,7 +63,7 @@ final class MigrationService: Sendable {
 
     private func plan(_ reference: String, target targetReference: String) async throws -> Plan {
         try Validate.name(targetReference, field: "target")
-        return try await store.db.read { [placement] db in
+        return try await store.db.read { [placement, settings] db in
             let vm = try Inventory.vm(db, reference)
             let source = try Inventory.host(db, vm.hostId)
             let target = try Inventory.host(db, targetReference, field: "target")
@@ -71,13 +74,18 @@ final class MigrationService: Sendable {
                 let cluster = try ClusterRecord.fetchOne(db, key: host.clusterId)
                 let candidate = Inventory.candidate(host, allocated: allocated[host.id] ?? 0, datastores: datastores[host.id] ?? [])
                 return MigrationHost(name: host.name, cluster: cluster?.name ?? "", clusterMemoryOvercommit: cluster?.memoryOvercommit ?? false,
-                                     state: host.hostState, cpuVendor: host.cpuVendor, cpuModel: host.cpuModel, cores: host.cores,
+                                     state: host.hostState, cpuVendor: host.cpuVendor, cpuModel: host.cpuModel,
+                                     providedModel: host.providedCPUModel, cores: host.cores,
                                      freeMiB: candidate.freeMiB(hostReserveMiB: placement.hostReserveMiB), datastores: candidate.datastores)
             }
+            let cluster = try ClusterRecord.fetchOne(db, key: source.clusterId)
             let request = MigrationRequest(vm: vm.name, state: vm.state, toolsRunning: vm.toolsRunning, cpus: vm.cpus,
                                            memoryMiB: vm.memoryMiB, datastore: vm.datastore, datastoreKind: datastore?.kind ?? "unknown",
-                                           source: try side(source), target: try side(target))
-            return Plan(vm: vm, source: source, target: target, request: request)
+                                           source: try side(source), target: try side(target), imcBaseline: cluster?.imcBaseline,
+                                           vmCPUModel: vm.cpuModel)
+            return Plan(vm: vm, source: source, target: target, request: request,
+                        timeoutSeconds: cluster?.migrationTimeoutSeconds ?? settings.timeoutSeconds,
+                        maxConcurrent: cluster?.maxConcurrentMigrations ?? 2)
         }
     }
 
@@ -124,13 +132,22 @@ final class MigrationService: Sendable {
         }
         let definition = try await vms.definitionFor(vm)
         tasks.run(task) { [self] progress in
-            try await run(vm: vm, definition: definition, source: plan.source, target: plan.target, progress: progress)
+            try await slots.acquire([plan.source, plan.target], limit: plan.maxConcurrent, progress: progress)
+            do {
+                let result = try await run(vm: vm, definition: definition, source: plan.source, target: plan.target,
+                                           timeoutSeconds: plan.timeoutSeconds, progress: progress)
+                await slots.release([plan.source.id, plan.target.id])
+                return result
+            } catch {
+                await slots.release([plan.source.id, plan.target.id])
+                throw error
+            }
         }
         return task
     }
 
     private func run(vm: VMRecord, definition: AgentWire.VMDefinition, source: HostRecord, target: HostRecord,
-                     progress: TaskEngine.Progress) async throws -> String {
+                     timeoutSeconds: Int, progress: TaskEngine.Progress) async throws -> String {
         let from = Inventory.endpoint(source), to = Inventory.endpoint(target)
         let since = vm.runningSince ?? Date()
         let rollback = Rollback()
@@ -155,7 +172,8 @@ final class MigrationService: Sendable {
             await rollback.add("cancel the migration so the source keeps running") { [agents] in
                 try await agents.cancelMigration(from, vm: vm.id)
             }
-            let final = try await watch(vm: vm, from: from, to: to, target: target, progress: progress, decisions: &decisions)
+            let final = try await watch(vm: vm, from: from, to: to, target: target, timeoutSeconds: timeoutSeconds,
+                                        progress: progress, decisions: &decisions)
 
             // Switch-over done: the VM runs on the target. Nothing below rolls back.
             try await store.db.write { db in
@@ -186,9 +204,9 @@ final class MigrationService: Sendable {
     }
 
     /// Follows the migration until it completes, applying the convergence policy.
-    private func watch(vm: VMRecord, from: AgentClient.Endpoint, to: AgentClient.Endpoint, target: HostRecord,
+    private func watch(vm: VMRecord, from: AgentClient.Endpoint, to: AgentClient.Endpoint, target: HostRecord, timeoutSeconds: Int,
                        progress: TaskEngine.Progress, decisions: inout [String]) async throws -> AgentWire.MigrationProgress {
-        let convergence = ConvergenceSettings(downtimeLimitMs: settings.downtimeLimitMs, timeoutSeconds: Double(settings.timeoutSeconds),
+        let convergence = ConvergenceSettings(downtimeLimitMs: settings.downtimeLimitMs, timeoutSeconds: Double(timeoutSeconds),
                                               postcopyAllowed: settings.postcopyAllowed)
         var inPostcopy = false
         var polls = 0
@@ -230,5 +248,26 @@ final class MigrationService: Sendable {
             let percent = 10 + Int(85 * Double(state.transferredBytes) / Double(total))
             await progress.update(percent, "\(inPostcopy ? "post-copy" : "pass \(state.passes)"): \(state.remainingBytes >> 20) MiB left, \(state.bandwidthBytesPerSecond >> 20) MiB/s, dirty \(state.dirtyBytesPerSecond >> 20) MiB/s, expected downtime \(state.expectedDowntimeMs) ms")
         }
+    }
+}
+
+/// At most N migrations per host at once (the cluster's setting); further ones wait their turn.
+actor MigrationSlots {
+    private var running: [String: Int] = [:]
+
+    func acquire(_ hosts: [HostRecord], limit: Int, progress: TaskEngine.Progress) async throws {
+        var announced = false
+        while let busy = hosts.first(where: { (running[$0.id] ?? 0) >= limit }) {
+            if !announced {
+                await progress.update(1, "queued: \(busy.name) already runs \(running[busy.id] ?? 0) migration(s) (limit \(limit))")
+                announced = true
+            }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        for host in hosts { running[host.id, default: 0] += 1 }
+    }
+
+    func release(_ hostIDs: [String]) {
+        for id in hostIDs { running[id, default: 1] -= 1 }
     }
 }

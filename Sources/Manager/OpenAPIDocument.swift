@@ -50,6 +50,30 @@ paths:
             application/json:
               schema: { $ref: "#/components/schemas/Cluster" }
         default: { $ref: "#/components/responses/Error" }
+  /api/v1/clusters/{cluster}:
+    patch:
+      operationId: updateCluster
+      description: |
+        Changes a cluster's settings. imcBaseline must be a QEMU CPU model every host of the cluster
+        provides ("off" turns IMC off); running VMs keep their CPU model until they restart.
+      parameters:
+        - name: cluster
+          in: path
+          required: true
+          description: The cluster's name or id.
+          schema: { type: string }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/ClusterUpdate" }
+      responses:
+        "200":
+          description: The cluster as it is now.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Cluster" }
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/hosts:
     get:
       operationId: listHosts
@@ -298,6 +322,22 @@ paths:
             application/json:
               schema: { $ref: "#/components/schemas/Task" }
         default: { $ref: "#/components/responses/Error" }
+  /api/v1/tasks/{task}/cancel:
+    post:
+      operationId: cancelTask
+      description: Asks a running vm.migrate or host.maintenance.enter task to stop; it rolls back and fails with code cancelled.
+      parameters:
+        - name: task
+          in: path
+          required: true
+          schema: { type: string }
+      responses:
+        "202":
+          description: Cancellation requested; follow the task.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/events:
     get:
       operationId: listEvents
@@ -389,6 +429,15 @@ components:
         vmCount: { type: integer }
         memoryOvercommit: { type: boolean }
         createdAt: { type: string, format: date-time }
+        imcBaseline: { type: string, description: "The IMC (EVC) baseline CPU model every VM starts with; absent when IMC is off." }
+        migrationTimeoutSeconds: { type: integer }
+        maxConcurrentMigrations: { type: integer, description: "Per host." }
+    ClusterUpdate:
+      type: object
+      properties:
+        imcBaseline: { type: string, description: "A QEMU CPU model (EPYC, EPYC-Rome, Haswell, ...) or off." }
+        migrationTimeoutSeconds: { type: integer, description: "10-86400." }
+        maxConcurrentMigrations: { type: integer, description: "1-16 per host." }
     ClusterCreate:
       type: object
       required: [name]
@@ -410,6 +459,7 @@ components:
         cpuModel: { type: string }
         cpuVendor: { type: string }
         cpuFlags: { type: array, items: { type: string } }
+        providedCPUModel: { type: string, description: "The QEMU CPU model the host provides its guests (agent --cpu-model); absent: its own CPU." }
         cores: { type: integer }
         memoryTotalMiB: { type: integer }
         memoryFreeMiB: { type: integer }
@@ -599,6 +649,7 @@ components:
         cpuModel: { type: string }
         cpuVendor: { type: string }
         cpuFlags: { type: array, items: { type: string } }
+        providedCPUModel: { type: string }
         cores: { type: integer }
         memoryTotalBytes: { type: integer, format: int64 }
         memoryAvailableBytes: { type: integer, format: int64 }

@@ -110,6 +110,15 @@ public final class Store: Sendable {
         migrator.registerMigration("v2: live migration target") { db in
             try db.alter(table: "vm") { t in t.add(column: "migrationTarget", .text) }
         }
+        migrator.registerMigration("v3: IMC baseline, cluster migration settings, CPU models") { db in
+            try db.alter(table: "cluster") { t in
+                t.add(column: "imcBaseline", .text)
+                t.add(column: "migrationTimeoutSeconds", .integer).notNull().defaults(to: 300)
+                t.add(column: "maxConcurrentMigrations", .integer).notNull().defaults(to: 2)
+            }
+            try db.alter(table: "host") { t in t.add(column: "providedCPUModel", .text) }
+            try db.alter(table: "vm") { t in t.add(column: "cpuModel", .text) }
+        }
         return migrator
     }
 }
@@ -120,6 +129,9 @@ struct ClusterRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var name: String
     var memoryOvercommit: Bool
     var createdAt: Date
+    var imcBaseline: String?
+    var migrationTimeoutSeconds: Int = 300
+    var maxConcurrentMigrations: Int = 2
 }
 
 struct HostRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
@@ -139,6 +151,7 @@ struct HostRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var accelerator: String
     var agentVersion: String
     var lastHeartbeat: Date?
+    var providedCPUModel: String?
 
     var hostState: HostState { HostState(rawValue: state) ?? .disconnected }
 }
@@ -190,6 +203,8 @@ struct VMRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var pid: Int?
     var createdAt: Date
     var migrationTarget: String?
+    /// The named CPU model the VM was started with (IMC baseline or its host's), nil for the host CPU.
+    var cpuModel: String?
 
     var lifecycle: VMLifecycle {
         get { VMLifecycle(name: state, task: stateTask, reason: stateReason, since: runningSince, migrationTarget: migrationTarget) }

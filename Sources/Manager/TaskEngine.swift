@@ -45,22 +45,43 @@ final class TaskEngine: Sendable {
         return await live.contains(taskID)
     }
 
+    /// Task kinds a user may cancel: their workflows undo what they did.
+    static let cancellable: Set<String> = ["vm.migrate", "host.maintenance.enter"]
+
     /// Starts `body` in the background; its returned text becomes the final message.
     func run(_ task: TaskRecord, _ body: @escaping @Sendable (Progress) async throws -> String) {
         let progress = Progress(taskID: task.id, store: store)
-        Task {
-            await live.insert(task.id)
-            defer { Task { await self.live.remove(task.id) } }
+        let work = Task {
             await progress.begin()
             do {
                 let message = try await body(progress)
                 await progress.finish(.succeeded, message: message, error: nil)
             } catch {
-                let failure = (error as? ShepherdError) ?? ShepherdError(.internal, "\(error)")
+                let failure = (error as? ShepherdError)
+                    ?? (error is CancellationError ? ShepherdError(.cancelled, "cancelled by the user") : ShepherdError(.internal, "\(error)"))
                 logger.warning("task \(task.kind) \(task.targetName) failed: \(failure)")
                 await progress.finish(.failed, message: "failed", error: failure)
             }
+            await live.remove(task.id)
         }
+        Task { await live.insert(task.id, work) }
+    }
+
+    /// Asks a running task to stop; its workflow rolls back and it fails as cancelled.
+    func cancel(_ taskID: String) async throws -> TaskRecord {
+        guard let task = try await store.db.read({ db in try TaskRecord.fetchOne(db, key: taskID) }) else {
+            throw ShepherdError.notFound("task", taskID)
+        }
+        guard !(TaskState(rawValue: task.state)?.isFinished ?? true) else {
+            throw ShepherdError(.illegalState, "task \(taskID) (\(task.kind) \(task.targetName)) already \(task.state)")
+        }
+        guard Self.cancellable.contains(task.kind) else {
+            throw ShepherdError(.illegalState, "\(task.kind) tasks cannot be cancelled (cancellable: \(Self.cancellable.sorted().joined(separator: ", ")))")
+        }
+        guard await live.cancel(taskID) else {
+            throw ShepherdError(.illegalState, "task \(taskID) is not running in this manager")
+        }
+        return task
     }
 
     /// Progress reports of one task.
@@ -107,10 +128,21 @@ final class TaskEngine: Sendable {
 }
 
 private actor LiveTasks {
-    private var ids: Set<String> = []
-    func insert(_ id: String) { ids.insert(id) }
-    func remove(_ id: String) { ids.remove(id) }
-    func contains(_ id: String) -> Bool { ids.contains(id) }
+    private var handles: [String: Task<Void, Never>] = [:]
+    private var finished: Set<String> = []
+    func insert(_ id: String, _ handle: Task<Void, Never>) {
+        // The task may have ended before it was registered.
+        if finished.remove(id) == nil { handles[id] = handle }
+    }
+    func remove(_ id: String) {
+        if handles.removeValue(forKey: id) == nil { finished.insert(id) }
+    }
+    func contains(_ id: String) -> Bool { handles[id] != nil }
+    func cancel(_ id: String) -> Bool {
+        guard let handle = handles[id] else { return false }
+        handle.cancel()
+        return true
+    }
 }
 
 /// Undo actions collected while a workflow acquires things; run in reverse when it fails
@@ -123,8 +155,13 @@ actor Rollback {
         undos.append((name, action))
     }
 
-    /// Runs every undo, newest first; says what was undone and what could not be.
-    func run() async -> String {
+    /// Runs every undo, newest first, outside any cancellation of the caller; says what was
+    /// undone and what could not be.
+    nonisolated func run() async -> String {
+        await Task.detached { await self.runUndos() }.value
+    }
+
+    private func runUndos() async -> String {
         var done: [String] = []
         var failed: [String] = []
         for undo in undos.reversed() {
@@ -145,7 +182,8 @@ actor Rollback {
 
 /// A failure that carries what its rollback did.
 func failure(_ error: any Error, rolledBack: String) -> ShepherdError {
-    let base = (error as? ShepherdError) ?? ShepherdError(.internal, "\(error)")
+    let base = (error as? ShepherdError)
+        ?? (error is CancellationError ? ShepherdError(.cancelled, "cancelled by the user") : ShepherdError(.internal, "\(error)"))
     return rolledBack.isEmpty ? base : ShepherdError(base.code, "\(base.message); \(rolledBack)")
 }
 

@@ -68,7 +68,7 @@ final class VMService: Sendable {
                 memoryMiB: request.memoryMiB, state: "creating", stateTask: task.id, stateReason: nil, runningSince: nil,
                 toolsRunning: false, datastore: datastore.name,
                 diskPath: "\(datastore.path)/vms/\(request.name)-\(id.prefix(8))/root.qcow2", pid: nil, createdAt: Date(),
-                migrationTarget: nil)
+                migrationTarget: nil, cpuModel: nil)
             try task.insert(db)
             try vm.insert(db)
             return (vm, task, template, host)
@@ -122,7 +122,18 @@ final class VMService: Sendable {
             if let refusal = placement.admit(wanted, on: candidate, vm: vm.name) { throw refusal }
             return try vm.lifecycle.start(vm: vm.name, task: task.id)
         }
-        let definition = try await definitionFor(vm)
+        // The VM runs with the cluster's IMC baseline, else with the model its host provides.
+        let cpuModel = try await store.db.write { db -> String? in
+            let cluster = try ClusterRecord.fetchOne(db, key: host.clusterId)
+            let model = cluster?.imcBaseline ?? host.providedCPUModel
+            guard var row = try VMRecord.fetchOne(db, key: vm.id) else { return model }
+            row.cpuModel = model
+            try row.update(db)
+            return model
+        }
+        var configured = try await definitionFor(vm)
+        configured.cpuModel = cpuModel
+        let definition = configured
         tasks.run(task) { [self] progress in
             let rollback = Rollback()
             await rollback.add("mark '\(vm.name)' \(previous.name) again") { try await self.setLifecycle(vm.id, previous) }
@@ -303,7 +314,9 @@ final class VMService: Sendable {
             try TemplateRecord.filter(Column("name") == vm.template).fetchOne(db)
         }
         guard let template else { throw ShepherdError(.notFound, "template '\(vm.template)' of VM '\(vm.name)' no longer exists") }
-        return try await definition(vm, template: template)
+        var result = try await definition(vm, template: template)
+        result.cpuModel = vm.cpuModel
+        return result
     }
 
     func setLifecycle(_ id: String, _ lifecycle: VMLifecycle) async throws {

@@ -14,9 +14,12 @@ public enum AgentWire {
         public var disk: String
         /// The template disk the root disk is copied from when it does not exist yet.
         public var sourceDisk: String?
+        /// A named QEMU CPU model (IMC baseline or the host's); nil runs the host's own CPU.
+        public var cpuModel: String?
 
         public init(id: String, name: String, cpus: Int, memoryMiB: Int, kernel: String, initrd: String,
-                    cmdline: String, disk: String, sourceDisk: String?) {
+                    cmdline: String, disk: String, sourceDisk: String?, cpuModel: String? = nil) {
+            self.cpuModel = cpuModel
             self.id = id; self.name = name; self.cpus = cpus; self.memoryMiB = memoryMiB
             self.kernel = kernel; self.initrd = initrd; self.cmdline = cmdline
             self.disk = disk; self.sourceDisk = sourceDisk

@@ -6,6 +6,8 @@ public struct MigrationHost: Sendable, Equatable {
     public var state: HostState
     public var cpuVendor: String
     public var cpuModel: String
+    /// The QEMU CPU model this host provides its guests (agent --cpu-model), nil for its own CPU.
+    public var providedModel: String?
     public var cores: Int
     /// Memory left for VMs (after the host reserve and the VMs already there).
     public var freeMiB: Int
@@ -13,9 +15,10 @@ public struct MigrationHost: Sendable, Equatable {
     public var datastores: Set<String>
 
     public init(name: String, cluster: String, clusterMemoryOvercommit: Bool, state: HostState, cpuVendor: String,
-                cpuModel: String, cores: Int, freeMiB: Int, datastores: Set<String>) {
+                cpuModel: String, providedModel: String? = nil, cores: Int, freeMiB: Int, datastores: Set<String>) {
         self.name = name; self.cluster = cluster; self.clusterMemoryOvercommit = clusterMemoryOvercommit; self.state = state
-        self.cpuVendor = cpuVendor; self.cpuModel = cpuModel; self.cores = cores; self.freeMiB = freeMiB; self.datastores = datastores
+        self.cpuVendor = cpuVendor; self.cpuModel = cpuModel; self.providedModel = providedModel; self.cores = cores
+        self.freeMiB = freeMiB; self.datastores = datastores
     }
 }
 
@@ -37,10 +40,13 @@ public struct MigrationRequest: Sendable, Equatable {
     public var target: MigrationHost
     /// The cluster's IMC baseline (a QEMU CPU model every host supports), or nil when IMC is off.
     public var imcBaseline: String?
+    /// The named CPU model the VM runs with (the baseline, or its host's model), nil for the host's own CPU.
+    public var vmCPUModel: String?
 
     public init(vm: String, state: String, toolsRunning: Bool, cpus: Int, memoryMiB: Int, passthroughDevices: [String] = [],
                 boundToHost: Bool = false, datastore: String, datastoreKind: String, source: MigrationHost, target: MigrationHost,
-                imcBaseline: String? = nil) {
+                imcBaseline: String? = nil, vmCPUModel: String? = nil) {
+        self.vmCPUModel = vmCPUModel
         self.vm = vm; self.state = state; self.toolsRunning = toolsRunning; self.cpus = cpus; self.memoryMiB = memoryMiB
         self.passthroughDevices = passthroughDevices; self.boundToHost = boundToHost; self.datastore = datastore
         self.datastoreKind = datastoreKind; self.source = source; self.target = target; self.imcBaseline = imcBaseline
@@ -113,8 +119,14 @@ public enum MigrationPreflight {
         }
         if source.cpuVendor != target.cpuVendor {
             refusals.append(.init(.cpuVendorMismatch, "source '\(source.name)' is \(source.cpuVendor), target '\(target.name)' is \(target.cpuVendor); no CPU mode bridges vendors"))
-        } else if source.cpuModel != target.cpuModel && request.imcBaseline == nil {
-            refusals.append(.init(.cpuModelMismatch, "source '\(source.name)' is '\(source.cpuModel)', target '\(target.name)' is '\(target.cpuModel)', and the cluster's IMC is off"))
+        } else if let model = request.vmCPUModel {
+            if !CPUModels.host(providing: target.providedModel, vendor: target.cpuVendor, canRun: model) {
+                let hint = request.imcBaseline == nil ? "set the cluster's IMC baseline to a model every host provides and restart the VM"
+                    : "the VM started before the cluster's IMC baseline \(request.imcBaseline!) was set: restart it to run with the baseline"
+                refusals.append(.init(.cpuModelMismatch, "'\(vm)' runs with CPU model \(model); target '\(target.name)' provides up to \(target.providedModel ?? "?"); \(hint)"))
+            }
+        } else if source.cpuModel != target.cpuModel || source.providedModel != target.providedModel {
+            refusals.append(.init(.cpuModelMismatch, "'\(vm)' runs with the host CPU of '\(source.name)' ('\(source.providedModel ?? source.cpuModel)'); target '\(target.name)' is '\(target.providedModel ?? target.cpuModel)', and the cluster's IMC is off"))
         }
         if source.cluster != target.cluster && source.clusterMemoryOvercommit != target.clusterMemoryOvercommit {
             refusals.append(.init(.overcommitMismatch, "cluster '\(source.cluster)' has memory overcommit \(source.clusterMemoryOvercommit ? "on" : "off"), cluster '\(target.cluster)' has it \(target.clusterMemoryOvercommit ? "on" : "off")"))

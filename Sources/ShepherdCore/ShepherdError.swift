@@ -18,6 +18,7 @@ public struct ShepherdError: Error, Sendable, Equatable, CustomStringConvertible
         case agentFailed = "agent_failed"
         case timedOut = "timed_out"
         case interrupted = "interrupted"
+        case cancelled = "cancelled"
         case `internal` = "internal"
 
         /// The HTTP status a server answers with for this code.
@@ -27,7 +28,7 @@ public struct ShepherdError: Error, Sendable, Equatable, CustomStringConvertible
             case .unauthorized: 401
             case .forbidden: 403
             case .notFound: 404
-            case .alreadyExists, .illegalState, .toolsNotRunning, .hostNotConnected, .preflightFailed: 409
+            case .alreadyExists, .illegalState, .toolsNotRunning, .hostNotConnected, .preflightFailed, .cancelled: 409
             case .insufficientResources: 422
             case .agentUnreachable, .agentFailed, .timedOut: 502
             case .interrupted, .internal: 500

@@ -76,7 +76,32 @@ struct HostCommand: AsyncParsableCommand {
 
 struct ClusterCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "cluster", abstract: "Clusters of hosts.",
-                                                    subcommands: [List.self, Create.self])
+                                                    subcommands: [List.self, Create.self, Set.self])
+
+    struct Set: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Change a cluster's settings: IMC baseline, migration timeout, concurrent migrations per host.",
+            discussion: "Example: shepherd cluster set cluster-1 --imc EPYC --migration-timeout 300")
+        @OptionGroup var options: ClientOptions
+        @Flag(help: "Print JSON.") var json = false
+        @Argument(help: "The cluster's name or id.") var cluster: String
+        @Option(help: "IMC (EVC) baseline: a QEMU CPU model every host provides, or off.") var imc: String?
+        @Option(help: "Seconds a live migration may take (10-86400).") var migrationTimeout: Int?
+        @Option(help: "Live migrations per host at once (1-16).") var maxMigrations: Int?
+
+        func run() async throws {
+            let updated = try await calling(options) { client in
+                let body = Components.Schemas.ClusterUpdate(imcBaseline: imc, migrationTimeoutSeconds: migrationTimeout,
+                                                            maxConcurrentMigrations: maxMigrations)
+                switch try await client.updateCluster(path: .init(cluster: cluster), body: .json(body)) {
+                case .ok(let ok): return try ok.body.json
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+            if json { return try printJSON(updated) }
+            print("\(updated.name): IMC \(updated.imcBaseline ?? "off"), migration timeout \(updated.migrationTimeoutSeconds ?? 300) s, \(updated.maxConcurrentMigrations ?? 2) migrations per host")
+        }
+    }
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List clusters.")
@@ -91,8 +116,9 @@ struct ClusterCommand: AsyncParsableCommand {
                 }
             }
             if json { return try printJSON(clusters) }
-            printTable(["NAME", "HOSTS", "VMS", "MEMORY OVERCOMMIT", "ID"], clusters.map { cluster in
-                [cluster.name, "\(cluster.hostCount)", "\(cluster.vmCount)", cluster.memoryOvercommit ? "on" : "off", cluster.id]
+            printTable(["NAME", "HOSTS", "VMS", "MEMORY OVERCOMMIT", "IMC", "ID"], clusters.map { cluster in
+                [cluster.name, "\(cluster.hostCount)", "\(cluster.vmCount)", cluster.memoryOvercommit ? "on" : "off",
+                 cluster.imcBaseline ?? "off", cluster.id]
             })
         }
     }

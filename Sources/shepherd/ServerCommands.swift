@@ -41,12 +41,17 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "A datastore this host sees: NAME=PATH[,shared|,local]; repeatable.") var datastore: [String] = []
     @Option(help: "qemu, or fake for tests of manager logic.") var driver = "qemu"
     @Option(help: "auto (a real boot probe decides), kvm or tcg.") var accel = "auto"
+    @Option(help: "The QEMU CPU model this host provides its guests (e.g. EPYC, EPYC-Rome, Haswell), for IMC; default: its own CPU.")
+    var cpuModel: String?
 
     func run() async throws {
         guard ["auto", "kvm", "tcg"].contains(accel) else { throw ValidationError("--accel must be auto, kvm or tcg") }
-        try await AgentServer.run(AgentConfiguration(
+        if let cpuModel { try CPUModels.validate(cpuModel, field: "--cpu-model") }
+        var configuration = AgentConfiguration(
             name: name, cluster: cluster, managerURL: manager, listen: listen, advertiseURL: advertise ?? "http://\(listen)",
             stateDirectory: stateDir, joinTokenFile: joinTokenFile, datastores: try datastore.map(DatastoreMount.parse),
-            driver: driver, accelerator: accel))
+            driver: driver, accelerator: accel)
+        configuration.cpuModel = cpuModel
+        try await AgentServer.run(configuration)
     }
 }

@@ -42,7 +42,28 @@ func progressLine(_ task: APITask) -> String {
 
 struct TaskCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "task", abstract: "Follow long operations.",
-                                                    subcommands: [List.self, Show.self, Wait.self])
+                                                    subcommands: [List.self, Show.self, Wait.self, Cancel.self])
+
+    struct Cancel: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Cancel a running migration or maintenance task; it rolls back.")
+        @OptionGroup var options: ClientOptions
+        @OptionGroup var flags: TaskFlags
+        @Argument(help: "The task's id.") var id: String
+
+        func run() async throws {
+            try await calling(options) { client in
+                switch try await client.cancelTask(path: .init(task: id)) {
+                case .accepted(let accepted):
+                    do { try await flags.handle(try accepted.body.json, client: client) } catch let error as CLIError {
+                        // A cancelled task ends failed with code cancelled: that is what was asked for.
+                        guard error.description.contains("cancelled") else { throw error }
+                        print("cancelled; \(error.description)")
+                    }
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+        }
+    }
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List tasks, newest first.")

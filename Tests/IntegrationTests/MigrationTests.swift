@@ -157,3 +157,38 @@ struct MaintenanceGuestTests {
         }
     }
 }
+
+@Suite("IMC on real guests")
+struct IMCTests {
+    @Test("between hosts of different CPU models a VM moves only once the cluster's IMC baseline covers both and it restarted with it")
+    func imcBaseline() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 2,
+                                   agentArguments: ["host-1": ["--cpu-model", "EPYC-Rome"], "host-2": ["--cpu-model", "EPYC"]]) { cluster in
+            _ = try await cluster.createVM("imc1", memoryMiB: 128, host: "host-1")
+            try #require(try await cluster.start("imc1").state == .succeeded)
+            let pid = try #require(try await cluster.vm("imc1").pid)
+            #expect(Processes.commandLine(Int32(pid))?.contains("EPYC-Rome") == true, "without IMC the VM runs with its host's model")
+
+            let (refused, why) = try await cluster.raw("POST", "/api/v1/vms/imc1/migrate", token: cluster.adminToken, body: #"{"target":"host-2"}"#)
+            #expect(refused == 409 && why.contains("cpu_model_mismatch"), "\(why)")
+
+            let (tooHigh, tooHighWhy) = try await cluster.setCluster(#"{"imcBaseline":"EPYC-Rome"}"#)
+            #expect(tooHigh == 409 && tooHighWhy.contains("'host-2' (EPYC)"), "\(tooHighWhy)")
+            let (set, _) = try await cluster.setCluster(#"{"imcBaseline":"EPYC"}"#)
+            #expect(set == 200)
+
+            // Still refused until the VM restarts with the baseline.
+            #expect(try await cluster.raw("POST", "/api/v1/vms/imc1/migrate", token: cluster.adminToken, body: #"{"target":"host-2"}"#).0 == 409)
+            #expect(try await cluster.stop("imc1").state == .succeeded)
+            #expect(try await cluster.start("imc1").state == .succeeded)
+            let restarted = try #require(try await cluster.vm("imc1").pid)
+            #expect(Processes.commandLine(Int32(restarted))?.contains("EPYC") == true)
+            #expect(Processes.commandLine(Int32(restarted))?.contains("EPYC-Rome") == false)
+
+            let task = try await cluster.migrate("imc1", to: "host-2")
+            #expect(task.state == .succeeded, "\(task.error?.message ?? "")")
+            #expect(try await cluster.vm("imc1").hostName == "host-2")
+            #expect(try await cluster.exec("imc1", ["true"]).exitCode == 0)
+        }
+    }
+}

@@ -64,6 +64,8 @@ public final class TestCluster: @unchecked Sendable {
     public private(set) var manager: ChildProcess?
     public private(set) var agents: [String: ChildProcess] = [:]
     private var agentPorts: [String: Int] = [:]
+    /// Extra flags for each agent, by host name.
+    public var agentArguments: [String: [String]] = [:]
     private let binary: String
     private let managerArguments: [String]
 
@@ -73,8 +75,10 @@ public final class TestCluster: @unchecked Sendable {
     public func agentDirectory(_ name: String) -> String { "\(directory)/hosts/\(name)" }
 
     /// Starts a manager and `hosts` agents (host-1…) with `driver` ("fake" or "qemu").
-    public static func start(driver: String, hosts: Int = 1, managerArguments: [String] = []) async throws -> TestCluster {
+    public static func start(driver: String, hosts: Int = 1, managerArguments: [String] = [],
+                             agentArguments: [String: [String]] = [:]) async throws -> TestCluster {
         let cluster = try TestCluster(driver: driver, managerArguments: managerArguments)
+        cluster.agentArguments = agentArguments
         do {
             try await cluster.startManager()
             for index in 1...max(1, hosts) where hosts > 0 { try await cluster.startAgent("host-\(index)") }
@@ -88,9 +92,9 @@ public final class TestCluster: @unchecked Sendable {
     }
 
     /// Runs `body` with a fresh cluster and always shuts it down afterwards.
-    public static func with<T>(driver: String, hosts: Int = 1, managerArguments: [String] = [],
+    public static func with<T>(driver: String, hosts: Int = 1, managerArguments: [String] = [], agentArguments: [String: [String]] = [:],
                                _ body: (TestCluster) async throws -> T) async throws -> T {
-        let cluster = try await start(driver: driver, hosts: hosts, managerArguments: managerArguments)
+        let cluster = try await start(driver: driver, hosts: hosts, managerArguments: managerArguments, agentArguments: agentArguments)
         do {
             let result = try await body(cluster)
             await cluster.shutdown()
@@ -142,7 +146,7 @@ public final class TestCluster: @unchecked Sendable {
             "agent", "--name", name, "--manager", url, "--listen", "127.0.0.1:\(port)",
             "--state-dir", agentDirectory(name), "--join-token-file", stateDirectory + "/join-token",
             "--datastore", "shared=\(sharedDatastore),shared", "--driver", driver,
-        ], logFile: "\(directory)/agent-\(name).log")
+        ] + (agentArguments[name] ?? []), logFile: "\(directory)/agent-\(name).log")
         agents[name] = process
     }
 
@@ -256,6 +260,11 @@ public final class TestCluster: @unchecked Sendable {
         case .accepted(let accepted): return try await wait(try accepted.body.json, timeout: .seconds(300))
         case .default(let status, let error): throw HarnessError("maintenance \(action) \(host): HTTP \(status) \(String(describing: try? error.body.json))")
         }
+    }
+
+    /// Changes the cluster's settings; the answer's status and body.
+    public func setCluster(_ body: String) async throws -> (Int, String) {
+        try await raw("PATCH", "/api/v1/clusters/cluster-1", token: adminToken, body: body)
     }
 
     public func host(_ name: String) async throws -> Components.Schemas.Host {
