@@ -34,8 +34,19 @@ final class MaintenanceService: Sendable {
             return (host, task)
         }
         tasks.run(task) { [self] progress in
+            // Detached, like a migration: a cancel stops between VMs and the undo still runs.
+            let cancel = CancelFlag()
+            let work = Task.detached { [self] () async throws -> String in
+                try await enterWorkflow(host, cancel: cancel, progress: progress)
+            }
+            return try await withTaskCancellationHandler { try await work.value } onCancel: { cancel.raise() }
+        }
+        return task
+    }
+
+    private func enterWorkflow(_ host: HostRecord, cancel: CancelFlag, progress: TaskEngine.Progress) async throws -> String {
             do {
-                return try await evacuate(host, progress: progress)
+                return try await evacuate(host, cancel: cancel, progress: progress)
             } catch {
                 try? await store.db.write { db in
                     guard var row = try HostRecord.fetchOne(db, key: host.id) else { return }
@@ -44,8 +55,6 @@ final class MaintenanceService: Sendable {
                 }
                 throw failure(error, rolledBack: "'\(host.name)' is out of maintenance mode again (the VMs already moved stay where they are)")
             }
-        }
-        return task
     }
 
     func exit(_ reference: String) async throws -> TaskRecord {
@@ -68,10 +77,13 @@ final class MaintenanceService: Sendable {
         return task
     }
 
-    private func evacuate(_ host: HostRecord, progress: TaskEngine.Progress) async throws -> String {
+    private func evacuate(_ host: HostRecord, cancel: CancelFlag, progress: TaskEngine.Progress) async throws -> String {
         let vms = try await store.db.read { db in try VMRecord.filter(Column("hostId") == host.id).order(Column("name")).fetchAll(db) }
         var moved: [String] = [], reassigned: [String] = [], stuck: [String] = []
         for (index, vm) in vms.enumerated() {
+            if cancel.isRaised {
+                throw ShepherdError(.cancelled, "cancelled by the user after \(index) of \(vms.count) VMs" + (moved.isEmpty ? "" : " (moved: " + moved.joined(separator: ", ") + ")"))
+            }
             await progress.update(5 + 90 * index / max(1, vms.count), "moving \(vm.name) (\(index + 1) of \(vms.count))")
             do {
                 let target = try await chooseTarget(for: vm, leaving: host)

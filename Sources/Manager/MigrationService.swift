@@ -3,17 +3,17 @@ import GRDB
 import Logging
 import Scheduling
 import ShepherdCore
+import Synchronization
 
 /// How live migrations run in a cluster.
+/// (The migration timeout is the cluster's: `shepherd cluster set --migration-timeout`.)
 public struct MigrationSettings: Sendable {
-    public var timeoutSeconds: Int
     public var downtimeLimitMs: Int
     public var postcopyAllowed: Bool
     /// Bytes per second for QEMU's max-bandwidth: effectively uncapped (QEMU 7.2 caps at 128 MiB/s by default).
     public var maxBandwidthBytes: Int64
-    public init(timeoutSeconds: Int = 300, downtimeLimitMs: Int = 30, postcopyAllowed: Bool = true,
-                maxBandwidthBytes: Int64 = 100 << 30) {
-        self.timeoutSeconds = timeoutSeconds; self.downtimeLimitMs = downtimeLimitMs
+    public init(downtimeLimitMs: Int = 30, postcopyAllowed: Bool = true, maxBandwidthBytes: Int64 = 100 << 30) {
+        self.downtimeLimitMs = downtimeLimitMs
         self.postcopyAllowed = postcopyAllowed; self.maxBandwidthBytes = maxBandwidthBytes
     }
 }
@@ -63,7 +63,7 @@ final class MigrationService: Sendable {
 
     private func plan(_ reference: String, target targetReference: String) async throws -> Plan {
         try Validate.name(targetReference, field: "target")
-        return try await store.db.read { [placement, settings] db in
+        return try await store.db.read { [placement] db in
             let vm = try Inventory.vm(db, reference)
             let source = try Inventory.host(db, vm.hostId)
             let target = try Inventory.host(db, targetReference, field: "target")
@@ -84,7 +84,7 @@ final class MigrationService: Sendable {
                                            source: try side(source), target: try side(target), imcBaseline: cluster?.imcBaseline,
                                            vmCPUModel: vm.cpuModel)
             return Plan(vm: vm, source: source, target: target, request: request,
-                        timeoutSeconds: cluster?.migrationTimeoutSeconds ?? settings.timeoutSeconds,
+                        timeoutSeconds: cluster?.migrationTimeoutSeconds ?? 300,
                         maxConcurrent: cluster?.maxConcurrentMigrations ?? 2)
         }
     }
@@ -132,22 +132,29 @@ final class MigrationService: Sendable {
         }
         let definition = try await vms.definitionFor(vm)
         tasks.run(task) { [self] progress in
-            try await slots.acquire([plan.source, plan.target], limit: plan.maxConcurrent, progress: progress)
-            do {
-                let result = try await run(vm: vm, definition: definition, source: plan.source, target: plan.target,
-                                           timeoutSeconds: plan.timeoutSeconds, progress: progress)
-                await slots.release([plan.source.id, plan.target.id])
-                return result
-            } catch {
-                await slots.release([plan.source.id, plan.target.id])
-                throw error
+            // The workflow runs detached so its undos and records are never cut short by the
+            // cancellation itself; a cancel only raises the flag, which the watch loop honours
+            // until post-copy starts (from then on the migration must finish).
+            let cancel = CancelFlag()
+            let work = Task.detached { [self] () async throws -> String in
+                try await slots.acquire([plan.source, plan.target], limit: plan.maxConcurrent, progress: progress, cancel: cancel)
+                do {
+                    let result = try await run(vm: vm, definition: definition, source: plan.source, target: plan.target,
+                                               timeoutSeconds: plan.timeoutSeconds, cancel: cancel, progress: progress)
+                    await slots.release([plan.source.id, plan.target.id])
+                    return result
+                } catch {
+                    await slots.release([plan.source.id, plan.target.id])
+                    throw error
+                }
             }
+            return try await withTaskCancellationHandler { try await work.value } onCancel: { cancel.raise() }
         }
         return task
     }
 
     private func run(vm: VMRecord, definition: AgentWire.VMDefinition, source: HostRecord, target: HostRecord,
-                     timeoutSeconds: Int, progress: TaskEngine.Progress) async throws -> String {
+                     timeoutSeconds: Int, cancel: CancelFlag, progress: TaskEngine.Progress) async throws -> String {
         let from = Inventory.endpoint(source), to = Inventory.endpoint(target)
         let since = vm.runningSince ?? Date()
         let rollback = Rollback()
@@ -173,7 +180,7 @@ final class MigrationService: Sendable {
                 try await agents.cancelMigration(from, vm: vm.id)
             }
             let final = try await watch(vm: vm, from: from, to: to, target: target, timeoutSeconds: timeoutSeconds,
-                                        progress: progress, decisions: &decisions)
+                                        cancel: cancel, progress: progress, decisions: &decisions)
 
             // Switch-over done: the VM runs on the target. Nothing below rolls back.
             try await store.db.write { db in
@@ -196,6 +203,14 @@ final class MigrationService: Sendable {
             await events.record(.info, "vm.migrated", targetType: "vm", targetId: vm.id, targetName: vm.name, "from \(source.name): \(summary)")
             return summary
         } catch {
+            if cancel.postcopyStarted {
+                // Part of the guest's memory is already on the target: resuming the source would
+                // run a guest that lost writes. Say so rather than pretend to roll back.
+                let reason = "post-copy to \(target.name) failed: the guest's memory is split between \(source.name) and \(target.name); neither side can safely resume it"
+                try? await vms.setLifecycle(vm.id, .unknown(reason: reason))
+                await events.record(.error, "vm.migrate.failed", targetType: "vm", targetId: vm.id, targetName: vm.name, "\(reason): \(error)")
+                throw ShepherdError(.agentFailed, "\(reason) (\(error)). Policy: " + decisions.joined(separator: "; "))
+            }
             let undone = await rollback.run()
             await events.record(.warning, "vm.migrate.failed", targetType: "vm", targetId: vm.id, targetName: vm.name,
                                 "migration to \(target.name) failed: \(error); \(undone)")
@@ -205,14 +220,22 @@ final class MigrationService: Sendable {
 
     /// Follows the migration until it completes, applying the convergence policy.
     private func watch(vm: VMRecord, from: AgentClient.Endpoint, to: AgentClient.Endpoint, target: HostRecord, timeoutSeconds: Int,
-                       progress: TaskEngine.Progress, decisions: inout [String]) async throws -> AgentWire.MigrationProgress {
+                       cancel: CancelFlag, progress: TaskEngine.Progress, decisions: inout [String]) async throws -> AgentWire.MigrationProgress {
         let convergence = ConvergenceSettings(downtimeLimitMs: settings.downtimeLimitMs, timeoutSeconds: Double(timeoutSeconds),
                                               postcopyAllowed: settings.postcopyAllowed)
         var inPostcopy = false
         var polls = 0
+        var cancelNoted = false
         while true {
             try await Task.sleep(for: .milliseconds(200))
             polls += 1
+            if cancel.isRaised {
+                guard inPostcopy else { throw ShepherdError(.cancelled, "cancelled by the user") }
+                if !cancelNoted {
+                    decisions.append("a cancel came during post-copy and was not honoured: post-copy must finish")
+                    cancelNoted = true
+                }
+            }
             let state = try await agents.migrationProgress(from, vm: vm.id)
             switch state.status {
             case "completed":
@@ -228,7 +251,7 @@ final class MigrationService: Sendable {
                     throw ShepherdError(.agentFailed, "the target QEMU on \(target.name) ended during the migration (\(targetStatus.reason ?? targetStatus.power.rawValue))")
                 }
             }
-            if state.status == "postcopy-active" { inPostcopy = true }
+            if state.status == "postcopy-active" { inPostcopy = true; cancel.markPostcopy() }
             let sample = MigrationSample(
                 elapsedSeconds: Double(state.totalTimeMs) / 1000, pass: state.passes, remainingBytes: Double(state.remainingBytes),
                 transferredBytes: Double(state.transferredBytes), dirtyBytesPerSecond: Double(state.dirtyBytesPerSecond),
@@ -238,6 +261,7 @@ final class MigrationService: Sendable {
                 break
             case .switchToPostcopy(let reason):
                 decisions.append("after \(String(format: "%.1f", sample.elapsedSeconds)) s: \(reason)")
+                cancel.markPostcopy()
                 try await agents.startPostcopy(from, vm: vm.id)
                 inPostcopy = true
             case .abort(let reason):
@@ -255,9 +279,10 @@ final class MigrationService: Sendable {
 actor MigrationSlots {
     private var running: [String: Int] = [:]
 
-    func acquire(_ hosts: [HostRecord], limit: Int, progress: TaskEngine.Progress) async throws {
+    func acquire(_ hosts: [HostRecord], limit: Int, progress: TaskEngine.Progress, cancel: CancelFlag) async throws {
         var announced = false
         while let busy = hosts.first(where: { (running[$0.id] ?? 0) >= limit }) {
+            if cancel.isRaised { throw ShepherdError(.cancelled, "cancelled by the user while queued") }
             if !announced {
                 await progress.update(1, "queued: \(busy.name) already runs \(running[busy.id] ?? 0) migration(s) (limit \(limit))")
                 announced = true
@@ -270,4 +295,13 @@ actor MigrationSlots {
     func release(_ hostIDs: [String]) {
         for id in hostIDs { running[id, default: 1] -= 1 }
     }
+}
+
+/// A user's cancel, raised from outside the detached workflow; and whether post-copy began.
+final class CancelFlag: Sendable {
+    private let state = Mutex<(raised: Bool, postcopy: Bool)>((false, false))
+    func raise() { state.withLock { $0.raised = true } }
+    var isRaised: Bool { state.withLock { $0.raised } }
+    func markPostcopy() { state.withLock { $0.postcopy = true } }
+    var postcopyStarted: Bool { state.withLock { $0.postcopy } }
 }

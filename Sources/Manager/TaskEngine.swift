@@ -116,13 +116,17 @@ final class TaskEngine: Sendable {
             }
         }
 
+        /// Detached: a cancelled task must still record how it ended (GRDB's async access
+        /// throws in a cancelled task).
         private func write(_ change: @escaping @Sendable (inout TaskRecord) -> Void) async {
-            let id = taskID
-            _ = try? await store.db.write { db in
-                guard var task = try TaskRecord.fetchOne(db, key: id) else { return }
-                change(&task)
-                try task.update(db)
-            }
+            let id = taskID, store = self.store
+            await Task.detached {
+                _ = try? await store.db.write { db in
+                    guard var task = try TaskRecord.fetchOne(db, key: id) else { return }
+                    change(&task)
+                    try task.update(db)
+                }
+            }.value
         }
     }
 }
@@ -203,9 +207,12 @@ final class EventLog: Sendable {
         let event = EventRecord(id: nil, time: Date(), severity: severity.rawValue, kind: kind, targetType: targetType,
                                 targetId: targetId, targetName: targetName, message: message)
         logger.info("event \(kind) \(targetName): \(message)")
-        _ = try? await store.db.write { db in
-            var row = event
-            try row.insert(db)
-        }
+        let store = self.store
+        await Task.detached {
+            _ = try? await store.db.write { db in
+                var row = event
+                try row.insert(db)
+            }
+        }.value
     }
 }

@@ -53,10 +53,12 @@ public enum ConvergenceDecision: Sendable, Equatable {
 /// not allowed, aborts early with the prediction instead of burning the link until the timeout.
 public enum ConvergencePolicy {
     public static func decide(_ sample: MigrationSample, settings: ConvergenceSettings, inPostcopy: Bool) -> ConvergenceDecision {
+        // Post-copy always finishes (each page moves once) and cannot be undone: never abandon it.
+        if inPostcopy { return .keepGoing }
         if sample.elapsedSeconds >= settings.timeoutSeconds {
             return .abort(reason: "the migration timeout of \(Int(settings.timeoutSeconds)) s passed with \(mib(sample.remainingBytes)) MiB still to send")
         }
-        if inPostcopy || sample.elapsedSeconds < settings.graceSeconds || sample.pass < 2 { return .keepGoing }
+        if sample.elapsedSeconds < settings.graceSeconds || sample.pass < 2 { return .keepGoing }
         if sample.expectedDowntimeMs > 0, sample.expectedDowntimeMs <= Double(settings.downtimeLimitMs) { return .keepGoing }
         guard let secondsLeft = predictedSeconds(sample) else {
             return giveUp(sample, settings, why: "the guest dirties \(mib(sample.dirtyBytesPerSecond)) MiB/s and the link carries \(mib(sample.bandwidthBytesPerSecond)) MiB/s: pre-copy cannot converge")

@@ -18,12 +18,20 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "How many hosts.") var hosts = 3
     @Flag(help: "Do not create or start guests.") var noGuests = false
     @Option(help: "auto, kvm or tcg for the agents.") var accel = "auto"
+    @Option(help: "Comma-separated QEMU CPU models the hosts provide, in host order (e.g. EPYC-Rome,EPYC,EPYC), so IMC matters; default: every host its own CPU.")
+    var cpuModels: String?
 
     func run() async throws {
         guard getuid() == 0 else { throw CLIError("the demo creates network namespaces: run it as root") }
         guard (1...9).contains(hosts) else { throw ValidationError("--hosts must be 1-9") }
+        let models = cpuModels.map { $0.split(separator: ",").map(String.init) } ?? []
+        for model in models { try CPUModels.validate(model, field: "--cpu-models") }
+        guard models.isEmpty || models.count == hosts else {
+            throw ValidationError("--cpu-models names \(models.count) models for \(hosts) hosts")
+        }
         let demo = try Demo(stateDirectory: stateDir, image: image, prefix: prefix, subnet: subnet, port: port,
                             hostCount: hosts, accelerator: accel)
+        demo.cpuModels = models
         let signals = SignalWatcher([SIGINT, SIGTERM])
         do {
             try await demo.up(withGuests: !noGuests, stop: signals)
@@ -39,6 +47,9 @@ struct DemoCommand: AsyncParsableCommand {
                   shepherd vm exec web1 -- uname -a
                   shepherd vm list
                   shepherd vm show web1 --json
+                  shepherd vm migrate web1 --to \(prefix)host-3 --dry-run
+                  shepherd vm migrate web1 --to \(prefix)host-3
+                  shepherd host maintenance enter \(prefix)host-1
                   shepherd vm stop web1
                   shepherd task list
                   shepherd event list
@@ -101,6 +112,7 @@ final class Demo: @unchecked Sendable {
     let port: Int
     let hostCount: Int
     let accelerator: String
+    var cpuModels: [String] = []
     var logDirectory: String { stateDirectory + "/logs" }
     private var manager: ChildProcess?
     private var agents: [ChildProcess] = []
@@ -171,7 +183,8 @@ final class Demo: @unchecked Sendable {
                 "--manager", "http://\(managerAddress):\(port)", "--listen", "\(hostAddress(index)):7444",
                 "--state-dir", hostStateDirectory(index), "--join-token-file", stateDirectory + "/join-token",
                 "--datastore", "shared=\(sharedDatastore),shared",
-                "--datastore", "local-\(name)=\(stateDirectory)/datastores/local-\(name),local", "--accel", accelerator])
+                "--datastore", "local-\(name)=\(stateDirectory)/datastores/local-\(name),local", "--accel", accelerator]
+                + (cpuModels.isEmpty ? [] : ["--cpu-model", cpuModels[index - 1]]))
             agents.append(try ChildProcess.spawn(argv[0], Array(argv.dropFirst()), logFile: "\(logDirectory)/agent-\(name).log"))
         }
         say("waiting for \(hostCount) agents to join…")

@@ -13,7 +13,6 @@ struct ManagerCommand: AsyncParsableCommand {
     @Option(help: "Memory (MiB) each host keeps for itself.") var hostReserve = 512
     @Option(help: "Seconds a power-on waits for the guest's tools.") var toolsTimeout = 120
     @Option(help: "Seconds a graceful stop waits before giving up.") var stopTimeout = 90
-    @Option(help: "Seconds a live migration may take before it is abandoned (the source keeps running).") var migrationTimeout = 300
     @Option(help: "Milliseconds of pause a live migration's switch-over may take.") var migrationDowntime = 30
     @Flag(help: "Never switch a live migration to post-copy.") var noPostcopy = false
     @Option(help: "MiB/s a live migration may use (0: uncapped).") var migrationMaxBandwidth = 0
@@ -23,7 +22,7 @@ struct ManagerCommand: AsyncParsableCommand {
         try await ManagerServer.run(ManagerConfiguration(
             stateDirectory: stateDir, listen: listen, hostReserveMiB: hostReserve,
             timing: VMTiming(toolsTimeoutSeconds: toolsTimeout, gracefulStopSeconds: stopTimeout),
-            migration: MigrationSettings(timeoutSeconds: migrationTimeout, downtimeLimitMs: migrationDowntime, postcopyAllowed: !noPostcopy,
+            migration: MigrationSettings(downtimeLimitMs: migrationDowntime, postcopyAllowed: !noPostcopy,
                                          maxBandwidthBytes: migrationMaxBandwidth > 0 ? Int64(migrationMaxBandwidth) << 20 : 100 << 30)))
     }
 }

@@ -192,3 +192,30 @@ struct IMCTests {
         }
     }
 }
+
+@Suite("Cancelling a migration")
+struct CancelTests {
+    @Test("a user cancel stops the migration, releases the target and the source keeps running")
+    func cancel() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 2, managerArguments: ["--migration-max-bandwidth", "4", "--no-postcopy"]) { cluster in
+            _ = try await cluster.createVM("can1", memoryMiB: 256, host: "host-1")
+            try #require(try await cluster.start("can1").state == .succeeded)
+            #expect(try await cluster.exec("can1", ["sh", "-c", "dd if=/dev/urandom of=/run/fill bs=1M count=60 2>/dev/null"]).exitCode == 0)
+            let sourcePid = try #require(try await cluster.vm("can1").pid)
+            let task = try await cluster.startMigration("can1", to: "host-2")
+            try await Task.sleep(for: .seconds(3))
+            let (status, body) = try await cluster.raw("POST", "/api/v1/tasks/\(task.id)/cancel", token: cluster.adminToken)
+            #expect(status == 202, "\(body)")
+            let done = try await cluster.wait(task)
+            #expect(done.state == .failed)
+            #expect(done.error?.code == "cancelled")
+            #expect(done.error?.message.contains("keeps running on host-1") == true, "\(done.error?.message ?? "")")
+            let vm = try await cluster.vm("can1")
+            #expect(vm.hostName == "host-1" && vm.state == .running && vm.pid == sourcePid)
+            #expect(try await cluster.exec("can1", ["true"]).exitCode == 0)
+            #expect(cluster.qemuPids() == [Int32(sourcePid)], "the target QEMU must be gone")
+            let (again, why) = try await cluster.raw("POST", "/api/v1/tasks/\(task.id)/cancel", token: cluster.adminToken)
+            #expect(again == 409 && why.contains("already failed"), "\(why)")
+        }
+    }
+}

@@ -52,12 +52,17 @@ struct ConvergenceTests {
         #expect(reason.contains("375 s more"))
     }
 
-    @Test("the timeout ends any migration, post-copy or not")
+    @Test("the timeout ends a pre-copy migration")
     func timeout() {
-        guard case .abort(let reason) = ConvergencePolicy.decide(sample(at: 300), settings: settings, inPostcopy: true) else {
+        guard case .abort(let reason) = ConvergencePolicy.decide(sample(at: 300), settings: settings, inPostcopy: false) else {
             Issue.record("expected abort"); return
         }
         #expect(reason.contains("timeout of 300 s"))
+    }
+
+    @Test("post-copy is never abandoned, not even at the timeout: it cannot be undone")
+    func postcopyNeverAborts() {
+        #expect(ConvergencePolicy.decide(sample(at: 400), settings: settings, inPostcopy: true) == .keepGoing)
     }
 
     @Test("once in post-copy nothing else is decided")
