@@ -4,6 +4,7 @@ import ShepherdAPI
 import Testing
 import TestSupport
 
+extension RealGuests {
 /// `shepherd demo` as a user runs it, under its own names so it never touches a real demo.
 @Suite("Demo")
 struct DemoTests {
@@ -67,4 +68,5 @@ struct DemoTests {
             pid != getpid() && Processes.isAlive(pid) && (Processes.commandLine(pid)?.contains { $0.contains(text) } ?? false)
         }
     }
+}
 }

@@ -3,6 +3,7 @@ import HostKit
 import Testing
 import TestSupport
 
+extension RealGuests {
 /// Real QEMU guests (TCG when KVM does not work) booted from the tiny template.
 @Suite("Real guests")
 struct GuestLifecycleTests {
@@ -103,4 +104,5 @@ struct GuestLifecycleTests {
             #expect(try await cluster.stop("disk1", force: true).state == .succeeded)
         }
     }
+}
 }

@@ -3,6 +3,7 @@ import HostKit
 import Testing
 import TestSupport
 
+extension RealGuests {
 /// Host live migration of real guests between two agents.
 @Suite("Live migration")
 struct MigrationTests {
@@ -60,7 +61,7 @@ struct MigrationTests {
             _ = try await cluster.createVM("mig2", memoryMiB: 256, host: "host-1")
             try #require(try await cluster.start("mig2").state == .succeeded)
             // 80 MiB of random data in RAM (tmpfs): at 4 MiB/s the copy takes long enough to interrupt.
-            let fill = try await cluster.exec("mig2", ["sh", "-c", "dd if=/dev/urandom of=/run/fill bs=1M count=80 2>&1"])
+            let fill = try await cluster.exec("mig2", ["sh", "-c", fillMemory(80)])
             #expect(fill.exitCode == 0, "\(fill.stdout)")
             let sourcePid = try #require(try await cluster.vm("mig2").pid)
             let task = try await cluster.startMigration("mig2", to: "host-2")
@@ -87,10 +88,10 @@ struct MigrationTests {
     /// Keeps rewriting 32 MiB of the guest's memory with alternating random content (so neither
     /// zero-page detection nor XBZRLE can shrink it): far faster than the limited link.
     private func startDirtier(_ cluster: TestCluster, _ vm: String) async throws {
-        let prepare = try await cluster.exec(vm, ["sh", "-c", "dd if=/dev/urandom of=/run/a bs=1M count=16 2>/dev/null && dd if=/dev/urandom of=/run/b bs=1M count=16 2>/dev/null"])
+        let prepare = try await cluster.exec(vm, ["sh", "-c", fillMemory(16, file: "/run/a") + " && " + fillMemory(16, file: "/run/b")])
         #expect(prepare.exitCode == 0)
         let loop = "while :; do cp /run/a /run/d1; cp /run/b /run/d2; cp /run/b /run/d1; cp /run/a /run/d2; done"
-        #expect(try await cluster.exec(vm, ["sh", "-c", "\(loop) >/dev/null 2>&1 &"]).exitCode == 0)
+        #expect(try await cluster.exec(vm, ["sh", "-c", "(\(loop)) >/dev/null 2>&1 & echo $! > /run/dirtier.pid"]).exitCode == 0)
         try await Task.sleep(for: .seconds(1))
     }
 
@@ -106,6 +107,7 @@ struct MigrationTests {
             #expect(task.state == .succeeded, "\(task.error?.message ?? "")")
             #expect(task.message.contains("switching to post-copy"), "\(task.message)")
             #expect(try await cluster.vm("mig3").hostName == "host-2")
+            #expect(try await cluster.execWhenToolsAnswer("mig3", ["sh", "-c", "kill $(cat /run/dirtier.pid)"]).exitCode == 0)
             #expect(try await cluster.exec("mig3", ["cat", "/proc/sys/kernel/random/boot_id"]).stdout == bootID)
             #expect(try await cluster.exec("mig3", ["cmp", "/run/a", "/run/a"]).exitCode == 0)
         }
@@ -200,7 +202,7 @@ struct CancelTests {
         try await TestCluster.with(driver: "qemu", hosts: 2, managerArguments: ["--migration-max-bandwidth", "4", "--no-postcopy"]) { cluster in
             _ = try await cluster.createVM("can1", memoryMiB: 256, host: "host-1")
             try #require(try await cluster.start("can1").state == .succeeded)
-            #expect(try await cluster.exec("can1", ["sh", "-c", "dd if=/dev/urandom of=/run/fill bs=1M count=60 2>/dev/null"]).exitCode == 0)
+            #expect(try await cluster.exec("can1", ["sh", "-c", fillMemory(60)]).exitCode == 0)
             let sourcePid = try #require(try await cluster.vm("can1").pid)
             let task = try await cluster.startMigration("can1", to: "host-2")
             try await Task.sleep(for: .seconds(3))
@@ -218,4 +220,5 @@ struct CancelTests {
             #expect(again == 409 && why.contains("already failed"), "\(why)")
         }
     }
+}
 }

@@ -175,7 +175,8 @@ public final class TestCluster: @unchecked Sendable {
 
     /// An authenticated API client (or one presenting `token`).
     public func client(token: String? = nil) throws -> Client {
-        try Client.manager(url: url, token: token ?? adminToken)
+        // Longer than the 120 s exec timeout the harness asks for.
+        try Client.manager(url: url, token: token ?? adminToken, timeout: .seconds(180))
     }
 
     private func registerGuestTemplate() async throws {
@@ -280,9 +281,21 @@ public final class TestCluster: @unchecked Sendable {
     }
 
     public func exec(_ vm: String, _ command: [String]) async throws -> Components.Schemas.ExecResult {
-        switch try await client().execInVM(path: .init(vm: vm), body: .json(.init(command: command, timeoutSeconds: 30))) {
+        switch try await client().execInVM(path: .init(vm: vm), body: .json(.init(command: command, timeoutSeconds: 120))) {
         case .ok(let ok): return try ok.body.json
         case .default(let status, let error): throw HarnessError("exec in \(vm): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    /// Runs a command, retrying while the guest's tools do not answer (a guest busy at full
+    /// speed under TCG can keep its agent from answering a 2 s ping for a while).
+    public func execWhenToolsAnswer(_ vm: String, _ command: [String], within: Duration = .seconds(90)) async throws -> Components.Schemas.ExecResult {
+        let started = ContinuousClock.now
+        while true {
+            do { return try await exec(vm, command) } catch let error as HarnessError where error.description.contains("tools_not_running") {
+                if ContinuousClock.now - started > within { throw error }
+                try await Task.sleep(for: .seconds(1))
+            }
         }
     }
 
