@@ -165,30 +165,37 @@ final class MigrationService: Sendable {
             guard let address = Self.address(of: target) else {
                 throw ShepherdError(.invalidField, "target: host '\(target.name)' has no usable address (\(target.address))")
             }
-            await progress.update(5, "starting the target QEMU on \(target.name)")
-            let incoming = try await agents.prepareIncoming(to, AgentWire.IncomingRequest(
-                definition: definition, address: address.host, postcopy: settings.postcopyAllowed))
-            await rollback.add("stop the target QEMU on \(target.name) and forget the VM there") { [agents] in
-                try await agents.release(to, vm: vm.id)
-            }
+            // Pre-copy first, without the post-copy capability: armed, it makes QEMU wait for the
+            // target's acknowledgement at the switch-over (measured here: 29–84 ms of downtime
+            // instead of 5–7 ms). Only when the policy predicts that pre-copy cannot finish does
+            // the migration restart with post-copy armed and switch at once.
+            var incoming = try await startAttempt(vm: vm, definition: definition, from: from, to: to, target: target,
+                                                  address: address.host, postcopy: false, rollback: rollback, progress: progress)
             decisions.append("pre-copy with max-bandwidth \(settings.maxBandwidthBytes >> 20) MiB/s, downtime limit \(settings.downtimeLimitMs) ms, auto-converge and XBZRLE on")
-            await progress.update(10, "sending memory to \(target.name) (\(incoming.uri))")
-            try await agents.migrate(from, vm: vm.id, AgentWire.MigrateRequest(
-                uri: incoming.uri, downtimeLimitMs: settings.downtimeLimitMs, maxBandwidthBytes: settings.maxBandwidthBytes,
-                postcopy: settings.postcopyAllowed, xbzrle: true, autoConverge: true))
-            await rollback.add("cancel the migration so the source keeps running") { [agents] in
-                try await agents.cancelMigration(from, vm: vm.id)
-            }
-            let final = try await watch(vm: vm, from: from, to: to, target: target, timeoutSeconds: timeoutSeconds,
+            var final: AgentWire.MigrationProgress
+            do {
+                final = try await watch(vm: vm, from: from, to: to, target: target, timeoutSeconds: timeoutSeconds, postcopyArmed: false,
                                         cancel: cancel, progress: progress, decisions: &decisions)
+            } catch let needed as PostcopyNeeded {
+                decisions.append("after \(String(format: "%.1f", needed.afterSeconds)) s: \(needed.reason) (the migration restarted with post-copy armed)")
+                try await agents.cancelMigration(from, vm: vm.id)
+                try await agents.release(to, vm: vm.id)
+                incoming = try await startAttempt(vm: vm, definition: definition, from: from, to: to, target: target,
+                                                  address: address.host, postcopy: true, rollback: nil, progress: progress)
+                cancel.markPostcopy()
+                try await agents.startPostcopy(from, vm: vm.id)
+                final = try await watch(vm: vm, from: from, to: to, target: target, timeoutSeconds: timeoutSeconds, postcopyArmed: true,
+                                        cancel: cancel, progress: progress, decisions: &decisions)
+            }
 
             // Switch-over done: the VM runs on the target. Nothing below rolls back.
+            let targetPid = incoming.pid
             try await store.db.write { db in
                 guard var row = try VMRecord.fetchOne(db, key: vm.id) else { return }
                 row.hostId = target.id
                 row.lifecycle = .running(since: since)
                 row.runningSince = since
-                row.pid = incoming.pid.map(Int.init)
+                row.pid = targetPid.map(Int.init)
                 try row.update(db)
             }
             do { try await agents.release(from, vm: vm.id) } catch {
@@ -218,12 +225,32 @@ final class MigrationService: Sendable {
         }
     }
 
+    /// Starts the target QEMU and the sending; registers their undos on the first attempt.
+    private func startAttempt(vm: VMRecord, definition: AgentWire.VMDefinition, from: AgentClient.Endpoint, to: AgentClient.Endpoint,
+                              target: HostRecord, address: String, postcopy: Bool, rollback: Rollback?,
+                              progress: TaskEngine.Progress) async throws -> AgentWire.IncomingAnswer {
+        await progress.update(5, "starting the target QEMU on \(target.name)\(postcopy ? " (post-copy armed)" : "")")
+        let incoming = try await agents.prepareIncoming(to, AgentWire.IncomingRequest(definition: definition, address: address, postcopy: postcopy))
+        await rollback?.add("stop the target QEMU on \(target.name) and forget the VM there") { [agents] in
+            try await agents.release(to, vm: vm.id)
+        }
+        await progress.update(10, "sending memory to \(target.name) (\(incoming.uri))")
+        try await agents.migrate(from, vm: vm.id, AgentWire.MigrateRequest(
+            uri: incoming.uri, downtimeLimitMs: settings.downtimeLimitMs, maxBandwidthBytes: settings.maxBandwidthBytes,
+            postcopy: postcopy, xbzrle: true, autoConverge: true))
+        await rollback?.add("cancel the migration so the source keeps running") { [agents] in
+            try await agents.cancelMigration(from, vm: vm.id)
+        }
+        return incoming
+    }
+
     /// Follows the migration until it completes, applying the convergence policy.
     private func watch(vm: VMRecord, from: AgentClient.Endpoint, to: AgentClient.Endpoint, target: HostRecord, timeoutSeconds: Int,
-                       cancel: CancelFlag, progress: TaskEngine.Progress, decisions: inout [String]) async throws -> AgentWire.MigrationProgress {
+                       postcopyArmed: Bool, cancel: CancelFlag, progress: TaskEngine.Progress,
+                       decisions: inout [String]) async throws -> AgentWire.MigrationProgress {
         let convergence = ConvergenceSettings(downtimeLimitMs: settings.downtimeLimitMs, timeoutSeconds: Double(timeoutSeconds),
                                               postcopyAllowed: settings.postcopyAllowed)
-        var inPostcopy = false
+        var inPostcopy = postcopyArmed
         var polls = 0
         var cancelNoted = false
         while true {
@@ -260,6 +287,7 @@ final class MigrationService: Sendable {
             case .keepGoing:
                 break
             case .switchToPostcopy(let reason):
+                guard postcopyArmed else { throw PostcopyNeeded(reason: reason, afterSeconds: sample.elapsedSeconds) }
                 decisions.append("after \(String(format: "%.1f", sample.elapsedSeconds)) s: \(reason)")
                 cancel.markPostcopy()
                 try await agents.startPostcopy(from, vm: vm.id)
@@ -304,4 +332,10 @@ final class CancelFlag: Sendable {
     var isRaised: Bool { state.withLock { $0.raised } }
     func markPostcopy() { state.withLock { $0.postcopy = true } }
     var postcopyStarted: Bool { state.withLock { $0.postcopy } }
+}
+
+/// The policy wants post-copy but this attempt did not arm it: restart with it armed.
+struct PostcopyNeeded: Error {
+    let reason: String
+    let afterSeconds: Double
 }
