@@ -189,6 +189,7 @@ final class MigrationService: Sendable {
             }
 
             // Switch-over done: the VM runs on the target. Nothing below rolls back.
+            let switchedAfter = ContinuousClock.now - started
             let targetPid = incoming.pid
             try await store.db.write { db in
                 guard var row = try VMRecord.fetchOne(db, key: vm.id) else { return }
@@ -203,10 +204,9 @@ final class MigrationService: Sendable {
                                     "the source QEMU on \(source.name) could not be ended after the switch-over: \(error)")
             }
             do { try await agents.syncClock(to, vm: vm.id) } catch {
-                decisions.append("guest clock not set (\(error))")
+                decisions.append("guest clock not set: the tools did not answer")
             }
-            let elapsed = ContinuousClock.now - started
-            let summary = "migrated to \(target.name) in \(Int(elapsed / .milliseconds(1))) ms (QEMU: \(final.totalTimeMs) ms); downtime \(final.downtimeMs.map { "\($0) ms" } ?? "unknown"); \(final.transferredBytes >> 20) MiB sent in \(final.passes) passes; policy: \(decisions.joined(separator: "; "))"
+            let summary = "migrated to \(target.name) in \(Int(switchedAfter / .milliseconds(1))) ms (QEMU's last attempt: \(final.totalTimeMs) ms); downtime \(final.downtimeMs.map { "\($0) ms" } ?? "unknown"); \(final.transferredBytes >> 20) MiB sent in \(final.passes) passes; policy: \(decisions.joined(separator: "; "))"
             await events.record(.info, "vm.migrated", targetType: "vm", targetId: vm.id, targetName: vm.name, "from \(source.name): \(summary)")
             return summary
         } catch {
