@@ -127,6 +127,7 @@ actor GuestSupervisor {
     private let accelerator: String
     private let qemuBinary: String
     private var guestAgentBusy = 0
+    private var changingProcess = false
     private var lastToolsRunning = false
     /// Pings missed in a row; tools count as gone only after `toolsMissLimit` (a loaded host
     /// can miss one short ping while the guest agent is fine).
@@ -216,8 +217,9 @@ actor GuestSupervisor {
         let answer = try? await QMP.execute(socketPath: qmpSocket, "query-status", timeout: .seconds(3))
         let qemuStatus = answer?["status"]?.stringValue ?? "unknown"
         if qemuStatus == "shutdown" {
-            // The guest powered itself off; QEMU waits (-no-shutdown) for us to end it.
-            await quit(pid: pid)
+            // The guest powered itself off; QEMU waits (-no-shutdown) for us to end it. Only that
+            // same process: a start may have replaced it while this status was in flight.
+            await exclusive { me in if me.livePid() == pid { await me.quit(pid: pid) } }
             return AgentWire.GuestStatus(vmId: id, power: .stopped, toolsRunning: false, reason: "the guest powered off")
         }
         let tools: Bool
@@ -244,7 +246,7 @@ actor GuestSupervisor {
     // MARK: power
 
     func start() async throws -> AgentWire.GuestStatus {
-        let pid = try await launch(extraArguments: [])
+        let pid = try await exclusive { me in try await me.launch(extraArguments: []) }
         return AgentWire.GuestStatus(vmId: id, power: .running, toolsRunning: false, pid: pid)
     }
 
@@ -279,7 +281,7 @@ actor GuestSupervisor {
             return AgentWire.GuestStatus(vmId: id, power: .stopped, toolsRunning: false, reason: "was not running")
         }
         if force {
-            await quit(pid: pid)
+            await exclusive { me in if me.livePid() == pid { await me.quit(pid: pid) } }
             return AgentWire.GuestStatus(vmId: id, power: .stopped, toolsRunning: false, reason: "power cut")
         }
         if await withGuestAgent({ await GuestAgent.ping(socketPath: self.guestAgentSocket, timeout: .seconds(2)) }) {
@@ -318,7 +320,7 @@ actor GuestSupervisor {
     /// Starts QEMU with `-incoming defer`, enables post-copy when asked (both sides need it),
     /// and listens on a free port of `address`.
     func startIncoming(address: String, postcopy: Bool) async throws -> AgentWire.IncomingAnswer {
-        _ = try await launch(extraArguments: ["-incoming", "defer"])
+        _ = try await exclusive { me in try await me.launch(extraArguments: ["-incoming", "defer"]) }
         if postcopy {
             _ = try await qmp("migrate-set-capabilities", ["capabilities": [["capability": "postcopy-ram", "state": true]]])
         }
@@ -382,14 +384,14 @@ actor GuestSupervisor {
 
     /// Ends QEMU if it runs and removes this host's record of the VM, keeping the disk.
     func forget() async throws {
-        if let pid = livePid() { await quit(pid: pid) }
+        await exclusive { me in if let pid = me.livePid() { await me.quit(pid: pid) } }
         try? FileManager.default.removeItem(atPath: directory)
         try? FileManager.default.removeItem(atPath: socketDirectory)
     }
 
     /// Cuts power if needed and removes the VM's directory and disk.
     func destroy() async throws {
-        if let pid = livePid() { await quit(pid: pid) }
+        await exclusive { me in if let pid = me.livePid() { await me.quit(pid: pid) } }
         let diskDirectory = (definition.disk as NSString).deletingLastPathComponent
         try? FileManager.default.removeItem(atPath: definition.disk)
         try? FileManager.default.removeItem(atPath: definition.disk + ".partial")
@@ -422,6 +424,16 @@ actor GuestSupervisor {
         }
         let code = result.signal.map { 128 + Int($0) } ?? Int(result.exitCode)
         return AgentWire.ExecResult(exitCode: code, stdout: result.stdout, stderr: result.stderr)
+    }
+
+    /// Runs one change of the QEMU process (start, end) at a time: the actor is reentrant, and a
+    /// status call that ends a powered-off QEMU must never reach a QEMU a start just launched
+    /// (it would send `quit` to the new one through the same socket path).
+    private func exclusive<T: Sendable>(_ body: (isolated GuestSupervisor) async throws -> T) async rethrows -> T {
+        while changingProcess { try? await Task.sleep(for: .milliseconds(20)) }
+        changingProcess = true
+        defer { changingProcess = false }
+        return try await body(self)
     }
 
     private func withGuestAgent<T: Sendable>(_ body: @Sendable () async throws -> T) async rethrows -> T {

@@ -181,8 +181,10 @@ struct IMCTests {
 
             // Still refused until the VM restarts with the baseline.
             #expect(try await cluster.raw("POST", "/api/v1/vms/imc1/migrate", token: cluster.adminToken, body: #"{"target":"host-2"}"#).0 == 409)
-            #expect(try await cluster.stop("imc1").state == .succeeded)
-            #expect(try await cluster.start("imc1").state == .succeeded)
+            let stopped = try await cluster.stop("imc1")
+            #expect(stopped.state == .succeeded, "\(stopped.error?.message ?? "")")
+            let started = try await cluster.start("imc1")
+            #expect(started.state == .succeeded, "\(started.error?.message ?? "") \(cluster.log("agent-host-1.log"))")
             let restarted = try #require(try await cluster.vm("imc1").pid)
             #expect(Processes.commandLine(Int32(restarted))?.contains("EPYC") == true)
             #expect(Processes.commandLine(Int32(restarted))?.contains("EPYC-Rome") == false)

@@ -24,6 +24,20 @@ struct MigrationAPITests {
         }
     }
 
+    @Test("a target the source cannot reach is refused by a real connection attempt")
+    func unreachableTarget() async throws {
+        try await TestCluster.with(driver: "fake", hosts: 2) { cluster in
+            _ = try await cluster.createVM("m3", host: "host-1")
+            _ = try await cluster.start("m3")
+            // The target's agent is gone but the manager still counts host-2 connected (no heartbeat missed yet).
+            await cluster.stopAgent("host-2", kill: true)
+            let (status, body) = try await cluster.raw("POST", "/api/v1/vms/m3/migrate", token: cluster.adminToken, body: #"{"target":"host-2","dryRun":true}"#)
+            #expect(status == 200)
+            #expect(body.contains("network_unreachable") && body.contains("'host-1' cannot reach 'host-2'"), "\(body)")
+            #expect(!body.contains("target_not_connected"), "\(body)")
+        }
+    }
+
     @Test("a running VM moves to the target host and the source forgets it")
     func moves() async throws {
         try await TestCluster.with(driver: "fake", hosts: 2) { cluster in
