@@ -164,21 +164,16 @@ struct AgentRoutes: Sendable {
             return JSONResponse.make(AgentWire.Done())
         }
         vms.get(":id/migration") { _, context in JSONResponse.make(try await driver.migrationProgress(context.parameters.require("id"))) }
-        vms.post(":id/migration/postcopy") { _, context in
-            try await driver.startPostcopy(context.parameters.require("id"))
-            return JSONResponse.make(AgentWire.Done())
-        }
-        vms.post(":id/migration/cancel") { _, context in
-            try await driver.cancelMigration(context.parameters.require("id"))
-            return JSONResponse.make(AgentWire.Done())
-        }
-        vms.post(":id/release") { _, context in
-            try await driver.release(context.parameters.require("id"))
-            return JSONResponse.make(AgentWire.Done())
-        }
-        vms.post(":id/clock") { _, context in
-            try await driver.syncGuestClock(context.parameters.require("id"))
-            return JSONResponse.make(AgentWire.Done())
+        // Actions on one VM that answer only that they were done.
+        let actions: [(String, @Sendable (String) async throws -> Void)] = [
+            ("migration/postcopy", driver.startPostcopy), ("migration/cancel", driver.cancelMigration),
+            ("release", driver.release), ("clock", driver.syncGuestClock),
+        ]
+        for (path, action) in actions {
+            vms.post(RouterPath(":id/" + path)) { _, context in
+                try await action(context.parameters.require("id"))
+                return JSONResponse.make(AgentWire.Done())
+            }
         }
         router.post("/agent/v1/incoming") { request, context in
             let body = try await request.decode(as: AgentWire.IncomingRequest.self, context: context)

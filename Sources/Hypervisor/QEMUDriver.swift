@@ -407,8 +407,11 @@ actor GuestSupervisor {
     func exec(_ command: [String], timeoutSeconds: Int) async throws -> AgentWire.ExecResult {
         guard livePid() != nil else { throw ShepherdError(.illegalState, "VM '\(definition.name)' does not run here") }
         guard let program = command.first else { throw ShepherdError.invalidField("command", "must name a program") }
-        guard await withGuestAgent({ await GuestAgent.ping(socketPath: self.guestAgentSocket, timeout: .seconds(2)) }) else {
-            throw ShepherdError(.toolsNotRunning, "the tools of '\(definition.name)' do not answer (qemu-guest-agent ping timed out after 2 s)")
+        // A guest busy at full speed under TCG can take seconds to answer; up to 10 s of the
+        // command's own time go to finding out whether its tools run at all.
+        let pingSeconds = min(10, max(2, timeoutSeconds))
+        guard await withGuestAgent({ await GuestAgent.ping(socketPath: self.guestAgentSocket, timeout: .seconds(pingSeconds)) }) else {
+            throw ShepherdError(.toolsNotRunning, "the tools of '\(definition.name)' do not answer (qemu-guest-agent ping timed out after \(pingSeconds) s)")
         }
         let result: GuestAgent.ExecResult
         do {

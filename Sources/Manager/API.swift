@@ -33,11 +33,15 @@ struct API: APIProtocol {
                 try ClusterRecord.order(Column("name")).fetchAll(db).map { cluster in
                     (cluster,
                      try HostRecord.filter(Column("clusterId") == cluster.id).fetchCount(db),
-                     try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM vm JOIN host ON host.id = vm.hostId WHERE host.clusterId = ?", arguments: [cluster.id]) ?? 0)
+                     try Self.vmCount(db, cluster: cluster.id))
                 }
             }
         }
         return .ok(.init(body: .json(rows.map { cluster, hostCount, vmCount in Self.cluster(cluster, hostCount: hostCount, vmCount: vmCount) })))
+    }
+
+    static func vmCount(_ db: Database, cluster: String) throws -> Int {
+        try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM vm JOIN host ON host.id = vm.hostId WHERE host.clusterId = ?", arguments: [cluster]) ?? 0
     }
 
     static func cluster(_ cluster: ClusterRecord, hostCount: Int, vmCount: Int) -> Schemas.Cluster {
@@ -74,7 +78,7 @@ struct API: APIProtocol {
                 if let timeout = body.migrationTimeoutSeconds { cluster.migrationTimeoutSeconds = timeout }
                 if let limit = body.maxConcurrentMigrations { cluster.maxConcurrentMigrations = limit }
                 try cluster.update(db)
-                let vmCount = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM vm JOIN host ON host.id = vm.hostId WHERE host.clusterId = ?", arguments: [cluster.id]) ?? 0
+                let vmCount = try Self.vmCount(db, cluster: cluster.id)
                 return (cluster, hosts.count, vmCount)
             }
         }

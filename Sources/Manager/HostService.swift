@@ -116,7 +116,7 @@ final class HostService: Sendable {
             var event: (EventLog.Severity, String, String)?
             switch guest.power {
             case .running, .paused:
-                if !owned, !(vm.lifecycle.since != nil) {
+                if !owned, vm.lifecycle.since == nil {
                     changed.lifecycle = .running(since: Date())
                     event = (.info, "vm.running", "found running on \(host.name) (was \(vm.lifecycle.name))")
                 }

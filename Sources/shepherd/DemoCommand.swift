@@ -116,8 +116,6 @@ final class Demo: @unchecked Sendable {
     var logDirectory: String { stateDirectory + "/logs" }
     private var manager: ChildProcess?
     private var agents: [ChildProcess] = []
-    private var createdNamespaces: [String] = []
-    private var createdLinks: [String] = []
 
     init(stateDirectory: String, image: String, prefix: String, subnet: String, port: Int, hostCount: Int, accelerator: String) throws {
         self.stateDirectory = stateDirectory
@@ -157,14 +155,11 @@ final class Demo: @unchecked Sendable {
         say("setting up \(hostCount) hosts as network namespaces on bridge \(bridge) (\(subnet).0/24)…")
         try await removeNetwork(quiet: true)
         try await Net.addBridge(bridge, address: "\(managerAddress)/24")
-        createdLinks.append(bridge)
         for index in 1...hostCount {
             let namespace = hostName(index)
             let outer = "\(prefix)shep-h\(index)", inner = "\(prefix)shep-h\(index)p"
             try await Net.addNamespace(namespace)
-            createdNamespaces.append(namespace)
             try await Net.addVethPair(outer, inner)
-            createdLinks.append(outer)
             try await Net.setMaster(outer, bridge: bridge)
             try await Net.moveLink(inner, toNamespace: namespace)
             try await Net.configure(namespace: namespace, link: inner, address: "\(hostAddress(index))/24")
@@ -197,7 +192,7 @@ final class Demo: @unchecked Sendable {
     private func executablePath() throws -> String {
         let path = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
         if FileManager.default.isExecutableFile(atPath: path) { return path }
-        return try String(contentsOfFile: "/proc/self/exe", encoding: .utf8)
+        return try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
     }
 
     private func copyIfChanged(_ source: String, _ destination: String) throws {
@@ -354,8 +349,6 @@ final class Demo: @unchecked Sendable {
             try await Net.deleteLink("\(prefix)shep-h\(index)")
         }
         try await Net.deleteLink(bridge)
-        createdNamespaces.removeAll()
-        createdLinks.removeAll()
         if !quiet { say("removed namespaces \((1...hostCount).map(hostName).joined(separator: ", ")) and bridge \(bridge)") }
     }
 }

@@ -20,10 +20,7 @@ func follow(_ task: APITask, client: Client, json: Bool = false) async throws ->
         lastLine = line
         if last.state == .succeeded || last.state == .failed { break }
         try await Task.sleep(for: .milliseconds(300))
-        switch try await client.getTask(path: .init(task: task.id)) {
-        case .ok(let ok): last = try ok.body.json
-        case .default(let status, let error): throw CLIError.api(status, error)
-        }
+        last = try await fetchTask(client, task.id)
     }
     if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
     if json { try printJSON(last) }

@@ -14,7 +14,7 @@ struct DemoTests {
         let image = try Paths.guestImage()
         let directory = NSTemporaryDirectory() + "shepherd-demo-test-\(UInt32.random(in: 0...UInt32.max))"
         let prefix = "sd\(Int.random(in: 10...99))-"
-        let port = try freePort()
+        let port = try TCP.freePort()
         let subnet = "10.\(Int.random(in: 180...199)).\(Int.random(in: 1...250))"
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try Files.ensureDirectory(directory, mode: 0o700)

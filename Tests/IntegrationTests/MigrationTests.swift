@@ -107,7 +107,7 @@ struct MigrationTests {
             #expect(task.state == .succeeded, "\(task.error?.message ?? "")")
             #expect(task.message.contains("switching to post-copy"), "\(task.message)")
             #expect(try await cluster.vm("mig3").hostName == "host-2")
-            #expect(try await cluster.execWhenToolsAnswer("mig3", ["sh", "-c", "kill $(cat /run/dirtier.pid)"]).exitCode == 0)
+            #expect(try await cluster.exec("mig3", ["sh", "-c", "kill $(cat /run/dirtier.pid)"]).exitCode == 0)
             #expect(try await cluster.exec("mig3", ["cat", "/proc/sys/kernel/random/boot_id"]).stdout == bootID)
             #expect(try await cluster.exec("mig3", ["cmp", "/run/a", "/run/a"]).exitCode == 0)
         }

@@ -38,23 +38,6 @@ public enum Paths {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, read back, released).
-public func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw HarnessError("socket() failed") }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = 0
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-    }
-    guard bound else { throw HarnessError("bind() failed") }
-    return Int(UInt16(bigEndian: address.sin_port))
-}
-
 /// A manager and its agents as real processes in a temporary directory. Everything it starts
 /// it ends by pid in `shutdown()`, including QEMU processes its agents left behind.
 public final class TestCluster: @unchecked Sendable {
@@ -110,7 +93,7 @@ public final class TestCluster: @unchecked Sendable {
         self.driver = driver
         self.managerArguments = managerArguments
         directory = NSTemporaryDirectory() + "shepherd-test-\(UInt32.random(in: 0...UInt32.max))"
-        managerPort = try freePort()
+        managerPort = try TCP.freePort()
         try Files.ensureDirectory(directory, mode: 0o700)
         try Files.ensureDirectory(directory + "/shared", mode: 0o755)
     }
@@ -139,7 +122,7 @@ public final class TestCluster: @unchecked Sendable {
     }
 
     public func startAgent(_ name: String) async throws {
-        let port = try agentPorts[name] ?? freePort()
+        let port = try agentPorts[name] ?? TCP.freePort()
         agentPorts[name] = port
         try Files.ensureDirectory(directory + "/hosts", mode: 0o700)
         let process = try ChildProcess.spawn(binary, [
@@ -284,18 +267,6 @@ public final class TestCluster: @unchecked Sendable {
         switch try await client().execInVM(path: .init(vm: vm), body: .json(.init(command: command, timeoutSeconds: 120))) {
         case .ok(let ok): return try ok.body.json
         case .default(let status, let error): throw HarnessError("exec in \(vm): HTTP \(status) \(String(describing: try? error.body.json))")
-        }
-    }
-
-    /// Runs a command, retrying while the guest's tools do not answer (a guest busy at full
-    /// speed under TCG can keep its agent from answering a 2 s ping for a while).
-    public func execWhenToolsAnswer(_ vm: String, _ command: [String], within: Duration = .seconds(90)) async throws -> Components.Schemas.ExecResult {
-        let started = ContinuousClock.now
-        while true {
-            do { return try await exec(vm, command) } catch let error as HarnessError where error.description.contains("tools_not_running") {
-                if ContinuousClock.now - started > within { throw error }
-                try await Task.sleep(for: .seconds(1))
-            }
         }
     }
 
