@@ -26,6 +26,11 @@ let package = Package(
         .target(name: "ShepherdCore", swiftSettings: strict),
         // Pure algorithms over a cluster snapshot.
         .target(name: "Scheduling", dependencies: ["ShepherdCore"], swiftSettings: strict),
+        // Trace-driven data-centre simulator (PlanetLab, CloudSim-compatible) over Scheduling.
+        // Exclusivity checks on its hot arrays cost half the run time; it is single-threaded.
+        .target(
+            name: "Simulation", dependencies: ["Scheduling"],
+            swiftSettings: strict + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]),
         // Leaves: no domain imports.
         .target(name: "HostKit", exclude: ["README.md"], swiftSettings: strict),
         .target(name: "QMP", exclude: ["README.md"], swiftSettings: strict),
@@ -83,7 +88,7 @@ let package = Package(
         .executableTarget(
             name: "shepherd",
             dependencies: [
-                "ShepherdCore", "Agent", "Manager", "HostKit", "ShepherdAPI", "ServerKit",
+                "ShepherdCore", "Agent", "Manager", "HostKit", "ShepherdAPI", "ServerKit", "Simulation",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "OpenAPIAsyncHTTPClient", package: "swift-openapi-async-http-client"),
@@ -103,6 +108,7 @@ let package = Package(
             path: "Tests/TestSupport"),
         .testTarget(name: "ShepherdCoreTests", dependencies: ["ShepherdCore"]),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"]),
+        .testTarget(name: "SimulationTests", dependencies: ["Simulation"]),
         .testTarget(name: "ManagerTests", dependencies: ["TestSupport", "Manager", "ServerKit"]),
         .testTarget(name: "IntegrationTests", dependencies: ["TestSupport", "QMP", "HostKit", "ShepherdAPI"]),
     ]
