@@ -36,6 +36,7 @@ test: deps guest
 
 bench: build guest
 	bench/boot-to-tools.sh
+	bench/planetlab.sh
 
 # Regenerates the embedded copy of docs/api/openapi.yaml that the manager serves.
 openapi:

@@ -303,21 +303,23 @@ struct DRSTests {
         #expect(result.unresolved.isEmpty)
     }
 
-    @Test("the most loaded host is relieved first", arguments: [(3, 0.85), (5, 0.8)])
-    func mostLoadedFirst(threshold: Int, ceiling: Double) {
+    @Test("the most loaded host is relieved first; gains are the excess each move clears", arguments: [
+        (4, [500.0, 100.0]), (5, [700.0, 300.0]),
+    ])
+    func mostLoadedFirst(threshold: Int, gains: [Double]) {
         // host-0 at 3500 (87.5 %), host-1 at 3900 (97.5 %); host-2 runs 500.
+        // Ceiling 85 % (3400): host-1's excess is 500, d (900) is its cheapest clearing VM; then host-0's 100, b (500).
+        // Ceiling 80 % (3200): excesses 700 and 300; the same VMs clear them. Both go to host-2 (1400, then 1900).
         let snap = ClusterSnapshot(hosts: (0..<3).map { host($0) }, vms: [
             vm("a", on: 0, cpu: 3000, active: 2000), vm("b", on: 0, cpu: 500, active: 100),
             vm("c", on: 1, cpu: 3000, active: 2000), vm("d", on: 1, cpu: 900, active: 100),
             vm("e", on: 2, cpu: 500),
         ])
-        let result = recommend(snap, DRSSettings(threshold: threshold == 3 ? 4 : 5))
-        // Ceiling 85 % (3400): host-1 sheds d (900 ≥ 500 excess) then host-0 sheds b (500 ≥ 100).
-        // Ceiling 80 % (3200): host-1's excess is 700, d still clears it; host-0's is 300, b clears it.
+        let result = recommend(snap, DRSSettings(threshold: threshold))
         #expect(result.moves.map(\.vm) == [3, 1])
         #expect(result.moves.map(\.from) == [1, 0])
         #expect(result.moves.map(\.to) == [2, 2])
-        #expect(result.moves.map(\.gain) == (ceiling == 0.85 ? [500, 100] : [700, 300]))
+        #expect(result.moves.map(\.gain) == gains)
         #expect(result.unresolved.isEmpty)
     }
 
