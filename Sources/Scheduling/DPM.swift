@@ -16,7 +16,7 @@ public struct DPMSettings: Sendable, Equatable {
     public var maxEvacuationMiB: Int
 
     public init(mode: Mode = .automatic, lowWatermark: Double = 0.8, roundsBelow: Int = 1,
-                maxHostsPerRound: Int = 50, maxEvacuationMiB: Int = 8192) {
+                maxHostsPerRound: Int = 200, maxEvacuationMiB: Int = 8192) {
         self.mode = mode; self.lowWatermark = lowWatermark; self.roundsBelow = roundsBelow
         self.maxHostsPerRound = maxHostsPerRound; self.maxEvacuationMiB = maxEvacuationMiB
     }
@@ -64,7 +64,10 @@ public enum DPM {
             return ka != kb ? ka < kb : a < b
         }
         var emptied = Set<Int>()
-        for host in candidates where plan.powerOff.count < settings.maxHostsPerRound {
+        // A host that received VMs this round is no longer a candidate: its VM list and load
+        // above are from before the round.
+        var received = Set<Int>()
+        for host in candidates where plan.powerOff.count < settings.maxHostsPerRound && !received.contains(host) {
             let vms = (vmsByHost[host] ?? []).sorted { (forecastMHz[$0], -$0) > (forecastMHz[$1], -$1) }
             let copy = vms.reduce(0) { $0 + working.vms[$1].memoryActiveMiB }
             guard copy <= settings.maxEvacuationMiB else { continue }
@@ -84,6 +87,7 @@ public enum DPM {
             guard moves.count == vms.count else { continue }
             load = trial; working = trialSnapshot
             emptied.insert(host)
+            received.formUnion(moves.map(\.to))
             plan.powerOff.append(host)
             plan.evacuations += moves
         }

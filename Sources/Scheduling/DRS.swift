@@ -13,8 +13,8 @@ public struct DRSSettings: Sendable, Equatable {
     /// No balancing while every host is under these loads (fractions).
     public var baselineCPU: Double
     public var baselineMemory: Double
-    /// A VM DRS moved is not moved again for this many rounds unless its host is overloaded
-    /// now (no ping-pong).
+    /// A VM DRS moved is not moved again by balancing for this many rounds (no ping-pong);
+    /// mandatory moves (maintenance, broken rules) still move it.
     public var holdRounds: Int
 
     public init(automation: Automation = .automatic, metric: Metric = .both, threshold: Int = 3,
@@ -39,7 +39,8 @@ public struct DRSSettings: Sendable, Equatable {
             throw ShepherdError(.invalidField, "drs-threshold: \(threshold) is not 1 (conservative) … 5 (aggressive)")
         }
         for (name, value) in [("drs-baseline cpu", baselineCPU), ("drs-baseline mem", baselineMemory)] where !(0...1).contains(value) {
-            throw ShepherdError(.invalidField, "\(name): \(Int(value * 100)) % is not within 0–100 %")
+            let shown = value.isFinite ? "\(Int((value * 100).rounded()))" : "\(value)"
+            throw ShepherdError(.invalidField, "\(name): \(shown) % is not within 0–100 %")
         }
     }
 }
@@ -164,8 +165,10 @@ public enum DRS {
             moves.append(move)
         }
 
-        // Mandatory: maintenance and broken rules, at every threshold, ignoring the ceiling
-        // only as far as needed (1.0: never overcommit CPU to honour a rule).
+        // Mandatory: maintenance and broken rules, at every threshold, for excluded and held VMs
+        // too, ignoring the ceiling only as far as needed (1.0: never overcommit CPU to honour a
+        // rule). A host whose mandatory move finds no target is reported unresolved.
+        var unresolved: [Int] = []
         for (index, vm) in working.vms.enumerated() {
             guard let host = vm.host else { continue }
             let reason: DRSMove.Reason?
@@ -175,33 +178,34 @@ public enum DRS {
             guard let reason else { continue }
             if let target = bestTarget(working, load, vm: index, forecastMHz: forecastMHz[index], ceiling: 1.0) {
                 apply(DRSMove(vm: index, from: host, to: target, reason: reason, gain: 0, costMiB: vm.memoryActiveMiB))
+            } else if !unresolved.contains(host) {
+                unresolved.append(host)
             }
         }
 
-        guard settings.automation == .automatic || settings.automation == .manual, let ceiling = settings.ceiling else {
-            return (moves, [])
-        }
+        guard let ceiling = settings.ceiling else { return (moves, unresolved) }
         // The scheduling baseline: no balancing while every host is under it.
         let anyOverBaseline = working.hosts.indices.contains { host in
             working.hosts[host].isUsable
                 && ((settings.metric != .memory && load.cpuFraction(working, host) > settings.baselineCPU)
                     || (settings.metric != .cpu && load.memoryFraction(working, host) > settings.baselineMemory))
         }
-        guard anyOverBaseline else { return (moves, []) }
+        guard anyOverBaseline else { return (moves, unresolved) }
 
-        var unresolved: [Int] = []
         let overloaded = working.hosts.indices.filter { working.hosts[$0].isUsable && load.cpuFraction(working, $0) > ceiling }
             .sorted { load.cpuFraction(working, $0) > load.cpuFraction(working, $1) }
         for host in overloaded {
             while load.cpuFraction(working, host) > ceiling {
                 let excess = load.cpuMHz[host] - ceiling * working.hosts[host].cpuCapacityMHz
-                // The cheapest VM that clears the excess on its own, else the one that clears most.
                 let candidates = working.vms.indices.filter { working.vms[$0].host == host && !working.vms[$0].drsExcluded && !held[$0] }
-                guard !candidates.isEmpty else { unresolved.append(host); break }
+                guard !candidates.isEmpty else { if !unresolved.contains(host) { unresolved.append(host) }; break }
+                // The cheapest VM that clears the excess on its own, then the rest largest first
+                // (a VM that clears it may fit nowhere while smaller ones do).
                 let clearing = candidates.filter { forecastMHz[$0] >= excess }
-                let ordered = clearing.isEmpty
-                    ? candidates.sorted { (forecastMHz[$0], -$0) > (forecastMHz[$1], -$1) }
-                    : clearing.sorted { (working.vms[$0].memoryActiveMiB, $0) < (working.vms[$1].memoryActiveMiB, $1) }
+                    .sorted { (working.vms[$0].memoryActiveMiB, $0) < (working.vms[$1].memoryActiveMiB, $1) }
+                let rest = candidates.filter { forecastMHz[$0] < excess }
+                    .sorted { (forecastMHz[$0], -$0) > (forecastMHz[$1], -$1) }
+                let ordered = clearing + rest
                 var moved = false
                 for vm in ordered {
                     guard let target = bestTarget(working, load, vm: vm, forecastMHz: forecastMHz[vm], ceiling: ceiling) else { continue }
@@ -211,7 +215,7 @@ public enum DRS {
                     moved = true
                     break
                 }
-                if !moved { unresolved.append(host); break }
+                if !moved { if !unresolved.contains(host) { unresolved.append(host) }; break }
             }
         }
         return (moves, unresolved)

@@ -177,6 +177,18 @@ struct DPMTests {
         #expect(result.evacuations.map(\.to) == [2])
     }
 
+    @Test("one round's evacuations add up on their targets")
+    func evacuationsAddUp() {
+        // host-2 (3100) has room for 500 under 3600: host-0's a (300) takes it to 3400, so host-1's b (300) no longer fits.
+        let snap = ClusterSnapshot(hosts: (0..<3).map { host($0) }, vms: [
+            vm("a", on: 0, cpu: 300), vm("b", on: 1, cpu: 300), vm("c", on: 2, cpu: 3100),
+        ])
+        let result = plan(snap)
+        #expect(result.powerOff == [0])
+        #expect(result.evacuations.map(\.vm) == [0])
+        #expect(result.evacuations.map(\.to) == [2])
+    }
+
     @Test("no VM is left on a host the plan powers off, even one that received VMs earlier in the round")
     func noVMStrandedOnPoweredOffHost() {
         // host-0 (a, 400 MHz) goes first (one VM): host-2 (3300) has no room, so a → host-1 (200 → 600).

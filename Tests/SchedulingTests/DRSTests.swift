@@ -142,7 +142,7 @@ struct DRSTests {
         ])
         let result = recommend(snap, DRSSettings(threshold: 1))
         #expect(result.moves.map(\.to) == [target])
-        #expect(result.moves.allSatisfy(\.isMandatory))
+        #expect(result.moves.allSatisfy { $0.isMandatory })
     }
 
     @Test("VMs a keep-apart rule finds on one host are split at every threshold", arguments: [1, 3, 5])
@@ -158,7 +158,7 @@ struct DRSTests {
             DRSMove(vm: 0, from: 0, to: 2, reason: .rule("apart"), gain: 0, costMiB: 100),
             DRSMove(vm: 1, from: 0, to: 1, reason: .rule("apart"), gain: 0, costMiB: 200),
         ])
-        #expect(result.moves.allSatisfy(\.isMandatory))
+        #expect(result.moves.allSatisfy { $0.isMandatory })
         #expect(result.moves.first?.description == "vm 0: host 0 → 2: rule 'apart' is broken where it runs")
     }
 
@@ -254,6 +254,16 @@ struct DRSTests {
             vm("a", on: 0, cpu: 800, active: 100), vm("b", on: 0, cpu: 3100, active: 1000), vm("x", on: 1, cpu: 3000),
         ])
         #expect(recommend(snap).moves.map(\.to) == [2])
+    }
+
+    @Test("a busy host is preferred to an empty one even when the empty one would end fuller")
+    func busyBeforeEmpty() {
+        // a (800) leaves host-0 (excess 300). host-1 (busy, 2000 of 4000) would end at 70 %; host-2 (empty, 1000 MHz
+        // on 1 core) would end at 80 %, still under its 900 MHz ceiling, but no host is woken up for a VM that fits elsewhere.
+        let snap = ClusterSnapshot(hosts: [host(0), host(1), host(2, cpu: 1000, cores: 1)], vms: [
+            vm("a", on: 0, cpu: 800, active: 100), vm("b", on: 0, cpu: 3100, active: 1000), vm("x", on: 1, cpu: 2000),
+        ])
+        #expect(recommend(snap).moves.map(\.to) == [1])
     }
 
     @Test("a target may end exactly at the ceiling but not above it", arguments: [(2800.0, 1), (2801.0, 2)])

@@ -150,4 +150,13 @@ struct PlanetLabSimulationTests {
         #expect(ours.migrations < lr.migrations)
         #expect(ours.vmsRemoved == 0 && lr.vmsRemoved == 0)
     }
+
+    @Test("under CloudSim's quirks too, ours uses less energy than LR-MMT-1.2 with a fraction of its ESV")
+    func oursBeatsLRInCompat() throws {
+        let day = try loadDay("20110325")
+        let ours = try Simulator.run(day, policy: .shepherd, cloudSimCompat: true)
+        #expect(ours.energyKWh < 152.58, "ours \(ours.energyKWh) kWh; CloudSim's LR-MMT-1.2 152.58 kWh")
+        #expect(ours.esv <= 0.5 * 7.206e-3, "ours ESV \(ours.esv); CloudSim's LR-MMT-1.2 7.206e-3")
+        #expect(ours.vmsRemoved == 591)
+    }
 }
