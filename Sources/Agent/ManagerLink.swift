@@ -84,7 +84,8 @@ final class ManagerLink: Service, Sendable {
         let client = try Client.manager(url: configuration.managerURL, token: current.token, timeout: .seconds(10))
         let guests = await driver.statuses().map { status in
             Components.Schemas.GuestReport(vmId: status.vmId, power: .init(rawValue: status.power.rawValue) ?? .crashed,
-                                           toolsRunning: status.toolsRunning, pid: status.pid.map(Int.init), reason: status.reason)
+                                           toolsRunning: status.toolsRunning, pid: status.pid.map(Int.init), reason: status.reason,
+                                           cpuSeconds: status.pid.flatMap { Processes.cpuSeconds($0) })
         }
         let response = try await client.agentHeartbeat(body: .json(.init(
             hostId: current.hostId, host: try await hostReport(), datastores: datastoreReports(), guests: guests,

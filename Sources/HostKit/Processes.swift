@@ -49,6 +49,22 @@ public enum Processes {
         return Glibc.kill(pid, SIGKILL) == 0
     }
 
+    /// CPU time (user + system, seconds) a process has used, from /proc/pid/stat.
+    public static func cpuSeconds(_ pid: Int32) -> Double? {
+        guard let bytes = readWholeFile("/proc/\(pid)/stat", limit: 8192) else { return nil }
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard let close = text.lastIndex(of: ")") else { return nil }
+        // After "(comm)": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime …
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+        return (user + system) / Double(clockTicksPerSecond)
+    }
+
+    static let clockTicksPerSecond: Int = {
+        let ticks = sysconf(Int32(_SC_CLK_TCK))
+        return ticks > 0 ? ticks : 100
+    }()
+
     // MARK: - Internals
 
     /// The state letter from /proc/pid/stat (R, S, D, Z, T, ...).

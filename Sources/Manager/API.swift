@@ -16,6 +16,7 @@ struct API: APIProtocol {
     let hosts: HostService
     let migrations: MigrationService
     let maintenance: MaintenanceService
+    let drs: DRSService
     let tasks: TaskEngine
     let version: String
 
@@ -47,7 +48,12 @@ struct API: APIProtocol {
     static func cluster(_ cluster: ClusterRecord, hostCount: Int, vmCount: Int) -> Schemas.Cluster {
         Schemas.Cluster(id: cluster.id, name: cluster.name, hostCount: hostCount, vmCount: vmCount,
                         memoryOvercommit: cluster.memoryOvercommit, createdAt: cluster.createdAt, imcBaseline: cluster.imcBaseline,
-                        migrationTimeoutSeconds: cluster.migrationTimeoutSeconds, maxConcurrentMigrations: cluster.maxConcurrentMigrations)
+                        migrationTimeoutSeconds: cluster.migrationTimeoutSeconds, maxConcurrentMigrations: cluster.maxConcurrentMigrations,
+                        drs: Schemas.DRSConfig(mode: Schemas.DRSMode(rawValue: cluster.drsMode) ?? .off, threshold: cluster.drsThreshold,
+                                               baselineCPUPercent: Int((cluster.drsBaselineCPU * 100).rounded()),
+                                               baselineMemoryPercent: Int((cluster.drsBaselineMemory * 100).rounded()),
+                                               metric: Schemas.DRSMetric(rawValue: cluster.drsMetric) ?? .both,
+                                               intervalSeconds: cluster.drsIntervalSeconds))
     }
 
     func updateCluster(_ input: Operations.UpdateCluster.Input) async throws -> Operations.UpdateCluster.Output {
@@ -75,6 +81,11 @@ struct API: APIProtocol {
                         cluster.imcBaseline = baseline
                     }
                 }
+                if let drs = body.drs {
+                    try DRSService.update(&cluster, mode: drs.mode?.rawValue, threshold: drs.threshold,
+                                          baselineCPUPercent: drs.baselineCPUPercent, baselineMemoryPercent: drs.baselineMemoryPercent,
+                                          metric: drs.metric?.rawValue, intervalSeconds: drs.intervalSeconds)
+                }
                 if let timeout = body.migrationTimeoutSeconds { cluster.migrationTimeoutSeconds = timeout }
                 if let limit = body.maxConcurrentMigrations { cluster.maxConcurrentMigrations = limit }
                 try cluster.update(db)
@@ -98,6 +109,58 @@ struct API: APIProtocol {
             }
         }
         return .created(.init(body: .json(Self.cluster(cluster, hostCount: 0, vmCount: 0))))
+    }
+
+    // MARK: DRS and rules
+
+    func listDRSRecommendations(_ input: Operations.ListDRSRecommendations.Input) async throws -> Operations.ListDRSRecommendations.Output {
+        let views = try await guarded {
+            let cluster = try await store.db.read { db in try Inventory.cluster(db, input.path.cluster) }
+            if input.query.evaluate == false { return try await drs.recommendations(cluster) }
+            return try await drs.run(cluster)
+        }
+        return .ok(.init(body: .json(views.map(Self.recommendation))))
+    }
+
+    func applyDRSRecommendations(_ input: Operations.ApplyDRSRecommendations.Input) async throws -> Operations.ApplyDRSRecommendations.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let started = try await guarded {
+            let cluster = try await store.db.read { db in try Inventory.cluster(db, input.path.cluster) }
+            return try await drs.apply(cluster, ids: body.ids)
+        }
+        return .accepted(.init(body: .json(started.map { Schemas.DRSApplied(recommendation: Self.recommendation($0.0), task: Self.task($0.1)) })))
+    }
+
+    static func recommendation(_ view: DRSRecommendationView) -> Schemas.DRSRecommendation {
+        let r = view.record
+        return Schemas.DRSRecommendation(id: r.id, vm: view.vmName, from: view.fromHost, to: view.toHost, reason: r.reason,
+                                         mandatory: r.mandatory, gainMHz: r.gainMHz, costMiB: r.costMiB,
+                                         state: Schemas.DRSRecommendation.StatePayload(rawValue: r.state) ?? .failed,
+                                         taskId: r.taskId, createdAt: r.createdAt)
+    }
+
+    func listRules(_ input: Operations.ListRules.Input) async throws -> Operations.ListRules.Output {
+        let rules = try await guarded { try await drs.rules(input.path.cluster) }
+        return .ok(.init(body: .json(rules.map(Self.rule))))
+    }
+
+    func createRule(_ input: Operations.CreateRule.Input) async throws -> Operations.CreateRule.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let rule = try await guarded {
+            try await drs.createRule(input.path.cluster, name: body.name, kind: body.kind.rawValue, vms: body.vms,
+                                     hosts: body.hosts ?? [], mandatory: body.mandatory)
+        }
+        return .created(.init(body: .json(Self.rule(rule))))
+    }
+
+    func deleteRule(_ input: Operations.DeleteRule.Input) async throws -> Operations.DeleteRule.Output {
+        try await guarded { try await drs.deleteRule(input.path.cluster, input.path.rule) }
+        return .noContent(.init())
+    }
+
+    static func rule(_ view: RuleView) -> Schemas.Rule {
+        Schemas.Rule(id: view.record.id, name: view.record.name, kind: Schemas.RuleKind(rawValue: view.record.kind) ?? .keepApart,
+                     vms: view.vmNames, hosts: view.hostNames, mandatory: view.record.mandatory, createdAt: view.record.createdAt)
     }
 
     func listHosts(_ input: Operations.ListHosts.Input) async throws -> Operations.ListHosts.Output {
@@ -326,9 +389,12 @@ struct API: APIProtocol {
                                       datastores: body.datastores.map(Self.report),
                                       guests: body.guests.map { guest in
                                           AgentWire.GuestStatus(vmId: guest.vmId, power: AgentWire.GuestPower(rawValue: guest.power.rawValue) ?? .crashed,
-                                                                toolsRunning: guest.toolsRunning, pid: guest.pid.map(Int32.init), reason: guest.reason)
+                                                                toolsRunning: guest.toolsRunning, pid: guest.pid.map(Int32.init), reason: guest.reason,
+                                                                cpuSeconds: guest.cpuSeconds)
                                       })
         }
+        await drs.record(body.guests.map { AgentWire.GuestStatus(vmId: $0.vmId, power: AgentWire.GuestPower(rawValue: $0.power.rawValue) ?? .crashed,
+                                                                  toolsRunning: $0.toolsRunning, cpuSeconds: $0.cpuSeconds) })
         return .noContent(.init())
     }
 

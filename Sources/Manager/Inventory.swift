@@ -15,6 +15,14 @@ struct Inventory: Sendable {
         throw ShepherdError.notFound("VM", reference)
     }
 
+    /// A cluster by name or id.
+    static func cluster(_ db: Database, _ reference: String) throws -> ClusterRecord {
+        if let cluster = try ClusterRecord.filter(Column("name") == reference).fetchOne(db) ?? ClusterRecord.fetchOne(db, key: reference) {
+            return cluster
+        }
+        throw ShepherdError.notFound("cluster", reference)
+    }
+
     /// A host by name or id.
     static func host(_ db: Database, _ reference: String, field: String? = nil) throws -> HostRecord {
         if let host = try HostRecord.filter(Column("name") == reference).fetchOne(db) ?? HostRecord.fetchOne(db, key: reference) {

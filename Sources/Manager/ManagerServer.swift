@@ -56,7 +56,9 @@ public enum ManagerServer {
         let migrations = MigrationService(store: store, agents: agents, tasks: tasks, events: events, placement: placement, vms: vms,
                                           settings: configuration.migration, logger: logger)
         let maintenance = MaintenanceService(store: store, tasks: tasks, events: events, placement: placement, migrations: migrations)
-        let api = API(store: store, vms: vms, hosts: hosts, migrations: migrations, maintenance: maintenance,
+        let drs = DRSService(store: store, events: events, migrations: migrations, loads: LoadTracker(),
+                             hostReserveMiB: configuration.hostReserveMiB, logger: logger)
+        let api = API(store: store, vms: vms, hosts: hosts, migrations: migrations, maintenance: maintenance, drs: drs,
                       tasks: tasks, version: version)
 
         let router = Router()
@@ -69,7 +71,7 @@ public enum ManagerServer {
         try api.registerHandlers(on: router)
         let responder = router.buildResponder()
 
-        var services: [any Service] = [HostMonitor(hosts: hosts, logger: logger)]
+        var services: [any Service] = [HostMonitor(hosts: hosts, logger: logger), DRSMonitor(drs: drs, store: store, logger: logger)]
         for address in configuration.listen {
             let (host, port) = try ListenAddress.parse(address)
             services.append(Application(responder: responder,

@@ -74,6 +74,79 @@ paths:
             application/json:
               schema: { $ref: "#/components/schemas/Cluster" }
         default: { $ref: "#/components/responses/Error" }
+  /api/v1/clusters/{cluster}/drs/recommendations:
+    get:
+      operationId: listDRSRecommendations
+      description: |
+        DRS's pending recommendations for the cluster, mandatory ones (rules, maintenance) first,
+        then by gain. Unless evaluate=false, DRS runs a fresh round first (in automatic mode that
+        round also applies them).
+      parameters:
+        - { name: cluster, in: path, required: true, description: "The cluster's name or id.", schema: { type: string } }
+        - { name: evaluate, in: query, required: false, schema: { type: boolean } }
+      responses:
+        "200":
+          description: The pending recommendations.
+          content:
+            application/json:
+              schema: { type: array, items: { $ref: "#/components/schemas/DRSRecommendation" } }
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/clusters/{cluster}/drs/apply:
+    post:
+      operationId: applyDRSRecommendations
+      description: Starts the live migrations of the given pending recommendations (all when ids is absent).
+      parameters:
+        - { name: cluster, in: path, required: true, description: "The cluster's name or id.", schema: { type: string } }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/DRSApply" }
+      responses:
+        "202":
+          description: One migration task per applied recommendation.
+          content:
+            application/json:
+              schema: { type: array, items: { $ref: "#/components/schemas/DRSApplied" } }
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/clusters/{cluster}/rules:
+    get:
+      operationId: listRules
+      parameters:
+        - { name: cluster, in: path, required: true, description: "The cluster's name or id.", schema: { type: string } }
+      responses:
+        "200":
+          description: The cluster's affinity rules.
+          content:
+            application/json:
+              schema: { type: array, items: { $ref: "#/components/schemas/Rule" } }
+        default: { $ref: "#/components/responses/Error" }
+    post:
+      operationId: createRule
+      parameters:
+        - { name: cluster, in: path, required: true, description: "The cluster's name or id.", schema: { type: string } }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/RuleCreate" }
+      responses:
+        "201":
+          description: The new rule. DRS honours it from its next round (a broken mandatory rule is a mandatory move).
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Rule" }
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/clusters/{cluster}/rules/{rule}:
+    delete:
+      operationId: deleteRule
+      parameters:
+        - { name: cluster, in: path, required: true, description: "The cluster's name or id.", schema: { type: string } }
+        - { name: rule, in: path, required: true, description: "The rule's name or id.", schema: { type: string } }
+      responses:
+        "204":
+          description: Deleted.
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/hosts:
     get:
       operationId: listHosts
@@ -432,12 +505,87 @@ components:
         imcBaseline: { type: string, description: "The IMC (EVC) baseline CPU model every VM starts with; absent when IMC is off." }
         migrationTimeoutSeconds: { type: integer }
         maxConcurrentMigrations: { type: integer, description: "Per host." }
+        drs: { $ref: "#/components/schemas/DRSConfig" }
     ClusterUpdate:
       type: object
       properties:
         imcBaseline: { type: string, description: "A QEMU CPU model (EPYC, EPYC-Rome, Haswell, ...) or off." }
         migrationTimeoutSeconds: { type: integer, description: "10-86400." }
         maxConcurrentMigrations: { type: integer, description: "1-16 per host." }
+        drs: { $ref: "#/components/schemas/DRSConfigUpdate" }
+    DRSMode:
+      type: string
+      enum: [off, manual, automatic]
+    DRSMetric:
+      type: string
+      enum: [cpu, memory, both]
+    DRSConfig:
+      type: object
+      required: [mode, threshold, baselineCPUPercent, baselineMemoryPercent, metric, intervalSeconds]
+      properties:
+        mode: { $ref: "#/components/schemas/DRSMode" }
+        threshold: { type: integer, description: "1 (conservative: only mandatory moves) … 5 (aggressive); the forecast ceiling is 95/90/85/80 % for 2…5." }
+        baselineCPUPercent: { type: integer, description: "No balancing while every host's CPU is under it." }
+        baselineMemoryPercent: { type: integer }
+        metric: { $ref: "#/components/schemas/DRSMetric" }
+        intervalSeconds: { type: integer }
+    DRSConfigUpdate:
+      type: object
+      properties:
+        mode: { $ref: "#/components/schemas/DRSMode" }
+        threshold: { type: integer, description: "1-5." }
+        baselineCPUPercent: { type: integer, description: "0-100." }
+        baselineMemoryPercent: { type: integer, description: "0-100." }
+        metric: { $ref: "#/components/schemas/DRSMetric" }
+        intervalSeconds: { type: integer, description: "5-86400." }
+    DRSRecommendation:
+      type: object
+      required: [id, vm, from, to, reason, mandatory, gainMHz, costMiB, state, createdAt]
+      properties:
+        id: { type: string }
+        vm: { type: string }
+        from: { type: string }
+        to: { type: string }
+        reason: { type: string, description: "Why, with the numbers (forecast load, ceiling, MHz freed, MiB copied)." }
+        mandatory: { type: boolean, description: "A rule or maintenance move (made at every threshold)." }
+        gainMHz: { type: number, format: double }
+        costMiB: { type: integer }
+        state: { type: string, enum: [pending, applied, superseded, failed] }
+        taskId: { type: string }
+        createdAt: { type: string, format: date-time }
+    DRSApply:
+      type: object
+      properties:
+        ids: { type: array, items: { type: string }, description: "Recommendation ids; all pending ones when absent." }
+    DRSApplied:
+      type: object
+      required: [recommendation, task]
+      properties:
+        recommendation: { $ref: "#/components/schemas/DRSRecommendation" }
+        task: { $ref: "#/components/schemas/Task" }
+    RuleKind:
+      type: string
+      enum: [keep-together, keep-apart, vm-host, vm-not-host]
+    Rule:
+      type: object
+      required: [id, name, kind, vms, hosts, mandatory, createdAt]
+      properties:
+        id: { type: string }
+        name: { type: string }
+        kind: { $ref: "#/components/schemas/RuleKind" }
+        vms: { type: array, items: { type: string } }
+        hosts: { type: array, items: { type: string } }
+        mandatory: { type: boolean, description: "vm-host only: must (true) or should (false); other kinds are always mandatory." }
+        createdAt: { type: string, format: date-time }
+    RuleCreate:
+      type: object
+      required: [name, kind, vms]
+      properties:
+        name: { type: string }
+        kind: { $ref: "#/components/schemas/RuleKind" }
+        vms: { type: array, items: { type: string }, description: "VM names or ids, at least two for keep-together and keep-apart." }
+        hosts: { type: array, items: { type: string }, description: "Host names or ids (vm-host and vm-not-host)." }
+        mandatory: { type: boolean }
     ClusterCreate:
       type: object
       required: [name]
@@ -662,6 +810,7 @@ components:
         toolsRunning: { type: boolean }
         pid: { type: integer }
         reason: { type: string }
+        cpuSeconds: { type: number, format: double, description: "CPU time the VM's QEMU process has used (user + system, s)." }
     Heartbeat:
       type: object
       required: [hostId, host, datastores, guests]

@@ -119,6 +119,49 @@ public final class Store: Sendable {
             try db.alter(table: "host") { t in t.add(column: "providedCPUModel", .text) }
             try db.alter(table: "vm") { t in t.add(column: "cpuModel", .text) }
         }
+        migrator.registerMigration("v4: DRS settings, rules, recommendations, VM load history") { db in
+            try db.alter(table: "cluster") { t in
+                t.add(column: "drsMode", .text).notNull().defaults(to: "off")
+                t.add(column: "drsThreshold", .integer).notNull().defaults(to: 3)
+                t.add(column: "drsBaselineCPU", .double).notNull().defaults(to: 0.5)
+                t.add(column: "drsBaselineMemory", .double).notNull().defaults(to: 0.6)
+                t.add(column: "drsMetric", .text).notNull().defaults(to: "both")
+                t.add(column: "drsIntervalSeconds", .integer).notNull().defaults(to: 300)
+            }
+            try db.alter(table: "vm") { t in t.add(column: "drsExcluded", .boolean).notNull().defaults(to: false) }
+            try db.create(table: "rule") { t in
+                t.primaryKey("id", .text)
+                t.column("clusterId", .text).notNull().references("cluster", onDelete: .cascade)
+                t.column("name", .text).notNull()
+                t.column("kind", .text).notNull()
+                t.column("vmIds", .text).notNull()
+                t.column("hostIds", .text).notNull()
+                t.column("mandatory", .boolean).notNull()
+                t.column("createdAt", .datetime).notNull()
+                t.uniqueKey(["clusterId", "name"])
+            }
+            try db.create(table: "drsRecommendation") { t in
+                t.primaryKey("id", .text)
+                t.column("clusterId", .text).notNull().references("cluster", onDelete: .cascade).indexed()
+                t.column("vmId", .text).notNull()
+                t.column("fromHostId", .text).notNull()
+                t.column("toHostId", .text).notNull()
+                t.column("reason", .text).notNull()
+                t.column("mandatory", .boolean).notNull()
+                t.column("gainMHz", .double).notNull()
+                t.column("costMiB", .integer).notNull()
+                t.column("state", .text).notNull()
+                t.column("taskId", .text)
+                t.column("createdAt", .datetime).notNull()
+                t.column("appliedAt", .datetime)
+            }
+            try db.create(table: "vmLoad") { t in
+                t.column("vmId", .text).notNull()
+                t.column("at", .datetime).notNull()
+                t.column("cpuCores", .double).notNull()
+                t.primaryKey(["vmId", "at"])
+            }
+        }
         return migrator
     }
 }
@@ -132,6 +175,52 @@ struct ClusterRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var imcBaseline: String?
     var migrationTimeoutSeconds: Int = 300
     var maxConcurrentMigrations: Int = 2
+    /// off, manual or automatic.
+    var drsMode: String = "off"
+    var drsThreshold: Int = 3
+    var drsBaselineCPU: Double = 0.5
+    var drsBaselineMemory: Double = 0.6
+    var drsMetric: String = "both"
+    var drsIntervalSeconds: Int = 300
+}
+
+/// An affinity rule: kind keep-together, keep-apart, vm-host or vm-not-host; ids as JSON arrays.
+struct RuleRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "rule"
+    var id: String
+    var clusterId: String
+    var name: String
+    var kind: String
+    var vmIds: String
+    var hostIds: String
+    var mandatory: Bool
+    var createdAt: Date
+}
+
+/// One DRS recommendation: pending until applied (or superseded by a newer evaluation).
+struct DRSRecommendationRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "drsRecommendation"
+    var id: String
+    var clusterId: String
+    var vmId: String
+    var fromHostId: String
+    var toHostId: String
+    var reason: String
+    var mandatory: Bool
+    var gainMHz: Double
+    var costMiB: Int
+    var state: String
+    var taskId: String?
+    var createdAt: Date
+    var appliedAt: Date?
+}
+
+/// A VM's CPU use over one sampling window (cores), kept for a day.
+struct VMLoadRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "vmLoad"
+    var vmId: String
+    var at: Date
+    var cpuCores: Double
 }
 
 struct HostRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
@@ -205,6 +294,8 @@ struct VMRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var migrationTarget: String?
     /// The named CPU model the VM was started with (IMC baseline or its host's), nil for the host CPU.
     var cpuModel: String?
+    /// DRS leaves it where it is.
+    var drsExcluded: Bool = false
 
     var lifecycle: VMLifecycle {
         get { VMLifecycle(name: state, task: stateTask, reason: stateReason, since: runningSince, migrationTarget: migrationTarget) }

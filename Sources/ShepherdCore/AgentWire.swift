@@ -46,8 +46,12 @@ public enum AgentWire {
         public var toolsRunning: Bool
         public var pid: Int32?
         public var reason: String?
-        public init(vmId: String, power: GuestPower, toolsRunning: Bool, pid: Int32? = nil, reason: String? = nil) {
+        /// CPU time the VM's QEMU process has used (s); DRS turns its growth into load.
+        public var cpuSeconds: Double?
+        public init(vmId: String, power: GuestPower, toolsRunning: Bool, pid: Int32? = nil, reason: String? = nil,
+                    cpuSeconds: Double? = nil) {
             self.vmId = vmId; self.power = power; self.toolsRunning = toolsRunning; self.pid = pid; self.reason = reason
+            self.cpuSeconds = cpuSeconds
         }
     }
 

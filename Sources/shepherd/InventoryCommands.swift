@@ -88,11 +88,22 @@ struct ClusterCommand: AsyncParsableCommand {
         @Option(help: "IMC (EVC) baseline: a QEMU CPU model every host provides, or off.") var imc: String?
         @Option(help: "Seconds a live migration may take (10-86400).") var migrationTimeout: Int?
         @Option(help: "Live migrations per host at once (1-16).") var maxMigrations: Int?
+        @Option(help: "DRS: off, manual (recommendations only) or automatic.") var drs: Components.Schemas.DRSMode?
+        @Option(help: "DRS migration threshold: 1 (conservative: only rules and maintenance) … 5 (aggressive).") var drsThreshold: Int?
+        @Option(help: "DRS scheduling baseline: no balancing while every host is under it, e.g. cpu:40%,mem:50%.") var drsBaseline: String?
+        @Option(help: "DRS metric: cpu, memory or both.") var drsMetric: Components.Schemas.DRSMetric?
+        @Option(help: "DRS interval: 30s, 5m, 1h or seconds (5 s – 24 h).") var drsInterval: String?
 
         func run() async throws {
+            let baseline = try drsBaseline.map(Self.parseBaseline)
+            let interval = try drsInterval.map { try parseDuration($0, option: "--drs-interval") }
+            let drsUpdate: Components.Schemas.DRSConfigUpdate? =
+                drs == nil && drsThreshold == nil && baseline == nil && drsMetric == nil && interval == nil ? nil
+                : .init(mode: drs, threshold: drsThreshold, baselineCPUPercent: baseline?.cpu, baselineMemoryPercent: baseline?.memory,
+                        metric: drsMetric, intervalSeconds: interval)
             let updated = try await calling(options) { client in
                 let body = Components.Schemas.ClusterUpdate(imcBaseline: imc, migrationTimeoutSeconds: migrationTimeout,
-                                                            maxConcurrentMigrations: maxMigrations)
+                                                            maxConcurrentMigrations: maxMigrations, drs: drsUpdate)
                 switch try await client.updateCluster(path: .init(cluster: cluster), body: .json(body)) {
                 case .ok(let ok): return try ok.body.json
                 case .default(let status, let error): throw CLIError.api(status, error)
@@ -100,6 +111,26 @@ struct ClusterCommand: AsyncParsableCommand {
             }
             if json { return try printJSON(updated) }
             print("\(updated.name): IMC \(updated.imcBaseline ?? "off"), migration timeout \(updated.migrationTimeoutSeconds ?? 300) s, \(updated.maxConcurrentMigrations ?? 2) migrations per host")
+            if let drs = updated.drs {
+                print("DRS \(drs.mode.rawValue), threshold \(drs.threshold), baseline cpu \(drs.baselineCPUPercent) % mem \(drs.baselineMemoryPercent) %, metric \(drs.metric.rawValue), every \(drs.intervalSeconds) s")
+            }
+        }
+
+        /// "cpu:40%,mem:50%" (either part may be left out).
+        static func parseBaseline(_ text: String) throws -> (cpu: Int?, memory: Int?) {
+            var cpu: Int?, memory: Int?
+            for part in text.split(separator: ",") {
+                let pieces = part.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                guard pieces.count == 2, let value = Int(pieces[1].hasSuffix("%") ? String(pieces[1].dropLast()) : pieces[1]) else {
+                    throw ValidationError("--drs-baseline: '\(part)' is not cpu:N% or mem:N%")
+                }
+                switch pieces[0] {
+                case "cpu": cpu = value
+                case "mem", "memory": memory = value
+                default: throw ValidationError("--drs-baseline: '\(pieces[0])' is not cpu or mem")
+                }
+            }
+            return (cpu, memory)
         }
     }
 

@@ -1,0 +1,76 @@
+import Foundation
+import Testing
+import TestSupport
+
+extension RealGuests {
+/// DRS on real guests: load measured from the QEMU processes, moves made by live migration.
+@Suite("DRS")
+struct DRSTests {
+    private func hostsOf(_ cluster: TestCluster, _ names: [String]) async throws -> [String: String] {
+        var result: [String: String] = [:]
+        for name in names { result[name] = try await cluster.vm(name).hostName }
+        return result
+    }
+
+    private func recommendations(_ cluster: TestCluster) async throws -> [[String: Any]] {
+        let (status, body) = try await cluster.raw("GET", "/api/v1/clusters/cluster-1/drs/recommendations", token: cluster.adminToken)
+        try #require(status == 200, "\(body)")
+        return (try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [[String: Any]]) ?? []
+    }
+
+    @Test("automatic DRS spreads three busy guests off one host; in manual mode a broken keep-apart rule waits for apply, then holds")
+    func spreadAndRules() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 2) { cluster in
+            let names = ["drs1", "drs2", "drs3"]
+            for name in names { _ = try await cluster.createVM(name, memoryMiB: 96, host: "host-1") }
+            async let a = cluster.start("drs1"), b = cluster.start("drs2"), c = cluster.start("drs3")
+            for task in try await [a, b, c] { try #require(task.state == .succeeded, "\(task.error?.message ?? "")") }
+            for name in names {
+                #expect(try await cluster.exec(name, ["sh", "-c", "while :; do :; done >/dev/null 2>&1 &"]).exitCode == 0)
+            }
+            // Three busy single-vCPU guests ask for ~3 cores of host-1's 2: over threshold 3's 90 %.
+            #expect(try await cluster.setCluster(#"{"drs":{"mode":"automatic","threshold":3,"baselineCPUPercent":0,"intervalSeconds":5}}"#).0 == 200)
+            let deadline = ContinuousClock.now + .seconds(150)
+            var placed = try await hostsOf(cluster, names)
+            while placed.values.filter({ $0 == "host-1" }).count == 3, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .seconds(3))
+                placed = try await hostsOf(cluster, names)
+            }
+            let drsEvents = try await cluster.events().filter { $0.kind.hasPrefix("drs") }.map(\.message)
+            #expect(placed.values.contains("host-2"), "DRS moved nothing in 150 s: \(placed); events: \(drsEvents)")
+            let applied = try await cluster.events().filter { $0.kind == "drs.applied" }
+            #expect(!applied.isEmpty && applied[0].message.contains("forecast CPU"), "\(applied.map(\.message))")
+            // Let the moves finish before switching to manual.
+            for name in names { _ = try await cluster.waitForVM(name, timeout: .seconds(120)) { $0.state == .running } }
+            placed = try await hostsOf(cluster, names)
+            for name in names { #expect(try await cluster.exec(name, ["true"]).exitCode == 0, "\(name) must still answer after DRS") }
+
+            // Two guests that share a host must be kept apart: manual mode lists it and moves nothing.
+            #expect(try await cluster.setCluster(#"{"drs":{"mode":"manual","intervalSeconds":5}}"#).0 == 200)
+            let pair = Dictionary(grouping: names, by: { placed[$0]! }).values.first { $0.count >= 2 }!.prefix(2).sorted()
+            let rule = #"{"name":"apart","kind":"keep-apart","vms":["\#(pair[0])","\#(pair[1])"]}"#
+            #expect(try await cluster.raw("POST", "/api/v1/clusters/cluster-1/rules", token: cluster.adminToken, body: rule).0 == 201)
+            let listed = try await recommendations(cluster)
+            let mandatory = listed.filter { ($0["mandatory"] as? Bool) == true }
+            #expect(mandatory.count == 1 && (mandatory.first?["reason"] as? String ?? "").contains("rule 'apart'"), "\(listed)")
+            try await Task.sleep(for: .seconds(8))
+            let stillTogether = try await hostsOf(cluster, Array(pair))
+            #expect(stillTogether[pair[0]] == stillTogether[pair[1]], "manual mode must not move anything by itself")
+
+            let (status, body) = try await cluster.raw("POST", "/api/v1/clusters/cluster-1/drs/apply", token: cluster.adminToken, body: "{}")
+            #expect(status == 202, "\(body)")
+            for name in pair { _ = try await cluster.waitForVM(name, timeout: .seconds(120)) { $0.state == .running } }
+            let apart = try await hostsOf(cluster, Array(pair))
+            #expect(apart[pair[0]] != apart[pair[1]], "\(apart)")
+
+            // Automatic again: over further rounds the rule still holds.
+            #expect(try await cluster.setCluster(#"{"drs":{"mode":"automatic"}}"#).0 == 200)
+            try await Task.sleep(for: .seconds(15))
+            for name in names { _ = try await cluster.waitForVM(name, timeout: .seconds(120)) { $0.state == .running } }
+            let after = try await hostsOf(cluster, Array(pair))
+            #expect(after[pair[0]] != after[pair[1]], "automatic DRS broke the keep-apart rule: \(after)")
+            for name in names { #expect(try await cluster.delete(name, force: true).state == .succeeded) }
+        }
+    }
+}
+}
