@@ -348,3 +348,34 @@ struct DRSTests {
         #expect(result.moves.map(\.to) == [2, 1])
     }
 }
+
+@Suite("DRS over time")
+struct DRSPingPongTests {
+    @Test("an hour of alternating load moves a VM at most once per hold time, never straight back")
+    func noPingPong() {
+        // Two 2-core hosts; three 1-vCPU VMs on host-0; VM 0's load alternates every round.
+        var snapshot = ClusterSnapshot(hosts: (0..<2).map { SnapshotHost(name: "host-\($0)", cpuCapacityMHz: 2000, cores: 2, memoryMiB: 8192) },
+                                       vms: (0..<3).map { SnapshotVM(name: "vm-\($0)", host: 0, cpuDemandMHz: 600, memoryMiB: 512) })
+        let settings = DRSSettings(threshold: 3, baselineCPU: 0, holdRounds: 6)
+        var lastMoved = [Int](repeating: -100, count: 3)
+        var moves: [(round: Int, vm: Int, to: Int)] = []
+        for round in 0..<12 {   // 12 rounds of 5 minutes
+            let hot = round % 2 == 0
+            let forecast = [hot ? 1000.0 : 200.0, 600, 600]
+            for vm in 0..<3 { snapshot.vms[vm].cpuDemandMHz = forecast[vm] }
+            let held = (0..<3).map { round - lastMoved[$0] < settings.holdRounds }
+            let result = DRS.recommend(snapshot, settings: settings, forecastMHz: forecast, held: held)
+            for move in result.moves {
+                snapshot.vms[move.vm].host = move.to
+                lastMoved[move.vm] = round
+                moves.append((round, move.vm, move.to))
+            }
+        }
+        #expect(!moves.isEmpty, "the first hot round overloads host-0 (2200 of 2000 MHz)")
+        for vm in 0..<3 {
+            let rounds = moves.filter { $0.vm == vm }.map(\.round)
+            for (a, b) in zip(rounds, rounds.dropFirst()) { #expect(b - a >= settings.holdRounds, "vm-\(vm) moved in rounds \(rounds)") }
+        }
+        #expect(moves.count <= 3, "\(moves)")
+    }
+}
