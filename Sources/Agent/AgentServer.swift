@@ -53,6 +53,8 @@ public struct AgentConfiguration: Sendable {
     public var accelerator: String
     /// The QEMU CPU model this host provides its guests (for IMC), nil for its own CPU.
     public var cpuModel: String? = nil
+    /// Cores offered to VMs (DRS capacity); nil: every core the machine has.
+    public var cores: Int? = nil
 
     public init(name: String, cluster: String, managerURL: String, listen: String, advertiseURL: String, stateDirectory: String,
                 joinTokenFile: String?, datastores: [DatastoreMount], driver: String, accelerator: String) {

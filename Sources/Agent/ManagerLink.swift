@@ -102,7 +102,7 @@ final class ManagerLink: Service, Sendable {
     private func hostReport() async throws -> Components.Schemas.HostReport {
         let info = try HostInfo.read()
         return .init(cpuModel: info.cpuModel, cpuVendor: info.cpuVendor, cpuFlags: info.cpuFlags,
-                     providedCPUModel: configuration.cpuModel, cores: info.cores,
+                     providedCPUModel: configuration.cpuModel, cores: configuration.cores.map { min($0, info.cores) } ?? info.cores,
                      memoryTotalBytes: Int64(info.memoryTotalBytes), memoryAvailableBytes: Int64(info.memoryAvailableBytes))
     }
 

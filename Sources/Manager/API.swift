@@ -131,6 +131,33 @@ struct API: APIProtocol {
         return .accepted(.init(body: .json(started.map { Schemas.DRSApplied(recommendation: Self.recommendation($0.0), task: Self.task($0.1)) })))
     }
 
+    func simulateDRS(_ input: Operations.SimulateDRS.Input) async throws -> Operations.SimulateDRS.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        guard (60...86_400).contains(body.sinceSeconds) else {
+            throw ShepherdError.invalidField("sinceSeconds", "\(body.sinceSeconds) s is outside 60–86400 s (the load history keeps a day)")
+        }
+        let (report, config) = try await guarded {
+            var cluster = try await store.db.read { db in try Inventory.cluster(db, input.path.cluster) }
+            if let drs = body.drs {
+                try DRSService.update(&cluster, mode: drs.mode?.rawValue, threshold: drs.threshold, baselineCPUPercent: drs.baselineCPUPercent,
+                                      baselineMemoryPercent: drs.baselineMemoryPercent, metric: drs.metric?.rawValue,
+                                      intervalSeconds: drs.intervalSeconds)
+            }
+            let report = try await drs.whatIf(cluster, sinceSeconds: body.sinceSeconds, settings: DRSService.settings(cluster),
+                                              enabled: cluster.drsMode != "off", intervalSeconds: cluster.drsIntervalSeconds)
+            return (report, Self.cluster(cluster, hostCount: 0, vmCount: 0).drs!)
+        }
+        func side(_ side: WhatIfReport.Side) -> Schemas.WhatIfSide {
+            Schemas.WhatIfSide(migrations: side.migrations, secondsOverCeiling: .init(additionalProperties: side.secondsOverCeiling),
+                               energyKWh: side.energyKWh)
+        }
+        return .ok(.init(body: .json(Schemas.WhatIfReport(
+            since: report.since, until: report.until, intervalSeconds: report.intervalSeconds, rounds: report.rounds,
+            ceilingPercent: Int((report.ceiling * 100).rounded()), drs: config,
+            moves: report.moves.map { Schemas.WhatIfMove(at: $0.at, vm: $0.vm, from: $0.from, to: $0.to, reason: $0.reason) },
+            simulated: side(report.simulated), actual: side(report.actual)))))
+    }
+
     static func recommendation(_ view: DRSRecommendationView) -> Schemas.DRSRecommendation {
         let r = view.record
         return Schemas.DRSRecommendation(id: r.id, vm: view.vmName, from: view.fromHost, to: view.toHost, reason: r.reason,
@@ -394,7 +421,8 @@ struct API: APIProtocol {
                                       })
         }
         await drs.record(body.guests.map { AgentWire.GuestStatus(vmId: $0.vmId, power: AgentWire.GuestPower(rawValue: $0.power.rawValue) ?? .crashed,
-                                                                  toolsRunning: $0.toolsRunning, cpuSeconds: $0.cpuSeconds) })
+                                                                  toolsRunning: $0.toolsRunning, cpuSeconds: $0.cpuSeconds) },
+                         hostId: body.hostId)
         return .noContent(.init())
     }
 

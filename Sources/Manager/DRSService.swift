@@ -69,12 +69,12 @@ final class DRSService: Sendable {
     }
 
     /// Records a heartbeat's CPU readings; finished samples go to the database.
-    func record(_ guests: [AgentWire.GuestStatus]) async {
+    func record(_ guests: [AgentWire.GuestStatus], hostId: String) async {
         var samples: [VMLoadRecord] = []
         let now = Date()
         for guest in guests where guest.power == .running {
             guard let cpu = guest.cpuSeconds, let cores = await loads.observe(vmId: guest.vmId, cpuSeconds: cpu) else { continue }
-            samples.append(VMLoadRecord(vmId: guest.vmId, at: now, cpuCores: cores))
+            samples.append(VMLoadRecord(vmId: guest.vmId, at: now, hostId: hostId, cpuCores: cores))
         }
         guard !samples.isEmpty else { return }
         let oldest = now.addingTimeInterval(-Self.keepLoadHistory)

@@ -109,6 +109,28 @@ paths:
             application/json:
               schema: { type: array, items: { $ref: "#/components/schemas/DRSApplied" } }
         default: { $ref: "#/components/responses/Error" }
+  /api/v1/clusters/{cluster}/drs/simulate:
+    post:
+      operationId: simulateDRS
+      description: |
+        What-if replay: the cluster's recorded load (up to a day of samples, with the host each VM
+        ran on) replayed through the same DRS function with the given settings (the cluster's for
+        any left out), next to what really happened: moves, migrations, seconds each host spent over
+        the compared ceiling, and an energy estimate (100 W idle, 200 W busy, per connected host).
+      parameters:
+        - { name: cluster, in: path, required: true, description: "The cluster's name or id.", schema: { type: string } }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/WhatIfRequest" }
+      responses:
+        "200":
+          description: The replay.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/WhatIfReport" }
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/clusters/{cluster}/rules:
     get:
       operationId: listRules
@@ -563,6 +585,41 @@ components:
       properties:
         recommendation: { $ref: "#/components/schemas/DRSRecommendation" }
         task: { $ref: "#/components/schemas/Task" }
+    WhatIfRequest:
+      type: object
+      required: [sinceSeconds]
+      properties:
+        sinceSeconds: { type: integer, description: "How far back to replay (60-86400)." }
+        drs: { $ref: "#/components/schemas/DRSConfigUpdate" }
+    WhatIfSide:
+      type: object
+      required: [migrations, secondsOverCeiling, energyKWh]
+      properties:
+        migrations: { type: integer }
+        secondsOverCeiling: { type: object, additionalProperties: { type: number, format: double }, description: "Per host name." }
+        energyKWh: { type: number, format: double }
+    WhatIfMove:
+      type: object
+      required: [at, vm, from, to, reason]
+      properties:
+        at: { type: string, format: date-time }
+        vm: { type: string }
+        from: { type: string }
+        to: { type: string }
+        reason: { type: string }
+    WhatIfReport:
+      type: object
+      required: [since, until, intervalSeconds, rounds, ceilingPercent, drs, moves, simulated, actual]
+      properties:
+        since: { type: string, format: date-time }
+        until: { type: string, format: date-time }
+        intervalSeconds: { type: integer }
+        rounds: { type: integer }
+        ceilingPercent: { type: integer, description: "The load both sides are measured against (the what-if threshold's ceiling; 100 at threshold 1)." }
+        drs: { $ref: "#/components/schemas/DRSConfig" }
+        moves: { type: array, items: { $ref: "#/components/schemas/WhatIfMove" } }
+        simulated: { $ref: "#/components/schemas/WhatIfSide" }
+        actual: { $ref: "#/components/schemas/WhatIfSide" }
     RuleKind:
       type: string
       enum: [keep-together, keep-apart, vm-host, vm-not-host]

@@ -157,7 +157,8 @@ public final class Store: Sendable {
             }
             try db.create(table: "vmLoad") { t in
                 t.column("vmId", .text).notNull()
-                t.column("at", .datetime).notNull()
+                t.column("at", .datetime).notNull().indexed()
+                t.column("hostId", .text).notNull()
                 t.column("cpuCores", .double).notNull()
                 t.primaryKey(["vmId", "at"])
             }
@@ -215,11 +216,13 @@ struct DRSRecommendationRecord: Codable, Sendable, FetchableRecord, PersistableR
     var appliedAt: Date?
 }
 
-/// A VM's CPU use over one sampling window (cores), kept for a day.
+/// A VM's CPU use over one sampling window (cores) and the host it ran on, kept for a day: the
+/// history what-if replays run on.
 struct VMLoadRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     static let databaseTableName = "vmLoad"
     var vmId: String
     var at: Date
+    var hostId: String
     var cpuCores: Double
 }
 

@@ -42,15 +42,19 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "auto (a real boot probe decides), kvm or tcg.") var accel = "auto"
     @Option(help: "The QEMU CPU model this host provides its guests (e.g. EPYC, EPYC-Rome, Haswell), for IMC; default: its own CPU.")
     var cpuModel: String?
+    @Option(help: "Cores this host offers its VMs (demo and tests: hosts sharing one machine), default: all it has.")
+    var cores: Int?
 
     func run() async throws {
         guard ["auto", "kvm", "tcg"].contains(accel) else { throw ValidationError("--accel must be auto, kvm or tcg") }
+        if let cores, cores < 1 { throw ValidationError("--cores must be at least 1") }
         if let cpuModel { try CPUModels.validate(cpuModel, field: "--cpu-model") }
         var configuration = AgentConfiguration(
             name: name, cluster: cluster, managerURL: manager, listen: listen, advertiseURL: advertise ?? "http://\(listen)",
             stateDirectory: stateDir, joinTokenFile: joinTokenFile, datastores: try datastore.map(DatastoreMount.parse),
             driver: driver, accelerator: accel)
         configuration.cpuModel = cpuModel
+        configuration.cores = cores
         try await AgentServer.run(configuration)
     }
 }

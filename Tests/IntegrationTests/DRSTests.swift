@@ -29,6 +29,7 @@ struct DRSTests {
                 #expect(try await cluster.exec(name, ["sh", "-c", "while :; do :; done >/dev/null 2>&1 &"]).exitCode == 0)
             }
             // Three busy single-vCPU guests ask for ~3 cores of host-1's 2: over threshold 3's 90 %.
+            // (Guest suites run one at a time, the PlanetLab runs among them, so the guests get the CPU.)
             #expect(try await cluster.setCluster(#"{"drs":{"mode":"automatic","threshold":3,"baselineCPUPercent":0,"intervalSeconds":5}}"#).0 == 200)
             let deadline = ContinuousClock.now + .seconds(150)
             var placed = try await hostsOf(cluster, names)
@@ -69,6 +70,32 @@ struct DRSTests {
             for name in names { _ = try await cluster.waitForVM(name, timeout: .seconds(120)) { $0.state == .running } }
             let after = try await hostsOf(cluster, Array(pair))
             #expect(after[pair[0]] != after[pair[1]], "automatic DRS broke the keep-apart rule: \(after)")
+
+            // What-if over the recorded history (with today's rules): threshold 1 makes only the rule's
+            // move; threshold 3 moves off host-1 and keeps it under the ceiling, which the real
+            // placement exceeded at the start; the actual side counts the real migrations.
+            let (conservativeStatus, conservative) = try await cluster.raw(
+                "POST", "/api/v1/clusters/cluster-1/drs/simulate", token: cluster.adminToken,
+                body: #"{"sinceSeconds":900,"drs":{"mode":"automatic","threshold":1,"intervalSeconds":5}}"#)
+            #expect(conservativeStatus == 200, "\(conservative)")
+            let strict = try JSONSerialization.jsonObject(with: Data(conservative.utf8)) as? [String: Any] ?? [:]
+            let strictMoves = strict["moves"] as? [[String: Any]] ?? []
+            #expect(strictMoves.allSatisfy { ($0["reason"] as? String ?? "").contains("rule 'apart'") }, "\(strictMoves)")
+            #expect(((strict["actual"] as? [String: Any])?["migrations"] as? Int ?? 0) >= 2, "\(conservative)")
+            #expect((strict["rounds"] as? Int ?? 0) > 3, "\(conservative)")
+            let (_, balancing) = try await cluster.raw(
+                "POST", "/api/v1/clusters/cluster-1/drs/simulate", token: cluster.adminToken,
+                body: #"{"sinceSeconds":900,"drs":{"mode":"automatic","threshold":3,"intervalSeconds":5}}"#)
+            let loose = try JSONSerialization.jsonObject(with: Data(balancing.utf8)) as? [String: Any] ?? [:]
+            let looseMoves = loose["moves"] as? [[String: Any]] ?? []
+            #expect(looseMoves.contains { ($0["from"] as? String) == "host-1" }, "\(balancing)")
+            let actualOver = ((loose["actual"] as? [String: Any])?["secondsOverCeiling"] as? [String: Double]) ?? [:]
+            let simulatedOver = ((loose["simulated"] as? [String: Any])?["secondsOverCeiling"] as? [String: Double]) ?? [:]
+            #expect((actualOver["host-1"] ?? 0) > 0, "host-1 ran three busy guests over 90 % at the start: \(balancing)")
+            #expect((simulatedOver["host-1"] ?? 0) < (actualOver["host-1"] ?? 0), "\(balancing)")
+            #expect(try await cluster.raw("POST", "/api/v1/clusters/cluster-1/drs/simulate", token: cluster.adminToken,
+                                          body: #"{"sinceSeconds":5}"#).0 == 400)
+
             for name in names { #expect(try await cluster.delete(name, force: true).state == .succeeded) }
         }
     }
