@@ -34,7 +34,7 @@ KERNEL_META="linux-image-cloud-amd64"
 # everything is loaded in dependency order). button+evdev make ACPI power
 # button events (QMP system_powerdown) visible to busybox acpid.
 MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-         failover net_failover virtio_net virtio_blk virtio_balloon virtio_console
+         failover net_failover virtio_net virtio_blk virtio_balloon virtio_console pvpanic_pci
          button evdev)
 
 # ---------------------------------------------------------------- host checks

@@ -216,6 +216,13 @@ actor GuestSupervisor {
         }
         let answer = try? await QMP.execute(socketPath: qmpSocket, "query-status", timeout: .seconds(3))
         let qemuStatus = answer?["status"]?.stringValue ?? "unknown"
+        if qemuStatus == "guest-panicked" {
+            // pvpanic told QEMU the guest kernel panicked (-action panic=pause): end this QEMU and
+            // report the crash, so HA can restart the VM.
+            await exclusive { me in if me.livePid() == pid { await me.quit(pid: pid) } }
+            return AgentWire.GuestStatus(vmId: id, power: .crashed, toolsRunning: false, pid: nil,
+                                         reason: "the guest kernel panicked (pvpanic)")
+        }
         if qemuStatus == "shutdown" {
             // The guest powered itself off; QEMU waits (-no-shutdown) for us to end it. Only that
             // same process: a start may have replaced it while this status was in flight.
@@ -485,6 +492,8 @@ public struct QEMUCommandLine: Sendable {
             "-device", "virtio-serial-pci",
             "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
             "-qmp", "unix:\(qmpSocket),server=on,wait=off",
+            // A guest panic pauses the VM and tells QEMU (the seed's blue-screen detection).
+            "-device", "pvpanic-pci", "-action", "panic=pause",
             "-serial", "file:\(serialLog)",
             "-D", logFile,
             "-no-shutdown", "-daemonize", "-pidfile", pidFile,

@@ -17,6 +17,7 @@ struct API: APIProtocol {
     let migrations: MigrationService
     let maintenance: MaintenanceService
     let drs: DRSService
+    let ha: HAService
     let tasks: TaskEngine
     let version: String
 
@@ -53,7 +54,8 @@ struct API: APIProtocol {
                                                baselineCPUPercent: Int((cluster.drsBaselineCPU * 100).rounded()),
                                                baselineMemoryPercent: Int((cluster.drsBaselineMemory * 100).rounded()),
                                                metric: Schemas.DRSMetric(rawValue: cluster.drsMetric) ?? .both,
-                                               intervalSeconds: cluster.drsIntervalSeconds))
+                                               intervalSeconds: cluster.drsIntervalSeconds),
+                        ha: Schemas.HAConfig(enabled: cluster.haEnabled, admission: cluster.haAdmission))
     }
 
     func updateCluster(_ input: Operations.UpdateCluster.Input) async throws -> Operations.UpdateCluster.Output {
@@ -85,6 +87,13 @@ struct API: APIProtocol {
                     try DRSService.update(&cluster, mode: drs.mode?.rawValue, threshold: drs.threshold,
                                           baselineCPUPercent: drs.baselineCPUPercent, baselineMemoryPercent: drs.baselineMemoryPercent,
                                           metric: drs.metric?.rawValue, intervalSeconds: drs.intervalSeconds)
+                }
+                if let ha = body.ha {
+                    if let admission = ha.admission {
+                        _ = try HAService.admissionPolicy(admission, hosts: hosts)
+                        cluster.haAdmission = admission
+                    }
+                    if let enabled = ha.enabled { cluster.haEnabled = enabled }
                 }
                 if let timeout = body.migrationTimeoutSeconds { cluster.migrationTimeoutSeconds = timeout }
                 if let limit = body.maxConcurrentMigrations { cluster.maxConcurrentMigrations = limit }
@@ -298,7 +307,22 @@ struct API: APIProtocol {
         Schemas.Vm(id: row.id, name: row.name, hostId: row.hostId, hostName: hostName, template: row.template, cpus: row.cpus,
                    memoryMiB: row.memoryMiB, state: Schemas.VMState(rawValue: row.state) ?? .unknown, stateReason: row.stateReason,
                    toolsStatus: row.toolsRunning ? .running : .notRunning, datastore: row.datastore, diskPath: row.diskPath,
-                   pid: row.pid, createdAt: row.createdAt)
+                   pid: row.pid, createdAt: row.createdAt, haPolicy: Schemas.HAPolicy(rawValue: row.haPolicy),
+                   haPriority: Schemas.HAPriority(rawValue: row.haPriority))
+    }
+
+    func updateVM(_ input: Operations.UpdateVM.Input) async throws -> Operations.UpdateVM.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let vm = try await guarded {
+            try await store.db.write { db in
+                var vm = try Inventory.vm(db, input.path.vm)
+                if let policy = body.haPolicy { vm.haPolicy = policy.rawValue }
+                if let priority = body.haPriority { vm.haPriority = priority.rawValue }
+                try vm.update(db)
+                return Self.vm(vm, hostName: try HostRecord.fetchOne(db, key: vm.hostId)?.name ?? "")
+            }
+        }
+        return .ok(.init(body: .json(vm)))
     }
 
     func createVM(_ input: Operations.CreateVM.Input) async throws -> Operations.CreateVM.Output {
@@ -410,7 +434,7 @@ struct API: APIProtocol {
 
     func agentHeartbeat(_ input: Operations.AgentHeartbeat.Input) async throws -> Operations.AgentHeartbeat.Output {
         guard case .json(let body) = input.body else { throw unsupportedBody }
-        try await guarded {
+        let failures = try await guarded {
             try await hosts.heartbeat(bearer: RequestBearer.token, hostId: body.hostId, host: Self.report(body.host),
                                       accelerator: body.accelerator, agentVersion: body.agentVersion,
                                       datastores: body.datastores.map(Self.report),
@@ -423,6 +447,7 @@ struct API: APIProtocol {
         await drs.record(body.guests.map { AgentWire.GuestStatus(vmId: $0.vmId, power: AgentWire.GuestPower(rawValue: $0.power.rawValue) ?? .crashed,
                                                                   toolsRunning: $0.toolsRunning, cpuSeconds: $0.cpuSeconds) },
                          hostId: body.hostId)
+        if !failures.isEmpty { await ha.handleFailures(failures) }
         return .noContent(.init())
     }
 

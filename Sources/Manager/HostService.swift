@@ -75,10 +75,12 @@ final class HostService: Sendable {
         return (hostId, token)
     }
 
-    /// Records a heartbeat and settles the VMs that no task of this manager is changing.
+    /// Records a heartbeat and settles the VMs that no task of this manager is changing; returns
+    /// the VMs it found newly crashed (for HA).
+    @discardableResult
     func heartbeat(bearer: String?, hostId: String, host report: HostReport, accelerator: String?, agentVersion: String?,
                    datastores: [DatastoreReport],
-                   guests: [AgentWire.GuestStatus]) async throws {
+                   guests: [AgentWire.GuestStatus]) async throws -> [(vmId: String, reason: String)] {
         guard let bearer else { throw ShepherdError(.unauthorized, "heartbeats need the host's credential as bearer token") }
         let (host, wasLost) = try await store.db.write { db -> (HostRecord, Bool) in
             guard var host = try HostRecord.fetchOne(db, key: hostId) else { throw ShepherdError.notFound("host", hostId) }
@@ -102,11 +104,12 @@ final class HostService: Sendable {
         if wasLost {
             await events.record(.info, "host.connected", targetType: "host", targetId: host.id, targetName: host.name, "heartbeats resumed")
         }
-        try await reconcile(host: host, guests: guests)
+        return try await reconcile(host: host, guests: guests)
     }
 
     /// Brings the stored VM states in line with what the host reports, for VMs no live task owns.
-    private func reconcile(host: HostRecord, guests: [AgentWire.GuestStatus]) async throws {
+    private func reconcile(host: HostRecord, guests: [AgentWire.GuestStatus]) async throws -> [(vmId: String, reason: String)] {
+        var crashed: [(vmId: String, reason: String)] = []
         let reported = Dictionary(guests.map { ($0.vmId, $0) }, uniquingKeysWith: { a, _ in a })
         let vms = try await store.db.read { db in try VMRecord.filter(Column("hostId") == host.id).fetchAll(db) }
         for vm in vms {
@@ -129,6 +132,7 @@ final class HostService: Sendable {
                     let reason = guest.reason ?? "the QEMU process ended unexpectedly"
                     changed.lifecycle = .crashed(reason: reason)
                     event = (.error, "vm.crashed", "crashed on \(host.name): \(reason)")
+                    crashed.append((vm.id, reason))
                 }
             case .stopped, .shutdown:
                 if !owned, vm.lifecycle.consumesHostResources || vm.lifecycle.name == "unknown" {
@@ -147,6 +151,7 @@ final class HostService: Sendable {
                 await events.record(severity, kind, targetType: "vm", targetId: vm.id, targetName: vm.name, message)
             }
         }
+        return crashed
     }
 
     /// Calls hosts lost after missed heartbeats; their running VMs become unknown.

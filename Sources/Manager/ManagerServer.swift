@@ -58,7 +58,8 @@ public enum ManagerServer {
         let maintenance = MaintenanceService(store: store, tasks: tasks, events: events, placement: placement, migrations: migrations)
         let drs = DRSService(store: store, events: events, migrations: migrations, loads: LoadTracker(),
                              hostReserveMiB: configuration.hostReserveMiB, logger: logger)
-        let api = API(store: store, vms: vms, hosts: hosts, migrations: migrations, maintenance: maintenance, drs: drs,
+        let ha = HAService(store: store, events: events, vms: vms, hostReserveMiB: configuration.hostReserveMiB)
+        let api = API(store: store, vms: vms, hosts: hosts, migrations: migrations, maintenance: maintenance, drs: drs, ha: ha,
                       tasks: tasks, version: version)
 
         let router = Router()

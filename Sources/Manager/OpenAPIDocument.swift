@@ -115,7 +115,7 @@ paths:
       description: |
         What-if replay: the cluster's recorded load (up to a day of samples, with the host each VM
         ran on) replayed through the same DRS function with the given settings (the cluster's for
-        any left out), next to what really happened: moves, migrations, seconds each host spent over
+        any left out), next to what really happened (the live migrations that finished in the window): moves, migrations, seconds each host spent over
         the compared ceiling, and an energy estimate (100 W idle, 200 W busy, per connected host).
       parameters:
         - { name: cluster, in: path, required: true, description: "The cluster's name or id.", schema: { type: string } }
@@ -271,6 +271,23 @@ paths:
               schema: { $ref: "#/components/schemas/Task" }
         default: { $ref: "#/components/responses/Error" }
   /api/v1/vms/{vm}:
+    patch:
+      operationId: updateVM
+      description: Changes a VM's settings (its HA policy and restart priority).
+      parameters:
+        - { $ref: "#/components/parameters/VMRef" }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/VMUpdate" }
+      responses:
+        "200":
+          description: The VM as it is now.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/VM" }
+        default: { $ref: "#/components/responses/Error" }
     get:
       operationId: getVM
       parameters:
@@ -528,6 +545,7 @@ components:
         migrationTimeoutSeconds: { type: integer }
         maxConcurrentMigrations: { type: integer, description: "Per host." }
         drs: { $ref: "#/components/schemas/DRSConfig" }
+        ha: { $ref: "#/components/schemas/HAConfig" }
     ClusterUpdate:
       type: object
       properties:
@@ -535,6 +553,29 @@ components:
         migrationTimeoutSeconds: { type: integer, description: "10-86400." }
         maxConcurrentMigrations: { type: integer, description: "1-16 per host." }
         drs: { $ref: "#/components/schemas/DRSConfigUpdate" }
+        ha: { $ref: "#/components/schemas/HAConfigUpdate" }
+    HAConfig:
+      type: object
+      required: [enabled, admission]
+      properties:
+        enabled: { type: boolean, description: "Restart protected VMs whose QEMU died or whose guest panicked." }
+        admission: { type: string, description: "off, percent:N, failover-hosts:HOST[,HOST…] or host-failures:N." }
+    HAConfigUpdate:
+      type: object
+      properties:
+        enabled: { type: boolean }
+        admission: { type: string, description: "off, percent:N (0-100), failover-hosts:HOST[,HOST…] or host-failures:N (≥ 1)." }
+    HAPolicy:
+      type: string
+      enum: [restart-in-cluster, restart-on-original-host, stop]
+    HAPriority:
+      type: string
+      enum: [high, medium, low]
+    VMUpdate:
+      type: object
+      properties:
+        haPolicy: { $ref: "#/components/schemas/HAPolicy" }
+        haPriority: { $ref: "#/components/schemas/HAPriority" }
     DRSMode:
       type: string
       enum: [off, manual, automatic]
@@ -744,6 +785,8 @@ components:
         diskPath: { type: string }
         pid: { type: integer, description: "The QEMU process on the host, while it runs." }
         createdAt: { type: string, format: date-time }
+        haPolicy: { $ref: "#/components/schemas/HAPolicy" }
+        haPriority: { $ref: "#/components/schemas/HAPriority" }
     VMCreate:
       type: object
       required: [name, cpus, memoryMiB]

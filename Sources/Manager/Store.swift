@@ -163,6 +163,16 @@ public final class Store: Sendable {
                 t.primaryKey(["vmId", "at"])
             }
         }
+        migrator.registerMigration("v5: HA settings and per-VM policy") { db in
+            try db.alter(table: "cluster") { t in
+                t.add(column: "haEnabled", .boolean).notNull().defaults(to: false)
+                t.add(column: "haAdmission", .text).notNull().defaults(to: "off")
+            }
+            try db.alter(table: "vm") { t in
+                t.add(column: "haPolicy", .text).notNull().defaults(to: "restart-in-cluster")
+                t.add(column: "haPriority", .text).notNull().defaults(to: "medium")
+            }
+        }
         return migrator
     }
 }
@@ -183,6 +193,9 @@ struct ClusterRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var drsBaselineMemory: Double = 0.6
     var drsMetric: String = "both"
     var drsIntervalSeconds: Int = 300
+    var haEnabled: Bool = false
+    /// off, percent:N, failover-hosts:NAME[,NAME…] or host-failures:N.
+    var haAdmission: String = "off"
 }
 
 /// An affinity rule: kind keep-together, keep-apart, vm-host or vm-not-host; ids as JSON arrays.
@@ -299,6 +312,10 @@ struct VMRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var cpuModel: String?
     /// DRS leaves it where it is.
     var drsExcluded: Bool = false
+    /// restart-in-cluster, restart-on-original-host or stop.
+    var haPolicy: String = "restart-in-cluster"
+    /// high, medium or low.
+    var haPriority: String = "medium"
 
     var lifecycle: VMLifecycle {
         get { VMLifecycle(name: state, task: stateTask, reason: stateReason, since: runningSince, migrationTarget: migrationTarget) }

@@ -120,7 +120,9 @@ final class VMService: Sendable {
             let candidate = Inventory.candidate(host, allocated: allocated, datastores: datastores)
             let wanted = PlacementRequest(cpus: vm.cpus, memoryMiB: vm.memoryMiB, datastore: vm.datastore)
             if let refusal = placement.admit(wanted, on: candidate, vm: vm.name) { throw refusal }
-            return try vm.lifecycle.start(vm: vm.name, task: task.id)
+            let next = try vm.lifecycle.start(vm: vm.name, task: task.id)
+            try HAService.admit(db, vm: vm, host: host, hostReserveMiB: placement.hostReserveMiB)
+            return next
         }
         // The VM runs with the cluster's IMC baseline, else with the model its host provides.
         let cpuModel = try await store.db.write { db -> String? in

@@ -32,13 +32,18 @@ extension DRSService {
     func whatIf(_ cluster: ClusterRecord, sinceSeconds: Int, settings: DRSSettings, enabled: Bool,
                 intervalSeconds: Int) async throws -> WhatIfReport {
         let until = Date(), since = until.addingTimeInterval(-Double(sinceSeconds))
-        let (hosts, samples, names, rules) = try await store.db.read { db in
+        let (hosts, samples, names, rules, migrated) = try await store.db.read { db in
             let hosts = try HostRecord.filter(Column("clusterId") == cluster.id).order(Column("name")).fetchAll(db)
             let samples = try VMLoadRecord.filter(hosts.map(\.id).contains(Column("hostId")) && Column("at") >= since)
                 .order(Column("at")).fetchAll(db)
             let vmNames = Dictionary(try VMRecord.fetchAll(db).map { ($0.id, $0.name) }, uniquingKeysWith: { a, _ in a })
             let rules = try RuleRecord.filter(Column("clusterId") == cluster.id).order(Column("name")).fetchAll(db)
-            return (hosts, samples, vmNames, rules)
+            // What really happened: the live migrations that finished in the window.
+            let clusterVMs = Set(try VMRecord.filter(hosts.map(\.id).contains(Column("hostId"))).fetchAll(db).map(\.id))
+            let migrated = try TaskRecord.filter(Column("kind") == "vm.migrate" && Column("state") == "succeeded"
+                                                 && Column("finishedAt") >= since).fetchAll(db)
+                .filter { clusterVMs.contains($0.targetId) }.count
+            return (hosts, samples, vmNames, rules, migrated)
         }
         var report = WhatIfReport(since: since, until: until, intervalSeconds: intervalSeconds, rounds: 0,
                                   ceiling: settings.ceiling ?? 1.0, settings: settings)
@@ -52,7 +57,6 @@ extension DRSService {
         let vmIDs = byVM.keys.sorted()
         var simulatedHost: [String: Int] = [:]
         var lastMovedRound: [String: Int] = [:]
-        var actualHost: [String: Int] = [:]
         let interval = Double(intervalSeconds)
         var cursor: [String: Int] = [:]   // per VM: how many of its samples are at or before `time`
         var round = 0
@@ -69,8 +73,6 @@ extension DRSService {
                 guard let latest = upTo.last, time.timeIntervalSince(latest.at) <= 2 * interval,
                       let host = hostIndex[latest.hostId] else { simulatedHost[id] = nil; continue }
                 present.append((id, latest.cpuCores, upTo.suffix(LoadTracker.recentSamples).reversed().map(\.cpuCores), host))
-                if let previous = actualHost[id], previous != host { report.actual.migrations += 1 }
-                actualHost[id] = host
                 if simulatedHost[id] == nil { simulatedHost[id] = host }
             }
             let vms = present.map { vm in
@@ -113,6 +115,7 @@ extension DRSService {
             time = time.addingTimeInterval(interval)
         }
         report.rounds = round
+        report.actual.migrations = migrated
         return report
     }
 }

@@ -158,3 +158,31 @@ struct RuleCommand: AsyncParsableCommand {
         }
     }
 }
+
+extension Components.Schemas.HAPolicy: ExpressibleByArgument {}
+extension Components.Schemas.HAPriority: ExpressibleByArgument {}
+
+extension VMCommand {
+    struct Set: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Change a VM's settings: its HA policy and restart priority.",
+            discussion: "Example: shepherd vm set web1 --ha-policy restart-in-cluster --ha-priority high")
+        @OptionGroup var options: ClientOptions
+        @Flag(help: "Print JSON.") var json = false
+        @Argument(help: "The VM's name or id.") var vm: String
+        @Option(help: "restart-in-cluster, restart-on-original-host or stop (HA leaves it down).") var haPolicy: Components.Schemas.HAPolicy?
+        @Option(help: "high, medium or low: restart order and admission.") var haPriority: Components.Schemas.HAPriority?
+
+        func run() async throws {
+            guard haPolicy != nil || haPriority != nil else { throw ValidationError("give --ha-policy and/or --ha-priority") }
+            let updated = try await calling(options) { client in
+                switch try await client.updateVM(path: .init(vm: vm), body: .json(.init(haPolicy: haPolicy, haPriority: haPriority))) {
+                case .ok(let ok): return try ok.body.json
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+            if json { return try printJSON(updated) }
+            print("\(updated.name): HA policy \(updated.haPolicy?.rawValue ?? "-"), priority \(updated.haPriority?.rawValue ?? "-")")
+        }
+    }
+}

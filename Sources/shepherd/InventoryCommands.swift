@@ -93,6 +93,8 @@ struct ClusterCommand: AsyncParsableCommand {
         @Option(help: "DRS scheduling baseline: no balancing while every host is under it, e.g. cpu:40%,mem:50%.") var drsBaseline: String?
         @Option(help: "DRS metric: cpu, memory or both.") var drsMetric: Components.Schemas.DRSMetric?
         @Option(help: "DRS interval: 30s, 5m, 1h or seconds (5 s – 24 h).") var drsInterval: String?
+        @Option(help: "HA: on or off (restart protected VMs whose QEMU died or whose guest panicked).") var ha: String?
+        @Option(help: "HA admission control: off, percent:25, failover-hosts:host-3 or host-failures:1.") var haAdmission: String?
 
         func run() async throws {
             let baseline = try drsBaseline.map(Self.parseBaseline)
@@ -101,9 +103,12 @@ struct ClusterCommand: AsyncParsableCommand {
                 drs == nil && drsThreshold == nil && baseline == nil && drsMetric == nil && interval == nil ? nil
                 : .init(mode: drs, threshold: drsThreshold, baselineCPUPercent: baseline?.cpu, baselineMemoryPercent: baseline?.memory,
                         metric: drsMetric, intervalSeconds: interval)
+            if let ha, !["on", "off"].contains(ha) { throw ValidationError("--ha: '\(ha)' is not on or off") }
+            let haUpdate: Components.Schemas.HAConfigUpdate? = ha == nil && haAdmission == nil ? nil
+                : .init(enabled: ha.map { $0 == "on" }, admission: haAdmission)
             let updated = try await calling(options) { client in
                 let body = Components.Schemas.ClusterUpdate(imcBaseline: imc, migrationTimeoutSeconds: migrationTimeout,
-                                                            maxConcurrentMigrations: maxMigrations, drs: drsUpdate)
+                                                            maxConcurrentMigrations: maxMigrations, drs: drsUpdate, ha: haUpdate)
                 switch try await client.updateCluster(path: .init(cluster: cluster), body: .json(body)) {
                 case .ok(let ok): return try ok.body.json
                 case .default(let status, let error): throw CLIError.api(status, error)
@@ -111,6 +116,7 @@ struct ClusterCommand: AsyncParsableCommand {
             }
             if json { return try printJSON(updated) }
             print("\(updated.name): IMC \(updated.imcBaseline ?? "off"), migration timeout \(updated.migrationTimeoutSeconds ?? 300) s, \(updated.maxConcurrentMigrations ?? 2) migrations per host")
+            if let ha = updated.ha { print("HA \(ha.enabled ? "on" : "off"), admission \(ha.admission)") }
             if let drs = updated.drs {
                 print("DRS \(drs.mode.rawValue), threshold \(drs.threshold), baseline cpu \(drs.baselineCPUPercent) % mem \(drs.baselineMemoryPercent) %, metric \(drs.metric.rawValue), every \(drs.intervalSeconds) s")
             }

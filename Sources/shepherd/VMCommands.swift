@@ -25,7 +25,7 @@ struct TaskFlags: ParsableArguments {
 struct VMCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vm", abstract: "Create, run and remove virtual machines.",
-        subcommands: [List.self, Show.self, Create.self, Start.self, Stop.self, Reboot.self, Delete.self, Exec.self, Migrate.self])
+        subcommands: [List.self, Show.self, Create.self, Start.self, Stop.self, Reboot.self, Delete.self, Exec.self, Migrate.self, Set.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List VMs.")
