@@ -102,11 +102,13 @@ public enum AgentServer {
         let router = Router()
         router.middlewares.add(ErrorMiddleware())
         router.middlewares.add(AgentAuth(link: manager))
+        let leases = LeaseKeeper(configuration: configuration, driver: driver, link: manager, logger: logger)
         AgentRoutes(driver: driver).register(on: router)
+        router.get("/agent/v1/leases") { _, _ in JSONResponse.make(leases.leases()) }
         let app = Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: "shepherd-agent"),
                               logger: logger)
         logger.info("agent \(configuration.name) serving on \(configuration.listen) as host \(credential.hostId)")
-        let group = ServiceGroup(configuration: .init(services: [.init(service: app), .init(service: manager)],
+        let group = ServiceGroup(configuration: .init(services: [.init(service: app), .init(service: manager), .init(service: leases)],
                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }

@@ -79,6 +79,11 @@ final class AgentClient: Sendable {
         try await call(endpoint, .POST, "/agent/v1/probe", body: AgentWire.ProbeRequest(address: address, port: port), timeout: .seconds(10))
     }
 
+    /// Every storage lease the agent sees on its shared datastores, with its age.
+    func leases(_ endpoint: Endpoint) async throws -> [AgentWire.Lease] {
+        try await call(endpoint, .GET, "/agent/v1/leases", body: Optional<AgentWire.Done>.none, timeout: .seconds(10))
+    }
+
     private func call<Body: Encodable, Answer: Decodable>(
         _ endpoint: Endpoint, _ method: HTTPMethod, _ path: String, body: Body?, timeout: TimeAmount
     ) async throws -> Answer {

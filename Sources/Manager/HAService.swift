@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Scheduling
+import ServiceLifecycle
 import ShepherdCore
 
 /// VM-level HA: a protected VM whose QEMU died or whose guest panicked (pvpanic) is started
@@ -13,14 +14,16 @@ final class HAService: Sendable {
     let store: Store
     let events: EventLog
     let vms: VMService
+    let agents: AgentClient
     let hostReserveMiB: Int
     private let restarts = RestartBudget()
+    private let notes = OnceNotes()
 
     static let policies = ["restart-in-cluster", "restart-on-original-host", "stop"]
     static let priorities = ["high", "medium", "low"]
 
-    init(store: Store, events: EventLog, vms: VMService, hostReserveMiB: Int) {
-        self.store = store; self.events = events; self.vms = vms; self.hostReserveMiB = hostReserveMiB
+    init(store: Store, events: EventLog, vms: VMService, agents: AgentClient, hostReserveMiB: Int) {
+        self.store = store; self.events = events; self.vms = vms; self.agents = agents; self.hostReserveMiB = hostReserveMiB
     }
 
     /// Called with the VMs a heartbeat just found crashed or panicked.
@@ -43,7 +46,7 @@ final class HAService: Sendable {
                 continue
             }
             do {
-                let task = try await vms.start(vm.id)
+                let task = try await vms.start(vm.id, admission: false)
                 await events.record(.warning, "ha.restart", targetType: "vm", targetId: vm.id, targetName: vm.name,
                                     "restarting on its host after: \(failure.reason) (HA priority \(vm.haPriority); task \(task.id))")
             } catch {
@@ -51,6 +54,131 @@ final class HAService: Sendable {
                                     "could not restart after \(failure.reason): \(error)")
             }
         }
+    }
+
+    // MARK: - Host failures
+
+    /// Restarts the protected VMs of lost hosts elsewhere — only once the host is proven unable to
+    /// run them: its storage lease on a shared datastore, read by a connected peer, has expired
+    /// (a host that cannot renew it ends its own VMs before that). Without a lease there is no
+    /// proof, and nothing is restarted. QEMU's lock on the disk image is the last guard: a start
+    /// while the old QEMU still runs fails, and the VM is handed back to its old host.
+    func failoverLostHosts() async {
+        guard let clusters = try? await store.db.read({ db in try ClusterRecord.filter(Column("haEnabled") == true).fetchAll(db) }) else { return }
+        for cluster in clusters {
+            guard let hosts = try? await store.db.read({ db in
+                try HostRecord.filter(Column("clusterId") == cluster.id).order(Column("name")).fetchAll(db)
+            }) else { continue }
+            for lost in hosts where lost.hostState == .disconnected {
+                await failover(lost, hosts: hosts)
+            }
+        }
+    }
+
+    private func failover(_ lost: HostRecord, hosts: [HostRecord]) async {
+        guard let stranded = try? await store.db.read({ db in
+            try VMRecord.filter(Column("hostId") == lost.id && Column("state") == "unknown").fetchAll(db)
+        }), !stranded.isEmpty else { return }
+        let protected = stranded.filter { $0.haPolicy == "restart-in-cluster" }
+        for vm in stranded where vm.haPolicy != "restart-in-cluster" {
+            await note("\(vm.id)-policy", .info, "ha.waiting", vm, "host '\(lost.name)' is lost; HA policy \(vm.haPolicy): not restarted elsewhere")
+        }
+        guard !protected.isEmpty else { return }
+        guard let peer = hosts.first(where: { $0.hostState == .connected }) else {
+            await note("\(lost.id)-peer", .warning, "ha.blocked", protected[0], "host '\(lost.name)' is lost and no connected host can read its storage lease")
+            return
+        }
+        let leases: [AgentWire.Lease]
+        do { leases = try await agents.leases(Inventory.endpoint(peer)) } catch { return }
+        guard let lease = leases.filter({ $0.hostId == lost.id }).min(by: { $0.ageSeconds < $1.ageSeconds }) else {
+            await note("\(lost.id)-nolease", .warning, "ha.blocked", protected[0],
+                       "host '\(lost.name)' is lost but holds no storage lease on a shared datastore: nothing proves it stopped, so its VMs are not restarted elsewhere")
+            return
+        }
+        guard lease.ageSeconds > Leases.expireSeconds else {
+            await note("\(lost.id)-wait-\(Int(lost.lastHeartbeat?.timeIntervalSince1970 ?? 0))", .info, "ha.waiting", protected[0],
+                       "host '\(lost.name)' is lost but renewed its storage lease \(Int(lease.ageSeconds)) s ago (expiry \(Int(Leases.expireSeconds)) s): it may still run its VMs")
+            return
+        }
+        let reason = "host '\(lost.name)' failed: no heartbeat, storage lease on \(lease.datastore) expired \(Int(lease.ageSeconds)) s ago"
+        // The cluster as restart planning sees it.
+        guard let (snapshot, vmIDs) = try? await store.db.read({ db in try self.snapshot(db, hosts: hosts) }),
+              let lostIndex = hosts.firstIndex(where: { $0.id == lost.id }) else { return }
+        let plan = HARestartPlanner.plan(snapshot, failedHosts: [lostIndex])
+        for failure in plan.unplaced {
+            let id = vmIDs[failure.vm]
+            guard let vm = protected.first(where: { $0.id == id }) else { continue }
+            await note("\(id)-unplaced", .error, "ha.failed", vm, "\(reason); no host can take it: \(failure.reason)")
+        }
+        for placement in plan.placements {
+            let id = vmIDs[placement.vm]
+            guard let vm = protected.first(where: { $0.id == id }) else { continue }
+            await restart(vm, from: lost, on: hosts[placement.host], reason: reason)
+        }
+    }
+
+    /// Moves the VM's record to `target` and starts it there; if the start fails (the disk is
+    /// still locked by a QEMU on the old host, say), the VM goes back to its old host, unknown.
+    private func restart(_ vm: VMRecord, from lost: HostRecord, on target: HostRecord, reason: String) async {
+        guard await restarts.allow(vm.id) else {
+            await note("\(vm.id)-gave-up-\(lost.id)", .error, "ha.gave-up", vm,
+                       "not restarted elsewhere: \(RestartBudget.limit) attempts within \(Int(RestartBudget.window / 60)) min failed (\(reason))")
+            return
+        }
+        do {
+            try await store.db.write { db in
+                guard var row = try VMRecord.fetchOne(db, key: vm.id), row.state == "unknown", row.hostId == lost.id else { return }
+                row.hostId = target.id
+                row.lifecycle = .crashed(reason: reason)
+                try row.update(db)
+            }
+            let task = try await vms.start(vm.id, admission: false)
+            await events.record(.warning, "ha.failover", targetType: "vm", targetId: vm.id, targetName: vm.name,
+                                "\(reason); restarting it on \(target.name) (priority \(vm.haPriority); task \(task.id))")
+            let finished = try await waitFor(task.id)
+            guard finished.state != "succeeded" else { return }
+            try await store.db.write { db in
+                guard var row = try VMRecord.fetchOne(db, key: vm.id), row.hostId == target.id, !row.lifecycle.consumesHostResources else { return }
+                row.hostId = lost.id
+                row.lifecycle = .unknown(reason: "host '\(lost.name)' lost; HA could not restart it on \(target.name): \(finished.errorMessage ?? "start failed")")
+                try row.update(db)
+            }
+            await events.record(.error, "ha.failed", targetType: "vm", targetId: vm.id, targetName: vm.name,
+                                "not restarted on \(target.name): \(finished.errorMessage ?? "start failed"); handed back to \(lost.name) (it may still run there)")
+        } catch {
+            await events.record(.error, "ha.failed", targetType: "vm", targetId: vm.id, targetName: vm.name, "failover to \(target.name): \(error)")
+        }
+    }
+
+    private func waitFor(_ taskID: String) async throws -> TaskRecord {
+        while true {
+            try await Task.sleep(for: .milliseconds(500))
+            guard let task = try await store.db.read({ db in try TaskRecord.fetchOne(db, key: taskID) }) else {
+                throw ShepherdError(.internal, "task \(taskID) vanished")
+            }
+            if ["succeeded", "failed", "cancelled"].contains(task.state) { return task }
+        }
+    }
+
+    /// Hosts and the VMs that hold resources (plus the lost host's unknown protected ones).
+    private func snapshot(_ db: Database, hosts: [HostRecord]) throws -> (ClusterSnapshot, [String]) {
+        let index = Dictionary(uniqueKeysWithValues: hosts.enumerated().map { ($1.id, $0) })
+        let snapshotHosts = hosts.map { h in
+            SnapshotHost(name: h.name, state: h.hostState, cpuCapacityMHz: Double(h.cores) * DRSService.mhzPerCore, cores: h.cores,
+                         memoryMiB: max(0, h.memoryTotalMiB - hostReserveMiB))
+        }
+        let vms = try VMRecord.filter(hosts.map(\.id).contains(Column("hostId"))).fetchAll(db)
+            .filter { $0.lifecycle.consumesHostResources || ($0.state == "unknown" && $0.haPolicy == "restart-in-cluster") }
+        let snapshotVMs = vms.map { vm in
+            SnapshotVM(name: vm.name, host: index[vm.hostId], vcpus: vm.cpus, cpuDemandMHz: 0, memoryMiB: vm.memoryMiB,
+                       haPriority: vm.state == "unknown" ? Self.priority(vm.haPriority) : nil)
+        }
+        return (ClusterSnapshot(hosts: snapshotHosts, vms: snapshotVMs), vms.map(\.id))
+    }
+
+    private func note(_ key: String, _ severity: EventLog.Severity, _ kind: String, _ vm: VMRecord, _ message: String) async {
+        guard await notes.first(key) else { return }
+        await events.record(severity, kind, targetType: "vm", targetId: vm.id, targetName: vm.name, message)
     }
 
     // MARK: - Admission
@@ -113,6 +241,25 @@ final class HAService: Sendable {
 
     static func priority(_ text: String) -> HAPriority {
         switch text { case "high": .high; case "low": .low; default: .medium }
+    }
+}
+
+/// Says yes once per key: "waiting for the lease" is an event, not one every 2 s.
+actor OnceNotes {
+    private var seen = Set<String>()
+    func first(_ key: String) -> Bool { seen.insert(key).inserted }
+}
+
+/// Watches for lost hosts whose VMs HA must restart elsewhere.
+struct HAMonitor: Service {
+    let ha: HAService
+    func run() async throws {
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                await ha.failoverLostHosts()
+                try await Task.sleep(for: Heartbeats.interval)
+            }
+        }
     }
 }
 

@@ -58,7 +58,7 @@ public enum ManagerServer {
         let maintenance = MaintenanceService(store: store, tasks: tasks, events: events, placement: placement, migrations: migrations)
         let drs = DRSService(store: store, events: events, migrations: migrations, loads: LoadTracker(),
                              hostReserveMiB: configuration.hostReserveMiB, logger: logger)
-        let ha = HAService(store: store, events: events, vms: vms, hostReserveMiB: configuration.hostReserveMiB)
+        let ha = HAService(store: store, events: events, vms: vms, agents: agents, hostReserveMiB: configuration.hostReserveMiB)
         let api = API(store: store, vms: vms, hosts: hosts, migrations: migrations, maintenance: maintenance, drs: drs, ha: ha,
                       tasks: tasks, version: version)
 
@@ -72,7 +72,8 @@ public enum ManagerServer {
         try api.registerHandlers(on: router)
         let responder = router.buildResponder()
 
-        var services: [any Service] = [HostMonitor(hosts: hosts, logger: logger), DRSMonitor(drs: drs, store: store, logger: logger)]
+        var services: [any Service] = [HostMonitor(hosts: hosts, logger: logger), DRSMonitor(drs: drs, store: store, logger: logger),
+                                       HAMonitor(ha: ha)]
         for address in configuration.listen {
             let (host, port) = try ListenAddress.parse(address)
             services.append(Application(responder: responder,

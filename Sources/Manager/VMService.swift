@@ -110,7 +110,9 @@ final class VMService: Sendable {
 
     // MARK: power
 
-    func start(_ reference: String) async throws -> TaskRecord {
+    /// `admission: false` for HA's own restarts: admission control keeps room for failures, so it
+    /// never blocks the restart it kept the room for.
+    func start(_ reference: String, admission: Bool = true) async throws -> TaskRecord {
         let (vm, task, host, previous) = try await beginTransition(reference, kind: "vm.start") { [placement] db, vm, host, task in
             guard host.hostState == .connected else {
                 throw ShepherdError(.hostNotConnected, "cannot start VM '\(vm.name)': its host '\(host.name)' is \(host.state)")
@@ -121,7 +123,7 @@ final class VMService: Sendable {
             let wanted = PlacementRequest(cpus: vm.cpus, memoryMiB: vm.memoryMiB, datastore: vm.datastore)
             if let refusal = placement.admit(wanted, on: candidate, vm: vm.name) { throw refusal }
             let next = try vm.lifecycle.start(vm: vm.name, task: task.id)
-            try HAService.admit(db, vm: vm, host: host, hostReserveMiB: placement.hostReserveMiB)
+            if admission { try HAService.admit(db, vm: vm, host: host, hostReserveMiB: placement.hostReserveMiB) }
             return next
         }
         // The VM runs with the cluster's IMC baseline, else with the model its host provides.

@@ -40,6 +40,20 @@ public enum AgentWire {
         case crashed
     }
 
+    /// A host's storage lease on a shared datastore, as a peer reads it.
+    public struct Lease: Codable, Sendable, Equatable {
+        public var hostId: String
+        public var host: String
+        public var datastore: String
+        /// When the holder last renewed it (Unix seconds).
+        public var renewedAt: Double
+        /// Seconds since then, as the reader saw it.
+        public var ageSeconds: Double
+        public init(hostId: String, host: String, datastore: String, renewedAt: Double, ageSeconds: Double) {
+            self.hostId = hostId; self.host = host; self.datastore = datastore; self.renewedAt = renewedAt; self.ageSeconds = ageSeconds
+        }
+    }
+
     public struct GuestStatus: Codable, Sendable, Equatable {
         public var vmId: String
         public var power: GuestPower

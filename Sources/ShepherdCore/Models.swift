@@ -12,6 +12,14 @@ public enum HostState: String, Sendable, Codable, CaseIterable {
     case connected, disconnected, maintenance
 }
 
+/// Storage leases: how long one lasts, and when a holder that cannot renew fences itself.
+public enum Leases {
+    /// The manager treats a lease older than this as expired: its host cannot run VMs.
+    public static let expireSeconds: Double = 20
+    /// An agent that could not renew for this long ends its VMs (well before expiry).
+    public static let selfFenceSeconds: Double = 12
+}
+
 /// How often agents report and how long the manager waits before calling a host lost.
 public enum Heartbeats {
     public static let interval: Duration = .seconds(2)

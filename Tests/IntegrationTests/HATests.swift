@@ -1,5 +1,6 @@
 import Foundation
 import HostKit
+import ShepherdAPI
 import Testing
 import TestSupport
 
@@ -44,6 +45,60 @@ struct HATests {
             #expect(try await cluster.vm("ha1").state == .crashed)
             #expect(try await cluster.events().contains { $0.kind == "ha.skipped" && $0.targetName == "ha1" })
             #expect(try await cluster.delete("ha1", force: true).state == .succeeded)
+        }
+    }
+
+    private func waitForEvent(_ cluster: TestCluster, _ kind: String, _ vm: String, timeout: Duration = .seconds(120)) async throws -> Components.Schemas.Event? {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let event = try await cluster.events().first(where: { $0.kind == kind && $0.targetName == vm }) { return event }
+            try await Task.sleep(for: .seconds(2))
+        }
+        return nil
+    }
+
+    @Test("a host that loses power: once its storage lease expires, its protected VM restarts on another host")
+    func powerLoss() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 2) { cluster in
+            #expect(try await cluster.setCluster(#"{"ha":{"enabled":true}}"#).0 == 200)
+            _ = try await cluster.createVM("hf1", memoryMiB: 96, host: "host-1")
+            try #require(try await cluster.start("hf1").state == .succeeded)
+            let pid = try #require(try await cluster.vm("hf1").pid)
+            // Power off host-1: its agent and its QEMU end at once.
+            await cluster.stopAgent("host-1", kill: true)
+            #expect(HostKit.Processes.kill(Int32(pid)))
+            let moved = try await cluster.waitForVM("hf1", timeout: .seconds(120)) { $0.state == .running && $0.hostName == "host-2" }
+            #expect(moved.pid != nil && moved.pid != pid)
+            let failover = try await waitForEvent(cluster, "ha.failover", "hf1", timeout: .seconds(5))
+            #expect(failover?.message.contains("storage lease") == true, "\(String(describing: failover?.message))")
+            _ = try await cluster.waitForVM("hf1", timeout: .seconds(60)) { $0.toolsStatus == .running }
+            #expect(try await cluster.exec("hf1", ["true"]).exitCode == 0)
+            #expect(cluster.qemuPids().count == 1)
+        }
+    }
+
+    @Test("an agent that dies while its VM runs: the VM is never started twice — the disk lock stops the restart and it is handed back")
+    func neverTwice() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 2) { cluster in
+            #expect(try await cluster.setCluster(#"{"ha":{"enabled":true}}"#).0 == 200)
+            _ = try await cluster.createVM("hf2", memoryMiB: 96, host: "host-1")
+            try #require(try await cluster.start("hf2").state == .succeeded)
+            let pid = try #require(try await cluster.vm("hf2").pid)
+            await cluster.stopAgent("host-1", kill: true)   // QEMU keeps running
+            let failed = try await waitForEvent(cluster, "ha.failed", "hf2")
+            let history = try await cluster.events().filter { $0.targetName == "hf2" }.map(\.message)
+            #expect(failed != nil, "HA never tried: \(history)")
+            print("ha.failed: \(failed?.message ?? "-")")
+            #expect(failed?.message.contains("Is another process using the image") == true, "the restart must have been stopped by the disk lock: \(history)")
+            #expect(HostKit.Processes.isAlive(Int32(pid)), "the original QEMU must still run")
+            try await Task.sleep(for: .seconds(4))
+            #expect(cluster.qemuPids() == [Int32(pid)], "exactly one QEMU may run hf2: \(cluster.qemuPids())")
+            let vm = try await cluster.vm("hf2")
+            #expect(vm.hostName == "host-1", "handed back to its host")
+            // The agent returns and finds the guest still running.
+            try await cluster.startAgent("host-1")
+            let back = try await cluster.waitForVM("hf2", timeout: .seconds(60)) { $0.state == .running && $0.hostName == "host-1" }
+            #expect(back.pid == pid)
         }
     }
 }
