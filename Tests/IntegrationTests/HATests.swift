@@ -101,5 +101,32 @@ struct HATests {
             #expect(back.pid == pid)
         }
     }
+
+    @Test("an agent that cannot renew its storage lease ends its own VMs before the lease expires")
+    func selfFencing() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 1) { cluster in
+            _ = try await cluster.createVM("sf1", memoryMiB: 96, host: "host-1")
+            try #require(try await cluster.start("sf1").state == .succeeded)
+            let pid = try #require(try await cluster.vm("sf1").pid)
+            let hostID = try await cluster.host("host-1").id
+            // A directory where the lease file goes: every renewal now fails (root ignores modes).
+            let lease = "\(cluster.sharedDatastore)/.shepherd/leases/\(hostID).json"
+            var blocked = false
+            for _ in 0..<50 where !blocked {
+                try? FileManager.default.removeItem(atPath: lease)
+                blocked = (try? FileManager.default.createDirectory(atPath: lease, withIntermediateDirectories: false)) != nil
+            }
+            try #require(blocked, "could not put a directory at \(lease)")
+            let started = ContinuousClock.now
+            while HostKit.Processes.isAlive(Int32(pid)), ContinuousClock.now - started < .seconds(40) {
+                try await Task.sleep(for: .milliseconds(500))
+            }
+            let elapsed = ContinuousClock.now - started
+            #expect(!HostKit.Processes.isAlive(Int32(pid)), "the agent did not fence itself in 40 s")
+            #expect(elapsed < .seconds(Int64(20)), "fenced after \(elapsed); the lease expires after 20 s")
+            #expect(cluster.log("agent-host-1.log").contains("self-fencing"))
+            try FileManager.default.removeItem(atPath: lease)
+        }
+    }
 }
 }
