@@ -135,7 +135,7 @@ final class HAService: Sendable {
             let task = try await vms.start(vm.id, admission: false)
             await events.record(.warning, "ha.failover", targetType: "vm", targetId: vm.id, targetName: vm.name,
                                 "\(reason); restarting it on \(target.name) (priority \(vm.haPriority); task \(task.id))")
-            let finished = try await waitFor(task.id)
+            let finished = try await store.finished(task.id)
             guard finished.state != "succeeded" else { return }
             try await store.db.write { db in
                 guard var row = try VMRecord.fetchOne(db, key: vm.id), row.hostId == target.id, !row.lifecycle.consumesHostResources else { return }
@@ -147,16 +147,6 @@ final class HAService: Sendable {
                                 "not restarted on \(target.name): \(finished.errorMessage ?? "start failed"); handed back to \(lost.name) (it may still run there)")
         } catch {
             await events.record(.error, "ha.failed", targetType: "vm", targetId: vm.id, targetName: vm.name, "failover to \(target.name): \(error)")
-        }
-    }
-
-    private func waitFor(_ taskID: String) async throws -> TaskRecord {
-        while true {
-            try await Task.sleep(for: .milliseconds(500))
-            guard let task = try await store.db.read({ db in try TaskRecord.fetchOne(db, key: taskID) }) else {
-                throw ShepherdError(.internal, "task \(taskID) vanished")
-            }
-            if ["succeeded", "failed", "cancelled"].contains(task.state) { return task }
         }
     }
 

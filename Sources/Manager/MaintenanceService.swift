@@ -89,7 +89,7 @@ final class MaintenanceService: Sendable {
                 let target = try await chooseTarget(for: vm, leaving: host)
                 if vm.state == "running" {
                     let migration = try await migrations.migrate(vm.id, target: target.id)
-                    let done = try await waitFor(migration.id)
+                    let done = try await store.finished(migration.id)
                     guard done.state == TaskState.succeeded.rawValue else {
                         throw ShepherdError(ShepherdError.Code(rawValue: done.errorCode ?? "") ?? .agentFailed, done.errorMessage ?? done.message)
                     }
@@ -125,16 +125,6 @@ final class MaintenanceService: Sendable {
         try await store.db.read { [placement] db in
             let candidates = try Inventory.candidates(db, excluding: vm.id).filter { $0.id != host.id }
             return try placement.place(PlacementRequest(cpus: vm.cpus, memoryMiB: vm.memoryMiB, datastore: vm.datastore), on: candidates).get()
-        }
-    }
-
-    private func waitFor(_ taskID: String) async throws -> TaskRecord {
-        while true {
-            try await Task.sleep(for: .milliseconds(250))
-            guard let task = try await store.db.read({ db in try TaskRecord.fetchOne(db, key: taskID) }) else {
-                throw ShepherdError(.internal, "task \(taskID) vanished")
-            }
-            if task.state == TaskState.succeeded.rawValue || task.state == TaskState.failed.rawValue { return task }
         }
     }
 }

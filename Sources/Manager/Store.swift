@@ -14,6 +14,17 @@ public final class Store: Sendable {
         try Self.migrator.migrate(db)
     }
 
+    /// Waits for a task to end (succeeded, failed or cancelled) and returns it.
+    func finished(_ taskID: String) async throws -> TaskRecord {
+        while true {
+            try await Task.sleep(for: .milliseconds(250))
+            guard let task = try await db.read({ db in try TaskRecord.fetchOne(db, key: taskID) }) else {
+                throw ShepherdError(.internal, "task \(taskID) vanished")
+            }
+            if TaskState(rawValue: task.state)?.isFinished ?? true { return task }
+        }
+    }
+
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1: clusters, hosts, datastores, templates, vms, tasks, events") { db in
