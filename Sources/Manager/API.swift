@@ -50,12 +50,15 @@ struct API: APIProtocol {
         Schemas.Cluster(id: cluster.id, name: cluster.name, hostCount: hostCount, vmCount: vmCount,
                         memoryOvercommit: cluster.memoryOvercommit, createdAt: cluster.createdAt, imcBaseline: cluster.imcBaseline,
                         migrationTimeoutSeconds: cluster.migrationTimeoutSeconds, maxConcurrentMigrations: cluster.maxConcurrentMigrations,
-                        drs: Schemas.DRSConfig(mode: Schemas.DRSMode(rawValue: cluster.drsMode) ?? .off, threshold: cluster.drsThreshold,
-                                               baselineCPUPercent: Int((cluster.drsBaselineCPU * 100).rounded()),
-                                               baselineMemoryPercent: Int((cluster.drsBaselineMemory * 100).rounded()),
-                                               metric: Schemas.DRSMetric(rawValue: cluster.drsMetric) ?? .both,
-                                               intervalSeconds: cluster.drsIntervalSeconds),
+                        drs: drsConfig(cluster),
                         ha: Schemas.HAConfig(enabled: cluster.haEnabled, admission: cluster.haAdmission))
+    }
+
+    static func drsConfig(_ cluster: ClusterRecord) -> Schemas.DRSConfig {
+        Schemas.DRSConfig(mode: Schemas.DRSMode(rawValue: cluster.drsMode) ?? .off, threshold: cluster.drsThreshold,
+                          baselineCPUPercent: Int((cluster.drsBaselineCPU * 100).rounded()),
+                          baselineMemoryPercent: Int((cluster.drsBaselineMemory * 100).rounded()),
+                          metric: Schemas.DRSMetric(rawValue: cluster.drsMetric) ?? .both, intervalSeconds: cluster.drsIntervalSeconds)
     }
 
     func updateCluster(_ input: Operations.UpdateCluster.Input) async throws -> Operations.UpdateCluster.Output {
@@ -154,7 +157,7 @@ struct API: APIProtocol {
             }
             let report = try await drs.whatIf(cluster, sinceSeconds: body.sinceSeconds, settings: DRSService.settings(cluster),
                                               enabled: cluster.drsMode != "off", intervalSeconds: cluster.drsIntervalSeconds)
-            return (report, Self.cluster(cluster, hostCount: 0, vmCount: 0).drs!)
+            return (report, Self.drsConfig(cluster))
         }
         func side(_ side: WhatIfReport.Side) -> Schemas.WhatIfSide {
             Schemas.WhatIfSide(migrations: side.migrations, secondsOverCeiling: .init(additionalProperties: side.secondsOverCeiling),
@@ -434,19 +437,17 @@ struct API: APIProtocol {
 
     func agentHeartbeat(_ input: Operations.AgentHeartbeat.Input) async throws -> Operations.AgentHeartbeat.Output {
         guard case .json(let body) = input.body else { throw unsupportedBody }
+        let guests = body.guests.map { guest in
+            AgentWire.GuestStatus(vmId: guest.vmId, power: AgentWire.GuestPower(rawValue: guest.power.rawValue) ?? .crashed,
+                                  toolsRunning: guest.toolsRunning, pid: guest.pid.map(Int32.init), reason: guest.reason,
+                                  cpuSeconds: guest.cpuSeconds)
+        }
         let failures = try await guarded {
             try await hosts.heartbeat(bearer: RequestBearer.token, hostId: body.hostId, host: Self.report(body.host),
                                       accelerator: body.accelerator, agentVersion: body.agentVersion,
-                                      datastores: body.datastores.map(Self.report),
-                                      guests: body.guests.map { guest in
-                                          AgentWire.GuestStatus(vmId: guest.vmId, power: AgentWire.GuestPower(rawValue: guest.power.rawValue) ?? .crashed,
-                                                                toolsRunning: guest.toolsRunning, pid: guest.pid.map(Int32.init), reason: guest.reason,
-                                                                cpuSeconds: guest.cpuSeconds)
-                                      })
+                                      datastores: body.datastores.map(Self.report), guests: guests)
         }
-        await drs.record(body.guests.map { AgentWire.GuestStatus(vmId: $0.vmId, power: AgentWire.GuestPower(rawValue: $0.power.rawValue) ?? .crashed,
-                                                                  toolsRunning: $0.toolsRunning, cpuSeconds: $0.cpuSeconds) },
-                         hostId: body.hostId)
+        await drs.record(guests, hostId: body.hostId)
         if !failures.isEmpty { await ha.handleFailures(failures) }
         return .noContent(.init())
     }

@@ -111,12 +111,7 @@ final class DRSService: Sendable {
                                                            && Column("appliedAt") > since).fetchAll(db).map(\.vmId)
             return (hosts, vms, rules, Set(moved))
         }
-        let hostIndex = Dictionary(uniqueKeysWithValues: hosts.enumerated().map { ($1.id, $0) })
-        let snapshotHosts = hosts.map { host in
-            SnapshotHost(name: host.name, state: host.hostState, power: host.hostState == .disconnected ? .off : .on,
-                         cpuCapacityMHz: Double(host.cores) * Self.mhzPerCore, cores: host.cores,
-                         memoryMiB: max(0, host.memoryTotalMiB - hostReserveMiB), cpuModel: host.providedCPUModel)
-        }
+        let (snapshotHosts, hostIndex) = Inventory.snapshotHosts(hosts, reserveMiB: hostReserveMiB)
         var snapshotVMs: [SnapshotVM] = []
         var forecast: [Double] = []
         var held: [Bool] = []
@@ -193,14 +188,7 @@ final class DRSService: Sendable {
     }
 
     static func describe(_ move: DRSMove, _ snapshot: ClusterSnapshot) -> String {
-        let from = snapshot.hosts[move.from].name, to = snapshot.hosts[move.to].name
-        switch move.reason {
-        case .rule(let name): return "rule '\(name)' is broken on \(from); \(to) honours it"
-        case .maintenance: return "\(from) is in maintenance mode"
-        case .overload(let load, let ceiling):
-            return "\(from) forecast CPU \(Int((load * 100).rounded())) % > ceiling \(Int((ceiling * 100).rounded())) %; moving it frees \(Int(move.gain)) MHz (1 core = 1000 MHz) for \(move.costMiB) MiB copied"
-        case .powerOff(let load): return "empties \(from) (forecast CPU \(Int((load * 100).rounded())) %) for DPM"
-        }
+        move.reasonText { snapshot.hosts[$0].name }
     }
 
     /// Pending recommendations, mandatory first, then by gain.

@@ -152,11 +152,7 @@ final class HAService: Sendable {
 
     /// Hosts and the VMs that hold resources (plus the lost host's unknown protected ones).
     private func snapshot(_ db: Database, hosts: [HostRecord]) throws -> (ClusterSnapshot, [String]) {
-        let index = Dictionary(uniqueKeysWithValues: hosts.enumerated().map { ($1.id, $0) })
-        let snapshotHosts = hosts.map { h in
-            SnapshotHost(name: h.name, state: h.hostState, cpuCapacityMHz: Double(h.cores) * DRSService.mhzPerCore, cores: h.cores,
-                         memoryMiB: max(0, h.memoryTotalMiB - hostReserveMiB))
-        }
+        let (snapshotHosts, index) = Inventory.snapshotHosts(hosts, reserveMiB: hostReserveMiB)
         let vms = try VMRecord.filter(hosts.map(\.id).contains(Column("hostId"))).fetchAll(db)
             .filter { $0.lifecycle.consumesHostResources || ($0.state == "unknown" && $0.haPolicy == "restart-in-cluster") }
         let snapshotVMs = vms.map { vm in
@@ -210,11 +206,7 @@ final class HAService: Sendable {
         guard vm.haPolicy != "stop", let cluster = try ClusterRecord.fetchOne(db, key: host.clusterId), cluster.haEnabled else { return }
         let hosts = try HostRecord.filter(Column("clusterId") == cluster.id).order(Column("name")).fetchAll(db)
         guard let policy = try admissionPolicy(cluster.haAdmission, hosts: hosts) else { return }
-        let index = Dictionary(uniqueKeysWithValues: hosts.enumerated().map { ($1.id, $0) })
-        let snapshotHosts = hosts.map { h in
-            SnapshotHost(name: h.name, state: h.hostState, cpuCapacityMHz: Double(h.cores) * DRSService.mhzPerCore, cores: h.cores,
-                         memoryMiB: max(0, h.memoryTotalMiB - hostReserveMiB))
-        }
+        let (snapshotHosts, index) = Inventory.snapshotHosts(hosts, reserveMiB: hostReserveMiB)
         let running = try VMRecord.filter(hosts.map(\.id).contains(Column("hostId")) && Column("id") != vm.id).fetchAll(db)
             .filter { $0.lifecycle.consumesHostResources }
         let snapshotVMs = running.map { other in

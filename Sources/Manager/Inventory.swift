@@ -23,6 +23,17 @@ struct Inventory: Sendable {
         throw ShepherdError.notFound("cluster", reference)
     }
 
+    /// The cluster's hosts as DRS, HA and what-if see them (capacity = cores × 1000 MHz, memory
+    /// less the host reserve), with each host id's index.
+    static func snapshotHosts(_ hosts: [HostRecord], reserveMiB: Int) -> (hosts: [SnapshotHost], index: [String: Int]) {
+        let snapshot = hosts.map { host in
+            SnapshotHost(name: host.name, state: host.hostState, power: host.hostState == .disconnected ? .off : .on,
+                         cpuCapacityMHz: Double(host.cores) * DRSService.mhzPerCore, cores: host.cores,
+                         memoryMiB: max(0, host.memoryTotalMiB - reserveMiB), cpuModel: host.providedCPUModel)
+        }
+        return (snapshot, Dictionary(uniqueKeysWithValues: hosts.enumerated().map { ($1.id, $0) }))
+    }
+
     /// A host by name or id.
     static func host(_ db: Database, _ reference: String, field: String? = nil) throws -> HostRecord {
         if let host = try HostRecord.filter(Column("name") == reference).fetchOne(db) ?? HostRecord.fetchOne(db, key: reference) {

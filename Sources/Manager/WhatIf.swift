@@ -48,11 +48,9 @@ extension DRSService {
         var report = WhatIfReport(since: since, until: until, intervalSeconds: intervalSeconds, rounds: 0,
                                   ceiling: settings.ceiling ?? 1.0, settings: settings)
         guard let first = samples.first?.at, let last = samples.last?.at else { return report }
-        let hostIndex = Dictionary(uniqueKeysWithValues: hosts.enumerated().map { ($1.id, $0) })
-        let snapshotHosts = hosts.map { host in
-            SnapshotHost(name: host.name, state: .connected, cpuCapacityMHz: Double(host.cores) * Self.mhzPerCore,
-                         cores: host.cores, memoryMiB: max(0, host.memoryTotalMiB - hostReserveMiB))
-        }
+        // Host states over the window are not recorded: every host counts as connected.
+        var (snapshotHosts, hostIndex) = Inventory.snapshotHosts(hosts, reserveMiB: hostReserveMiB)
+        for index in snapshotHosts.indices { snapshotHosts[index].state = .connected; snapshotHosts[index].power = .on }
         let byVM = Dictionary(grouping: samples, by: \.vmId)
         let vmIDs = byVM.keys.sorted()
         var simulatedHost: [String: Int] = [:]

@@ -71,13 +71,18 @@ public struct DRSMove: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String {
+        "vm \(vm): host \(from) → \(to): " + reasonText { "host \($0)" }
+    }
+
+    /// Why, with the numbers; `hostName` names host indices (the manager passes real names).
+    public func reasonText(hostName: (Int) -> String) -> String {
         switch reason {
-        case .rule(let name): "vm \(vm): host \(from) → \(to): rule '\(name)' is broken where it runs"
-        case .maintenance: "vm \(vm): host \(from) → \(to): host \(from) is entering maintenance"
+        case .rule(let name): "rule '\(name)' is broken where it runs"
+        case .maintenance: "\(hostName(from)) is entering maintenance"
         case .overload(let load, let ceiling):
-            "vm \(vm): host \(from) → \(to): forecast load \(Int(load * 100)) % > ceiling \(Int(ceiling * 100)) %; frees \(Int(gain)) MHz for \(costMiB) MiB copied"
+            "forecast load \(Int(load * 100)) % > ceiling \(Int(ceiling * 100)) %; frees \(Int(gain)) MHz for \(costMiB) MiB copied"
         case .powerOff(let load):
-            "vm \(vm): host \(from) → \(to): empties host \(from) (forecast load \(Int(load * 100)) %) so DPM can power it off"
+            "empties \(hostName(from)) (forecast load \(Int(load * 100)) %) so DPM can power it off"
         }
     }
 }

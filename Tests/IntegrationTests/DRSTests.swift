@@ -40,7 +40,7 @@ struct DRSTests {
             let drsEvents = try await cluster.events().filter { $0.kind.hasPrefix("drs") }.map(\.message)
             #expect(placed.values.contains("host-2"), "DRS moved nothing in 150 s: \(placed); events: \(drsEvents)")
             let applied = try await cluster.events().filter { $0.kind == "drs.applied" }
-            #expect(!applied.isEmpty && applied[0].message.contains("forecast CPU"), "\(applied.map(\.message))")
+            #expect(!applied.isEmpty && applied[0].message.contains("forecast load"), "\(applied.map(\.message))")
             // Let the moves finish before switching to manual.
             for name in names { _ = try await cluster.waitForVM(name, timeout: .seconds(120)) { $0.state == .running } }
             placed = try await hostsOf(cluster, names)
