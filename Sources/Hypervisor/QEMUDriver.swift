@@ -272,7 +272,11 @@ actor GuestSupervisor {
         do {
             try await Command.check(qemuBinary, argv + extraArguments, timeout: .seconds(60))
         } catch let error as HostKitError {
-            throw ShepherdError(.agentFailed, "QEMU did not start for '\(definition.name)': \(error.message)\(lastLogLine().map { "; its log says: " + $0 } ?? "")")
+            let logLine = lastLogLine()
+            // QEMU's image lock: another QEMU (on this or another host) still has the disk open.
+            let locked = logLine.map { $0.contains("Is another process using the image") || $0.contains("Failed to get \"write\" lock") } ?? false
+            throw ShepherdError(locked ? .diskLocked : .agentFailed,
+                                "QEMU did not start for '\(definition.name)': \(error.message)\(logLine.map { "; its log says: " + $0 } ?? "")")
         }
         lastToolsRunning = false
         missedPings = 0

@@ -17,6 +17,7 @@ final class HAService: Sendable {
     let agents: AgentClient
     let hostReserveMiB: Int
     private let restarts = RestartBudget()
+    private let holds = FailoverHolds()
     private let notes = OnceNotes()
 
     static let policies = ["restart-in-cluster", "restart-on-original-host", "stop"]
@@ -117,9 +118,13 @@ final class HAService: Sendable {
         }
     }
 
-    /// Moves the VM's record to `target` and starts it there; if the start fails (the disk is
-    /// still locked by a QEMU on the old host, say), the VM goes back to its old host, unknown.
+    /// Moves the VM's record to `target` and starts it there. If the start fails, the target
+    /// forgets the VM and it goes back to its old host, unknown, held for a while before the next
+    /// try: a disk still locked by a QEMU on the old host proves the VM runs there, so HA waits
+    /// (30 s, doubling to 5 min, not counted against the restart budget) instead of retrying at once.
     private func restart(_ vm: VMRecord, from lost: HostRecord, on target: HostRecord, reason: String) async {
+        // The failed attempt's event already said when the next one comes.
+        guard await holds.heldUntil(vm.id) == nil else { return }
         guard await restarts.allow(vm.id) else {
             await note("\(vm.id)-gave-up-\(lost.id)", .error, "ha.gave-up", vm,
                        "not restarted elsewhere: \(RestartBudget.limit) attempts within \(Int(RestartBudget.window / 60)) min failed (\(reason))")
@@ -136,17 +141,36 @@ final class HAService: Sendable {
             await events.record(.warning, "ha.failover", targetType: "vm", targetId: vm.id, targetName: vm.name,
                                 "\(reason); restarting it on \(target.name) (priority \(vm.haPriority); task \(task.id))")
             let finished = try await store.finished(task.id)
-            guard finished.state != "succeeded" else { return }
-            try await store.db.write { db in
-                guard var row = try VMRecord.fetchOne(db, key: vm.id), row.hostId == target.id, !row.lifecycle.consumesHostResources else { return }
-                row.hostId = lost.id
-                row.lifecycle = .unknown(reason: "host '\(lost.name)' lost; HA could not restart it on \(target.name): \(finished.errorMessage ?? "start failed")")
-                try row.update(db)
+            guard finished.state != "succeeded" else {
+                await holds.clear(vm.id)
+                return
             }
-            await events.record(.error, "ha.failed", targetType: "vm", targetId: vm.id, targetName: vm.name,
-                                "not restarted on \(target.name): \(finished.errorMessage ?? "start failed"); handed back to \(lost.name) (it may still run there)")
+            try? await agents.release(Inventory.endpoint(target), vm: vm.id)
+            try await handBack(vm, to: lost, from: target, why: finished.errorMessage ?? "start failed")
+            let error = finished.errorMessage ?? "start failed"
+            if finished.errorCode == ShepherdError.Code.diskLocked.rawValue {
+                await restarts.refund(vm.id)
+                let until = await holds.hold(vm.id, locked: true)
+                await events.record(.warning, "ha.held", targetType: "vm", targetId: vm.id, targetName: vm.name,
+                                    "not restarted on \(target.name): its disk is locked by another QEMU, so it still runs on \(lost.name); handed back to \(lost.name), HA tries again at \(until.formatted(.iso8601)) while the host stays lost (\(error))")
+            } else {
+                let until = await holds.hold(vm.id, locked: false)
+                await events.record(.error, "ha.failed", targetType: "vm", targetId: vm.id, targetName: vm.name,
+                                    "not restarted on \(target.name): \(error); handed back to \(lost.name) (it may still run there); next attempt at \(until.formatted(.iso8601))")
+            }
         } catch {
+            try? await handBack(vm, to: lost, from: target, why: "\(error)")
             await events.record(.error, "ha.failed", targetType: "vm", targetId: vm.id, targetName: vm.name, "failover to \(target.name): \(error)")
+        }
+    }
+
+    /// Puts a VM whose restart on `target` failed back on its lost host, unknown.
+    private func handBack(_ vm: VMRecord, to lost: HostRecord, from target: HostRecord, why: String) async throws {
+        try await store.db.write { db in
+            guard var row = try VMRecord.fetchOne(db, key: vm.id), row.hostId == target.id, !row.lifecycle.consumesHostResources else { return }
+            row.hostId = lost.id
+            row.lifecycle = .unknown(reason: "host '\(lost.name)' lost; HA could not restart it on \(target.name): \(why)")
+            try row.update(db)
         }
     }
 
@@ -245,6 +269,28 @@ struct HAMonitor: Service {
     }
 }
 
+/// When HA may next try to restart a VM elsewhere after a failed attempt.
+actor FailoverHolds {
+    static let firstHold: TimeInterval = 30
+    static let longestHold: TimeInterval = 300
+    private var holds: [String: (until: Date, seconds: TimeInterval)] = [:]
+
+    func heldUntil(_ vm: String, now: Date = Date()) -> Date? {
+        guard let hold = holds[vm], hold.until > now else { return nil }
+        return hold.until
+    }
+
+    /// Holds the VM: 30 s after a first failure, doubling (to 5 min) while its disk stays locked.
+    func hold(_ vm: String, locked: Bool, now: Date = Date()) -> Date {
+        let seconds = locked ? min((holds[vm]?.seconds).map { $0 * 2 } ?? Self.firstHold, Self.longestHold) : Self.firstHold
+        let until = now.addingTimeInterval(seconds)
+        holds[vm] = (until, seconds)
+        return until
+    }
+
+    func clear(_ vm: String) { holds[vm] = nil }
+}
+
 /// No crash loops: at most `limit` HA restarts of one VM within `window` seconds.
 actor RestartBudget {
     static let limit = 3
@@ -257,5 +303,10 @@ actor RestartBudget {
         times.append(now)
         recent[vm] = times
         return true
+    }
+
+    /// Gives back the last attempt: it did not fail the VM, something else held it.
+    func refund(_ vm: String) {
+        _ = recent[vm]?.popLast()
     }
 }

@@ -145,8 +145,21 @@ final class HostService: Sendable {
                 event = (.info, changed.toolsRunning ? "vm.tools.running" : "vm.tools.stopped",
                          changed.toolsRunning ? "tools answer" : "tools stopped answering")
             }
-            let row = changed
-            try await store.db.write { db in try row.update(db) }
+            // Only over the row as read: a task or HA may have moved or changed the VM meanwhile.
+            let (lifecycle, toolsRunning, pid) = (changed.lifecycle, changed.toolsRunning, changed.pid)
+            let applied = try await store.db.write { db -> Bool in
+                guard var current = try VMRecord.fetchOne(db, key: vm.id), current.hostId == vm.hostId, current.state == vm.state,
+                      current.stateTask == vm.stateTask else { return false }
+                current.lifecycle = lifecycle
+                current.toolsRunning = toolsRunning
+                current.pid = pid
+                try current.update(db)
+                return true
+            }
+            guard applied else {
+                crashed.removeAll { $0.vmId == vm.id }
+                continue
+            }
             if let (severity, kind, message) = event {
                 await events.record(severity, kind, targetType: "vm", targetId: vm.id, targetName: vm.name, message)
             }

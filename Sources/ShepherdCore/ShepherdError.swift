@@ -16,6 +16,8 @@ public struct ShepherdError: Error, Sendable, Equatable, CustomStringConvertible
         case forbidden = "forbidden"
         case agentUnreachable = "agent_unreachable"
         case agentFailed = "agent_failed"
+        /// Another QEMU holds the disk image's write lock: the VM still runs somewhere.
+        case diskLocked = "disk_locked"
         case timedOut = "timed_out"
         case interrupted = "interrupted"
         case cancelled = "cancelled"
@@ -28,7 +30,7 @@ public struct ShepherdError: Error, Sendable, Equatable, CustomStringConvertible
             case .unauthorized: 401
             case .forbidden: 403
             case .notFound: 404
-            case .alreadyExists, .illegalState, .toolsNotRunning, .hostNotConnected, .preflightFailed, .cancelled: 409
+            case .alreadyExists, .illegalState, .toolsNotRunning, .hostNotConnected, .preflightFailed, .cancelled, .diskLocked: 409
             case .insufficientResources: 422
             case .agentUnreachable, .agentFailed, .timedOut: 502
             case .interrupted, .internal: 500
