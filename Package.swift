@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.70.0"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.3.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.27.0"),
     ],
     targets: [
         // Pure domain: types, lifecycles, validation. Foundation only, no I/O.
@@ -58,6 +59,27 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: strict),
+        // Redfish: wire types and a client for hosts' BMCs (power state, reset).
+        .target(
+            name: "Redfish",
+            dependencies: [
+                "ShepherdCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: strict),
+        // A Redfish BMC for a demo or test host: power-off ends every process of that host.
+        .target(
+            name: "BMC",
+            dependencies: [
+                "Redfish", "HostKit", "ShepherdCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
         .target(
             name: "Agent",
             dependencies: [
@@ -72,7 +94,7 @@ let package = Package(
         .target(
             name: "Manager",
             dependencies: [
-                "ShepherdCore", "Scheduling", "ShepherdAPI", "ServerKit", "HostKit",
+                "ShepherdCore", "Scheduling", "ShepherdAPI", "ServerKit", "HostKit", "Redfish",
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
@@ -88,7 +110,7 @@ let package = Package(
         .executableTarget(
             name: "shepherd",
             dependencies: [
-                "ShepherdCore", "Agent", "Manager", "HostKit", "ShepherdAPI", "ServerKit", "Simulation",
+                "ShepherdCore", "Agent", "Manager", "HostKit", "ShepherdAPI", "ServerKit", "Simulation", "BMC",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "OpenAPIAsyncHTTPClient", package: "swift-openapi-async-http-client"),
@@ -109,6 +131,7 @@ let package = Package(
         .testTarget(name: "ShepherdCoreTests", dependencies: ["ShepherdCore"]),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"]),
         .testTarget(name: "SimulationTests", dependencies: ["Simulation"]),
+        .testTarget(name: "RedfishTests", dependencies: ["Redfish", "BMC", "HostKit", "ShepherdCore"]),
         .testTarget(name: "ManagerTests", dependencies: ["TestSupport", "Manager", "ServerKit"]),
         .testTarget(name: "IntegrationTests", dependencies: ["TestSupport", "QMP", "HostKit", "ShepherdAPI", "Simulation"]),
     ]

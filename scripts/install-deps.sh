@@ -12,6 +12,7 @@ packages=(
   iproute2             # network namespaces, veth, bridges for the demo
   libsqlite3-dev       # SQLite for GRDB
   python3 bc curl      # small helpers in benchmarks
+  python3-venv         # the venv for sushy-tools (Debian's pip refuses system-wide installs)
   ca-certificates
 )
 
@@ -35,4 +36,19 @@ if ! command -v swift >/dev/null 2>&1 && [ ! -x /opt/swift/usr/bin/swift ]; then
   echo "install-deps: Swift 6 is not installed. Install a Swift 6 toolchain for Linux (swift.org) into /opt/swift or put 'swift' on PATH." >&2
   exit 1
 fi
+
+# sushy-tools' Redfish emulator: a BMC the Redfish client's tests talk to. From PyPI into its own
+# venv; bcrypt hashes the test's htpasswd file. Skipped when the emulator is already there.
+sushy_venv=/opt/shepherd/sushy
+if [ ! -x "$sushy_venv/bin/sushy-emulator" ]; then
+  if [ ! -w "$(dirname "$sushy_venv")" ] && [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: sushy-tools is missing; run as root (or with sudo) to install it into $sushy_venv" >&2
+    exit 1
+  fi
+  echo "install-deps: installing sushy-tools into $sushy_venv"
+  mkdir -p "$(dirname "$sushy_venv")"
+  python3 -m venv "$sushy_venv"
+  "$sushy_venv/bin/pip" install --quiet --disable-pip-version-check sushy-tools bcrypt
+fi
+
 echo "install-deps: all system packages present"

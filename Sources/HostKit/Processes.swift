@@ -60,6 +60,18 @@ public enum Processes {
         return (user + system) / Double(clockTicksPerSecond)
     }
 
+    /// Pids of the live children of `parent`, from /proc/*/stat (a BMC's agent, say).
+    public static func children(of parent: Int32) -> [Int32] {
+        guard parent > 0, let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+        return entries.compactMap(Int32.init).filter { pid in
+            guard let bytes = readWholeFile("/proc/\(pid)/stat", limit: 8192) else { return false }
+            let text = String(decoding: bytes, as: UTF8.self)
+            guard let close = text.lastIndex(of: ")") else { return false }
+            let fields = text[text.index(after: close)...].split(separator: " ")
+            return fields.count > 1 && Int32(fields[1]) == parent && isAlive(pid)
+        }.sorted()
+    }
+
     static let clockTicksPerSecond: Int = {
         let ticks = sysconf(Int32(_SC_CLK_TCK))
         return ticks > 0 ? ticks : 100

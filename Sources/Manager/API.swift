@@ -18,6 +18,7 @@ struct API: APIProtocol {
     let maintenance: MaintenanceService
     let drs: DRSService
     let ha: HAService
+    let power: PowerService
     let tasks: TaskEngine
     let version: String
 
@@ -223,6 +224,28 @@ struct API: APIProtocol {
         return .accepted(.init(body: .json(Self.task(task))))
     }
 
+    func setHostBMC(_ input: Operations.SetHostBMC.Input) async throws -> Operations.SetHostBMC.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let host = try await guarded {
+            let saved = try await power.setBMC(input.path.host, address: body.address, user: body.user, password: body.password,
+                                               insecure: body.insecure ?? false)
+            return try await store.db.read { db in try Self.host(saved, db) }
+        }
+        return .ok(.init(body: .json(host)))
+    }
+
+    func deleteHostBMC(_ input: Operations.DeleteHostBMC.Input) async throws -> Operations.DeleteHostBMC.Output {
+        try await guarded { try await power.clearBMC(input.path.host) }
+        return .noContent(.init())
+    }
+
+    func powerHost(_ input: Operations.PowerHost.Input) async throws -> Operations.PowerHost.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let action: PowerService.Action = switch body.action { case .on: .on; case .off: .off; case .reset: .reset }
+        let task = try await guarded { try await power.power(input.path.host, action: action, force: body.force ?? false) }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
     static func host(_ host: HostRecord, _ db: Database) throws -> Schemas.Host {
         let cluster = try ClusterRecord.fetchOne(db, key: host.clusterId)
         let vms = try VMRecord.filter(Column("hostId") == host.id).fetchAll(db)
@@ -233,7 +256,11 @@ struct API: APIProtocol {
             providedCPUModel: host.providedCPUModel,
             cores: host.cores, memoryTotalMiB: host.memoryTotalMiB, memoryFreeMiB: host.memoryFreeMiB,
             memoryAllocatedMiB: vms.filter { $0.lifecycle.consumesHostResources }.reduce(0) { $0 + $1.memoryMiB },
-            vmCount: vms.count, accelerator: host.accelerator, agentVersion: host.agentVersion, lastHeartbeat: host.lastHeartbeat)
+            vmCount: vms.count, accelerator: host.accelerator, agentVersion: host.agentVersion, lastHeartbeat: host.lastHeartbeat,
+            bmc: host.bmcAddress.map { address in
+                Schemas.HostBMC(address: address, user: host.bmcUser ?? "", insecure: host.bmcInsecure,
+                                powerState: host.powerState, powerCheckedAt: host.powerCheckedAt)
+            })
     }
 
     func listDatastores(_ input: Operations.ListDatastores.Input) async throws -> Operations.ListDatastores.Output {
@@ -409,7 +436,12 @@ struct API: APIProtocol {
     func listEvents(_ input: Operations.ListEvents.Input) async throws -> Operations.ListEvents.Output {
         let limit = try Self.limit(input.query.limit)
         let rows = try await guarded {
-            try await store.db.read { db in try EventRecord.order(Column("id").desc).limit(limit).fetchAll(db) }
+            try await store.db.read { db in
+                var request = EventRecord.order(Column("id").desc)
+                if let target = input.query.target { request = request.filter(Column("targetName") == target || Column("targetId") == target) }
+                if let kind = input.query.kind { request = request.filter(Column("kind").like("\(kind)%")) }
+                return try request.limit(limit).fetchAll(db)
+            }
         }
         return .ok(.init(body: .json(rows.map { row in
             Schemas.Event(id: row.id ?? 0, time: row.time, severity: Schemas.Event.SeverityPayload(rawValue: row.severity) ?? .info,

@@ -4,17 +4,19 @@ import Scheduling
 import ServiceLifecycle
 import ShepherdCore
 
-/// VM-level HA: a protected VM whose QEMU died or whose guest panicked (pvpanic) is started
-/// again on its host, which is alive (it reported the failure). Host failures are not acted on
-/// yet: restarting a VM elsewhere needs proof its old host cannot run it (fencing through a BMC
-/// or a storage lease, issue #8), and without that proof Shepherd never risks a VM running twice.
-/// Admission control (`HAAdmission` in Scheduling) refuses starts that would break the cluster's
-/// failover capacity.
+/// HA. VM level: a protected VM whose QEMU died or whose guest panicked (pvpanic) is started
+/// again on its host, which is alive (it reported the failure). Host level: the protected VMs
+/// of a lost host restart elsewhere once the host is proven unable to run them — its BMC reports
+/// it off (HA powers it off through Redfish when it must), or its storage lease expired (an
+/// agent that cannot renew it ends its own VMs first). Without proof nothing restarts: Shepherd
+/// never risks a VM running twice. Admission control (`HAAdmission` in Scheduling) refuses
+/// starts that would break the cluster's failover capacity.
 final class HAService: Sendable {
     let store: Store
     let events: EventLog
     let vms: VMService
     let agents: AgentClient
+    let power: PowerService
     let hostReserveMiB: Int
     private let restarts = RestartBudget()
     private let holds = FailoverHolds()
@@ -23,8 +25,8 @@ final class HAService: Sendable {
     static let policies = ["restart-in-cluster", "restart-on-original-host", "stop"]
     static let priorities = ["high", "medium", "low"]
 
-    init(store: Store, events: EventLog, vms: VMService, agents: AgentClient, hostReserveMiB: Int) {
-        self.store = store; self.events = events; self.vms = vms; self.agents = agents; self.hostReserveMiB = hostReserveMiB
+    init(store: Store, events: EventLog, vms: VMService, agents: AgentClient, power: PowerService, hostReserveMiB: Int) {
+        self.store = store; self.events = events; self.vms = vms; self.agents = agents; self.power = power; self.hostReserveMiB = hostReserveMiB
     }
 
     /// Called with the VMs a heartbeat just found crashed or panicked.
@@ -85,23 +87,14 @@ final class HAService: Sendable {
             await note("\(vm.id)-policy", .info, "ha.waiting", vm, "host '\(lost.name)' is lost; HA policy \(vm.haPolicy): not restarted elsewhere")
         }
         guard !protected.isEmpty else { return }
-        guard let peer = hosts.first(where: { $0.hostState == .connected }) else {
-            await note("\(lost.id)-peer", .warning, "ha.blocked", protected[0], "host '\(lost.name)' is lost and no connected host can read its storage lease")
+        let reason: String
+        if let fenced = await fenceThroughBMC(lost, vm: protected[0]) {
+            reason = "host '\(lost.name)' failed: no heartbeat; \(fenced)"
+        } else if let expired = await leaseExpired(lost, hosts: hosts, vm: protected[0]) {
+            reason = expired
+        } else {
             return
         }
-        let leases: [AgentWire.Lease]
-        do { leases = try await agents.leases(Inventory.endpoint(peer)) } catch { return }
-        guard let lease = leases.filter({ $0.hostId == lost.id }).min(by: { $0.ageSeconds < $1.ageSeconds }) else {
-            await note("\(lost.id)-nolease", .warning, "ha.blocked", protected[0],
-                       "host '\(lost.name)' is lost but holds no storage lease on a shared datastore: nothing proves it stopped, so its VMs are not restarted elsewhere")
-            return
-        }
-        guard lease.ageSeconds > Leases.expireSeconds else {
-            await note("\(lost.id)-wait-\(Int(lost.lastHeartbeat?.timeIntervalSince1970 ?? 0))", .info, "ha.waiting", protected[0],
-                       "host '\(lost.name)' is lost but renewed its storage lease \(Int(lease.ageSeconds)) s ago (expiry \(Int(Leases.expireSeconds)) s): it may still run its VMs")
-            return
-        }
-        let reason = "host '\(lost.name)' failed: no heartbeat, storage lease on \(lease.datastore) expired \(Int(lease.ageSeconds)) s ago"
         // The cluster as restart planning sees it.
         guard let (snapshot, vmIDs) = try? await store.db.read({ db in try self.snapshot(db, hosts: hosts) }),
               let lostIndex = hosts.firstIndex(where: { $0.id == lost.id }) else { return }
@@ -116,6 +109,40 @@ final class HAService: Sendable {
             guard let vm = protected.first(where: { $0.id == id }) else { continue }
             await restart(vm, from: lost, on: hosts[placement.host], reason: reason)
         }
+    }
+
+    /// The first proof: the lost host's BMC reports it off (HA powers it off when it is on).
+    /// Nil when the host has no BMC or the BMC cannot prove it; the storage lease is then the proof.
+    private func fenceThroughBMC(_ lost: HostRecord, vm: VMRecord) async -> String? {
+        guard lost.bmcAddress != nil else { return nil }
+        do {
+            return try await power.fence(lost)
+        } catch {
+            await note("\(lost.id)-fence-\(Int(lost.lastHeartbeat?.timeIntervalSince1970 ?? 0))", .warning, "ha.fencing-failed", vm,
+                       "host '\(lost.name)' is lost and its BMC could not power it off (\(error)); waiting for its storage lease to expire instead")
+            return nil
+        }
+    }
+
+    /// The second proof: a connected peer reads the lost host's storage lease and finds it expired.
+    private func leaseExpired(_ lost: HostRecord, hosts: [HostRecord], vm: VMRecord) async -> String? {
+        guard let peer = hosts.first(where: { $0.hostState == .connected }) else {
+            await note("\(lost.id)-peer", .warning, "ha.blocked", vm, "host '\(lost.name)' is lost and no connected host can read its storage lease")
+            return nil
+        }
+        let leases: [AgentWire.Lease]
+        do { leases = try await agents.leases(Inventory.endpoint(peer)) } catch { return nil }
+        guard let lease = leases.filter({ $0.hostId == lost.id }).min(by: { $0.ageSeconds < $1.ageSeconds }) else {
+            await note("\(lost.id)-nolease", .warning, "ha.blocked", vm,
+                       "host '\(lost.name)' is lost but holds no storage lease on a shared datastore: nothing proves it stopped, so its VMs are not restarted elsewhere")
+            return nil
+        }
+        guard lease.ageSeconds > Leases.expireSeconds else {
+            await note("\(lost.id)-wait-\(Int(lost.lastHeartbeat?.timeIntervalSince1970 ?? 0))", .info, "ha.waiting", vm,
+                       "host '\(lost.name)' is lost but renewed its storage lease \(Int(lease.ageSeconds)) s ago (expiry \(Int(Leases.expireSeconds)) s): it may still run its VMs")
+            return nil
+        }
+        return "host '\(lost.name)' failed: no heartbeat, storage lease on \(lease.datastore) expired \(Int(lease.ageSeconds)) s ago"
     }
 
     /// Moves the VM's record to `target` and starts it there. If the start fails, the target

@@ -58,8 +58,9 @@ public enum ManagerServer {
         let maintenance = MaintenanceService(store: store, tasks: tasks, events: events, placement: placement, migrations: migrations)
         let drs = DRSService(store: store, events: events, migrations: migrations, loads: LoadTracker(),
                              hostReserveMiB: configuration.hostReserveMiB, logger: logger)
-        let ha = HAService(store: store, events: events, vms: vms, agents: agents, hostReserveMiB: configuration.hostReserveMiB)
-        let api = API(store: store, vms: vms, hosts: hosts, migrations: migrations, maintenance: maintenance, drs: drs, ha: ha,
+        let power = PowerService(store: store, tasks: tasks, events: events)
+        let ha = HAService(store: store, events: events, vms: vms, agents: agents, power: power, hostReserveMiB: configuration.hostReserveMiB)
+        let api = API(store: store, vms: vms, hosts: hosts, migrations: migrations, maintenance: maintenance, drs: drs, ha: ha, power: power,
                       tasks: tasks, version: version)
 
         let router = Router()

@@ -212,6 +212,57 @@ paths:
             application/json:
               schema: { $ref: "#/components/schemas/Task" }
         default: { $ref: "#/components/responses/Error" }
+  /api/v1/hosts/{host}/bmc:
+    put:
+      operationId: setHostBMC
+      description: |
+        Sets the host's BMC (Redfish). The manager reads the BMC's power state with the given
+        credentials first and changes nothing when that fails (bmc_unreachable, bmc_failed).
+        The password is kept by the manager and never returned or logged.
+      parameters:
+        - { $ref: "#/components/parameters/HostRef" }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/BMCSettings" }
+      responses:
+        "200":
+          description: The host, with its BMC's power state.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Host" }
+        default: { $ref: "#/components/responses/Error" }
+    delete:
+      operationId: deleteHostBMC
+      description: Forgets the host's BMC; HA then fences it through its storage lease only.
+      parameters:
+        - { $ref: "#/components/parameters/HostRef" }
+      responses:
+        "204":
+          description: Forgotten.
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/hosts/{host}/power:
+    post:
+      operationId: powerHost
+      description: |
+        Powers the host on, off or resets it through its BMC, and confirms the new power state
+        (on and reset also wait for the agent's heartbeats). Off and reset are refused while VMs
+        run on the host unless force is set: those VMs are powered off with it (stopped).
+      parameters:
+        - { $ref: "#/components/parameters/HostRef" }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/HostPowerRequest" }
+      responses:
+        "202":
+          description: Follow the task.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/datastores:
     get:
       operationId: listDatastores
@@ -458,6 +509,16 @@ paths:
           in: query
           required: false
           schema: { type: integer, minimum: 1, maximum: 1000 }
+        - name: target
+          in: query
+          required: false
+          description: Only events about this VM, host or cluster (name or id).
+          schema: { type: string }
+        - name: kind
+          in: query
+          required: false
+          description: Only events whose kind starts with this (host.power, ha.).
+          schema: { type: string }
       responses:
         "200":
           description: Events, newest first.
@@ -714,6 +775,31 @@ components:
         accelerator: { type: string, description: "kvm or tcg, from a real boot probe." }
         agentVersion: { type: string }
         lastHeartbeat: { type: string, format: date-time }
+        bmc: { $ref: "#/components/schemas/HostBMC" }
+    HostBMC:
+      type: object
+      description: The host's BMC, without its password.
+      required: [address, user, insecure]
+      properties:
+        address: { type: string, description: "redfish://HOST[:PORT] (HTTPS), redfish+http://…, https://… or http://…" }
+        user: { type: string }
+        insecure: { type: boolean, description: "TLS certificate not verified (self-signed BMC certificates)." }
+        powerState: { type: string, description: "Redfish PowerState the BMC last reported: On, Off, PoweringOn, PoweringOff." }
+        powerCheckedAt: { type: string, format: date-time }
+    BMCSettings:
+      type: object
+      required: [address, user, password]
+      properties:
+        address: { type: string }
+        user: { type: string }
+        password: { type: string, description: "Kept by the manager; never returned." }
+        insecure: { type: boolean, default: false }
+    HostPowerRequest:
+      type: object
+      required: [action]
+      properties:
+        action: { type: string, enum: ["on", "off", reset] }
+        force: { type: boolean, default: false, description: "Off or reset even though VMs run there (they stop with the host)." }
     DatastoreKind:
       type: string
       enum: [local, shared]

@@ -184,6 +184,16 @@ public final class Store: Sendable {
                 t.add(column: "haPriority", .text).notNull().defaults(to: "medium")
             }
         }
+        migrator.registerMigration("v6: host BMC (Redfish) and power state") { db in
+            try db.alter(table: "host") { t in
+                t.add(column: "bmcAddress", .text)
+                t.add(column: "bmcUser", .text)
+                t.add(column: "bmcPassword", .text)
+                t.add(column: "bmcInsecure", .boolean).notNull().defaults(to: false)
+                t.add(column: "powerState", .text)
+                t.add(column: "powerCheckedAt", .datetime)
+            }
+        }
         return migrator
     }
 }
@@ -268,6 +278,14 @@ struct HostRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var agentVersion: String
     var lastHeartbeat: Date?
     var providedCPUModel: String?
+    /// The host's BMC (Redfish). The password is a secret: never logged, never in an API answer.
+    var bmcAddress: String?
+    var bmcUser: String?
+    var bmcPassword: String?
+    var bmcInsecure: Bool = false
+    /// Power state as the BMC last reported it (On, Off, …) and when.
+    var powerState: String?
+    var powerCheckedAt: Date?
 
     var hostState: HostState { HostState(rawValue: state) ?? .disconnected }
 }

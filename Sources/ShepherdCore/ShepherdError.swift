@@ -18,6 +18,9 @@ public struct ShepherdError: Error, Sendable, Equatable, CustomStringConvertible
         case agentFailed = "agent_failed"
         /// Another QEMU holds the disk image's write lock: the VM still runs somewhere.
         case diskLocked = "disk_locked"
+        /// A host's BMC did not answer, refused the credentials, or failed the request.
+        case bmcUnreachable = "bmc_unreachable"
+        case bmcFailed = "bmc_failed"
         case timedOut = "timed_out"
         case interrupted = "interrupted"
         case cancelled = "cancelled"
@@ -32,7 +35,7 @@ public struct ShepherdError: Error, Sendable, Equatable, CustomStringConvertible
             case .notFound: 404
             case .alreadyExists, .illegalState, .toolsNotRunning, .hostNotConnected, .preflightFailed, .cancelled, .diskLocked: 409
             case .insufficientResources: 422
-            case .agentUnreachable, .agentFailed, .timedOut: 502
+            case .agentUnreachable, .agentFailed, .timedOut, .bmcUnreachable, .bmcFailed: 502
             case .interrupted, .internal: 500
             }
         }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import HostKit
 import ShepherdAPI
+import ServerKit
 import ShepherdCore
 
 /// `shepherd demo`: a three-host cluster on one machine. Each host is a network namespace with
@@ -50,6 +51,9 @@ struct DemoCommand: AsyncParsableCommand {
                   shepherd vm migrate web1 --to \(prefix)host-3 --dry-run
                   shepherd vm migrate web1 --to \(prefix)host-3
                   shepherd host maintenance enter \(prefix)host-1
+                  shepherd host show \(prefix)host-3
+                  shepherd host power off \(prefix)host-3 --force    # through its Redfish BMC
+                  shepherd host power on \(prefix)host-3
                   shepherd vm stop web1
                   shepherd task list
                   shepherd event list
@@ -166,6 +170,9 @@ final class Demo: @unchecked Sendable {
         }
         if stop.hasFired { throw CLIError("interrupted") }
 
+        if !FileManager.default.fileExists(atPath: bmcPasswordFile) {
+            try Files.writeAtomically(Data((BearerAuth.newSecret() + "\n").utf8), to: bmcPasswordFile, mode: 0o600)
+        }
         say("starting the manager on 127.0.0.1:\(port) and \(managerAddress):\(port)…")
         manager = try ChildProcess.spawn(selfPath, [
             "manager", "--state-dir", stateDirectory, "--listen", "127.0.0.1:\(port)", "--listen", "\(managerAddress):\(port)",
@@ -180,13 +187,39 @@ final class Demo: @unchecked Sendable {
                 "--datastore", "shared=\(sharedDatastore),shared",
                 "--datastore", "local-\(name)=\(stateDirectory)/datastores/local-\(name),local", "--accel", accelerator]
                 + (cpuModels.isEmpty ? [] : ["--cpu-model", cpuModels[index - 1]]))
-            agents.append(try ChildProcess.spawn(argv[0], Array(argv.dropFirst()), logFile: "\(logDirectory)/agent-\(name).log"))
+            // Each host's agent runs under its own Redfish BMC, as a server under its BMC: power-off
+            // through it ends every process of that host, power-on starts the agent again.
+            agents.append(try ChildProcess.spawn(selfPath, [
+                "bmc", "--name", name, "--listen", "127.0.0.1:\(bmcPort(index))", "--user", "admin",
+                "--password-file", bmcPasswordFile, "--state-dir", hostStateDirectory(index),
+                "--agent-log", "\(logDirectory)/agent-\(name).log", "--",
+            ] + argv, logFile: "\(logDirectory)/bmc-\(name).log"))
         }
         say("waiting for \(hostCount) agents to join…")
         try await waitForHosts(client)
         if stop.hasFired { throw CLIError("interrupted") }
+        try await registerBMCs(client)
         try await registerTemplate(client)
         if withGuests { try await bringGuests(client) }
+    }
+
+    func bmcPort(_ index: Int) -> Int { port + 10 + index }
+    var bmcPasswordFile: String { stateDirectory + "/bmc-password" }
+
+    /// Tells the manager each host's BMC (the same password for all demo BMCs, kept 0600).
+    private func registerBMCs(_ client: Client) async throws {
+        let password = try String(contentsOfFile: bmcPasswordFile, encoding: .utf8).trimmingCharacters(in: .newlines)
+        for index in 1...hostCount {
+            let body = Components.Schemas.BMCSettings(address: "redfish+http://127.0.0.1:\(bmcPort(index))", user: "admin", password: password)
+            var answer = try await client.setHostBMC(path: .init(host: hostName(index)), body: .json(body))
+            for _ in 0..<20 {   // a BMC may still be starting
+                guard case .default = answer else { break }
+                try await Task.sleep(for: .milliseconds(250))
+                answer = try await client.setHostBMC(path: .init(host: hostName(index)), body: .json(body))
+            }
+            if case .default(let status, let error) = answer { throw CLIError.api(status, error) }
+        }
+        say("each host has a Redfish BMC on 127.0.0.1:\(bmcPort(1))…\(bmcPort(hostCount)) (user admin, password in \(bmcPasswordFile))")
     }
 
     private func executablePath() throws -> String {
@@ -227,7 +260,7 @@ final class Demo: @unchecked Sendable {
         let names = Set((1...hostCount).map(hostName))
         for _ in 0..<240 {
             for (index, agent) in agents.enumerated() where !agent.isRunning {
-                throw CLIError("the agent of \(hostName(index + 1)) exited; see \(logDirectory)/agent-\(hostName(index + 1)).log")
+                throw CLIError("the BMC of \(hostName(index + 1)) exited; see \(logDirectory)/bmc-\(hostName(index + 1)).log and agent-\(hostName(index + 1)).log")
             }
             if case .ok(let ok) = try await client.listHosts() {
                 let connected = Set(try ok.body.json.filter { $0.state == .connected }.map(\.name))

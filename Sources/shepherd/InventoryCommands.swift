@@ -4,7 +4,89 @@ import ShepherdAPI
 
 struct HostCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "host", abstract: "The hosts (agents) of the clusters.",
-                                                    subcommands: [List.self, Show.self, Maintenance.self])
+                                                    subcommands: [List.self, Show.self, Set.self, Power.self, Maintenance.self])
+
+    struct Set: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Set or forget the host's BMC (Redfish), used for power control and HA fencing.",
+            discussion: """
+            The manager reads the BMC's power state with the credentials before keeping them, and never shows the password again.
+            Examples: shepherd host set host-2 --bmc redfish://10.0.0.12 --bmc-user admin --bmc-password-file /root/bmc-host-2
+                      shepherd host set host-2 --bmc redfish+http://127.0.0.1:8001 --bmc-user admin --bmc-password-file pw · shepherd host set host-2 --no-bmc
+            """)
+        @OptionGroup var options: ClientOptions
+        @Flag(help: "Print JSON.") var json = false
+        @Argument(help: "The host's name or id.") var host: String
+        @Option(help: "The BMC: redfish://HOST[:PORT] (HTTPS), redfish+http://HOST[:PORT], https://… or http://…") var bmc: String?
+        @Option(help: "The BMC user.") var bmcUser: String?
+        @Option(help: "A file holding the BMC password (kept out of the command line and shell history).") var bmcPasswordFile: String?
+        @Flag(help: "Do not verify the BMC's TLS certificate (self-signed).") var bmcInsecure = false
+        @Flag(help: "Forget the host's BMC.") var noBmc = false
+
+        func validate() throws {
+            if noBmc {
+                guard bmc == nil, bmcUser == nil, bmcPasswordFile == nil else { throw ValidationError("--no-bmc takes no other --bmc option") }
+                return
+            }
+            guard bmc != nil else { throw ValidationError("--bmc: missing (or --no-bmc)") }
+            guard bmcUser != nil else { throw ValidationError("--bmc-user: missing") }
+            guard bmcPasswordFile != nil else { throw ValidationError("--bmc-password-file: missing") }
+        }
+
+        func run() async throws {
+            if noBmc {
+                return try await calling(options) { client in
+                    switch try await client.deleteHostBMC(path: .init(host: host)) {
+                    case .noContent: print("\(host): BMC forgotten")
+                    case .default(let status, let error): throw CLIError.api(status, error)
+                    }
+                }
+            }
+            guard let bmc, let bmcUser, let bmcPasswordFile else { return }
+            let password: String
+            do {
+                password = try String(contentsOfFile: bmcPasswordFile, encoding: .utf8).trimmingCharacters(in: .newlines)
+            } catch {
+                throw CLIError("--bmc-password-file: cannot read \(bmcPasswordFile): \(error.localizedDescription)")
+            }
+            let body = Components.Schemas.BMCSettings(address: bmc, user: bmcUser, password: password, insecure: bmcInsecure)
+            let updated = try await calling(options) { client in
+                switch try await client.setHostBMC(path: .init(host: host), body: .json(body)) {
+                case .ok(let ok): return try ok.body.json
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+            if json { return try printJSON(updated) }
+            print("\(updated.name): BMC \(bmc) as \(bmcUser); power \(updated.bmc?.powerState ?? "unknown")")
+        }
+    }
+
+    struct Power: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Power the host on, off or reset it through its BMC.",
+            discussion: """
+            off and reset are refused while VMs run on the host (enter maintenance first), unless --force: they stop with it.
+            on and reset wait until the host's agent reports again.
+            Examples: shepherd host power off host-2 · shepherd host power on host-2 · shepherd host power reset host-2 --force
+            """)
+        enum Action: String, ExpressibleByArgument, CaseIterable { case on, off, reset }
+        @OptionGroup var options: ClientOptions
+        @OptionGroup var flags: TaskFlags
+        @Argument(help: "on, off or reset.") var action: Action
+        @Argument(help: "The host's name or id.") var host: String
+        @Flag(help: "Power off or reset even though VMs run there (they are powered off with it).") var force = false
+
+        func run() async throws {
+            try await calling(options) { client in
+                let kind: Components.Schemas.HostPowerRequest.ActionPayload = switch action { case .on: .on; case .off: .off; case .reset: .reset }
+                let body = Components.Schemas.HostPowerRequest(action: kind, force: force)
+                switch try await client.powerHost(path: .init(host: host), body: .json(body)) {
+                case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+        }
+    }
 
     struct Maintenance: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -68,8 +150,19 @@ struct HostCommand: AsyncParsableCommand {
                 ("memory", "\(formatMiB(found.memoryFreeMiB)) free of \(formatMiB(found.memoryTotalMiB)); VMs \(formatMiB(found.memoryAllocatedMiB))"),
                 ("vms", "\(found.vmCount)"), ("accelerator", found.accelerator), ("agent", found.agentVersion),
                 ("heartbeat", formatDate(found.lastHeartbeat)),
+                ("bmc", found.bmc.map { "\($0.address) as \($0.user)\($0.insecure ? " (certificate not verified)" : "")" } ?? "none (HA fences through the storage lease only)"),
+                ("power", found.bmc.map { "\($0.powerState ?? "unknown") (checked \(formatDate($0.powerCheckedAt)))" } ?? "unknown: no BMC"),
             ]
             for (key, value) in rows { print(key.padding(toLength: 12, withPad: " ", startingAt: 0) + value) }
+            let history = try await calling(options) { client in
+                switch try await client.listEvents(query: .init(limit: 10, target: found.id, kind: "host.")) {
+                case .ok(let ok): return try ok.body.json.filter { ["host.fenced", "host.power", "host.lost", "host.connected"].contains($0.kind) }
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+            guard !history.isEmpty else { return }
+            print("\npower and fencing history (newest first):")
+            printTable(["TIME", "KIND", "MESSAGE"], history.map { [formatDate($0.time), $0.kind, $0.message] })
         }
     }
 }

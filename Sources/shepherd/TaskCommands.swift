@@ -136,10 +136,12 @@ struct EventCommand: AsyncParsableCommand {
         @OptionGroup var options: ClientOptions
         @Flag(help: "Print JSON.") var json = false
         @Option(help: "How many (1-1000).") var limit: Int = 50
+        @Option(help: "Only events about this VM, host or cluster.") var target: String?
+        @Option(help: "Only events whose kind starts with this (ha., host.power).") var kind: String?
 
         func run() async throws {
             let events = try await calling(options) { client in
-                switch try await client.listEvents(query: .init(limit: limit)) {
+                switch try await client.listEvents(query: .init(limit: limit, target: target, kind: kind)) {
                 case .ok(let ok): return try ok.body.json
                 case .default(let status, let error): throw CLIError.api(status, error)
                 }

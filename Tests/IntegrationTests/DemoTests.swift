@@ -42,6 +42,7 @@ struct DemoTests {
             let connected: Set<String> = Set(try hosts.body.json.filter { $0.state == .connected }.map(\.name))
             let expected: Set<String> = Set((1...3).map { index in prefix + "host-\(index)" })
             #expect(connected == expected)
+            #expect(try hosts.body.json.allSatisfy { $0.bmc?.powerState == "On" }, "every demo host has a Redfish BMC that reports it on")
             let demoVM = try vms.body.json.first { $0.name == "demo-1" }
             #expect(demoVM?.state == .running, "round \(round)")
             #expect(demoVM?.toolsStatus == .running, "round \(round)")

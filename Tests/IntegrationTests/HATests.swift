@@ -107,6 +107,39 @@ struct HATests {
         }
     }
 
+    @Test("a lost host with a BMC is fenced: HA powers it off through Redfish, its VM runs once on another host, power on brings the host back")
+    func bmcFencing() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 2, bmc: true) { cluster in
+            #expect(try await cluster.setCluster(#"{"ha":{"enabled":true}}"#).0 == 200)
+            _ = try await cluster.createVM("hf3", memoryMiB: 96, host: "host-1")
+            try #require(try await cluster.start("hf3").state == .succeeded)
+            let pid = try #require(try await cluster.vm("hf3").pid)
+            // Only the agent dies: its QEMU runs on, so only fencing makes a restart elsewhere safe.
+            let lostAt = ContinuousClock.now
+            await cluster.stopAgent("host-1", kill: true)
+            #expect(HostKit.Processes.isAlive(Int32(pid)))
+            let moved = try await cluster.waitForVM("hf3", timeout: .seconds(120)) { $0.state == .running && $0.hostName == "host-2" }
+            let running = try await cluster.waitForVM("hf3", timeout: .seconds(60)) { $0.toolsStatus == .running }
+            print("BMC fencing: agent killed → tools answer on host-2 after \(ContinuousClock.now - lostAt)")
+            #expect(moved.pid != pid)
+            #expect(!HostKit.Processes.isAlive(Int32(pid)), "fencing must have ended the old QEMU")
+            #expect(cluster.qemuPids() == [Int32(try #require(running.pid))], "exactly one QEMU runs hf3: \(cluster.qemuPids())")
+            let events = try await cluster.events()
+            let fenced = events.first { $0.kind == "host.fenced" && $0.targetName == "host-1" }
+            #expect(fenced != nil, "no host.fenced event: \(events.prefix(15).map { "\($0.kind): \($0.message)" })")
+            let failover = events.first { $0.kind == "ha.failover" && $0.targetName == "hf3" }
+            #expect(failover?.message.contains("BMC") == true, "\(String(describing: failover?.message))")
+            #expect(try await cluster.host("host-1").bmc?.powerState == "Off")
+            #expect(try await cluster.exec("hf3", ["true"]).exitCode == 0)
+            // The operator powers host-1 back on: its agent returns and the host reconnects.
+            let on = try await cluster.power("on", "host-1")
+            #expect(on.state == .succeeded, "\(String(describing: on.error?.message))")
+            let host = try await cluster.host("host-1")
+            #expect(host.state == .connected && host.bmc?.powerState == "On")
+            #expect(cluster.qemuPids().count == 1, "powering host-1 on must not start hf3 there again")
+        }
+    }
+
     @Test("an agent that cannot renew its storage lease ends its own VMs before the lease expires")
     func selfFencing() async throws {
         try await TestCluster.with(driver: "qemu", hosts: 1) { cluster in

@@ -46,6 +46,12 @@ public final class TestCluster: @unchecked Sendable {
     public let managerPort: Int
     public private(set) var manager: ChildProcess?
     public private(set) var agents: [String: ChildProcess] = [:]
+    /// With `bmc: true`, each host's agent runs under a Redfish BMC (`shepherd bmc`).
+    public private(set) var bmcs: [String: ChildProcess] = [:]
+    public private(set) var bmcPorts: [String: Int] = [:]
+    public let bmcUser = "admin"
+    public var bmcPasswordFile: String { directory + "/bmc-password" }
+    private let withBMC: Bool
     private var agentPorts: [String: Int] = [:]
     /// Extra flags for each agent, by host name.
     public var agentArguments: [String: [String]] = [:]
@@ -59,13 +65,14 @@ public final class TestCluster: @unchecked Sendable {
 
     /// Starts a manager and `hosts` agents (host-1…) with `driver` ("fake" or "qemu").
     public static func start(driver: String, hosts: Int = 1, managerArguments: [String] = [],
-                             agentArguments: [String: [String]] = [:]) async throws -> TestCluster {
-        let cluster = try TestCluster(driver: driver, managerArguments: managerArguments)
+                             agentArguments: [String: [String]] = [:], bmc: Bool = false) async throws -> TestCluster {
+        let cluster = try TestCluster(driver: driver, managerArguments: managerArguments, bmc: bmc)
         cluster.agentArguments = agentArguments
         do {
             try await cluster.startManager()
             for index in 1...max(1, hosts) where hosts > 0 { try await cluster.startAgent("host-\(index)") }
             if hosts > 0 { try await cluster.waitForHosts(connected: hosts) }
+            if bmc { for index in 1...max(1, hosts) where hosts > 0 { try await cluster.registerBMC("host-\(index)") } }
             if driver == "qemu" { try await cluster.registerGuestTemplate() } else { try await cluster.registerFakeTemplate() }
             return cluster
         } catch {
@@ -76,8 +83,8 @@ public final class TestCluster: @unchecked Sendable {
 
     /// Runs `body` with a fresh cluster and always shuts it down afterwards.
     public static func with<T>(driver: String, hosts: Int = 1, managerArguments: [String] = [], agentArguments: [String: [String]] = [:],
-                               _ body: (TestCluster) async throws -> T) async throws -> T {
-        let cluster = try await start(driver: driver, hosts: hosts, managerArguments: managerArguments, agentArguments: agentArguments)
+                               bmc: Bool = false, _ body: (TestCluster) async throws -> T) async throws -> T {
+        let cluster = try await start(driver: driver, hosts: hosts, managerArguments: managerArguments, agentArguments: agentArguments, bmc: bmc)
         do {
             let result = try await body(cluster)
             await cluster.shutdown()
@@ -88,10 +95,11 @@ public final class TestCluster: @unchecked Sendable {
         }
     }
 
-    private init(driver: String, managerArguments: [String]) throws {
+    private init(driver: String, managerArguments: [String], bmc: Bool) throws {
         binary = try Paths.binary()
         self.driver = driver
         self.managerArguments = managerArguments
+        withBMC = bmc
         directory = NSTemporaryDirectory() + "shepherd-test-\(UInt32.random(in: 0...UInt32.max))"
         managerPort = try TCP.freePort()
         try Files.ensureDirectory(directory, mode: 0o700)
@@ -125,16 +133,58 @@ public final class TestCluster: @unchecked Sendable {
         let port = try agentPorts[name] ?? TCP.freePort()
         agentPorts[name] = port
         try Files.ensureDirectory(directory + "/hosts", mode: 0o700)
-        let process = try ChildProcess.spawn(binary, [
+        let agentArgv = [
             "agent", "--name", name, "--manager", url, "--listen", "127.0.0.1:\(port)",
             "--state-dir", agentDirectory(name), "--join-token-file", stateDirectory + "/join-token",
             "--datastore", "shared=\(sharedDatastore),shared", "--driver", driver,
-        ] + (agentArguments[name] ?? []), logFile: "\(directory)/agent-\(name).log")
-        agents[name] = process
+        ] + (agentArguments[name] ?? [])
+        guard withBMC else {
+            agents[name] = try ChildProcess.spawn(binary, agentArgv, logFile: "\(directory)/agent-\(name).log")
+            return
+        }
+        guard bmcs[name] == nil else { throw HarnessError("\(name) runs under its BMC: power it on through the manager") }
+        if !FileManager.default.fileExists(atPath: bmcPasswordFile) {
+            try Files.writeAtomically(Data("bmc-\(UInt32.random(in: 0...UInt32.max))\n".utf8), to: bmcPasswordFile, mode: 0o600)
+        }
+        let bmcPort = try bmcPorts[name] ?? TCP.freePort()
+        bmcPorts[name] = bmcPort
+        bmcs[name] = try ChildProcess.spawn(binary, [
+            "bmc", "--name", name, "--listen", "127.0.0.1:\(bmcPort)", "--user", bmcUser, "--password-file", bmcPasswordFile,
+            "--state-dir", agentDirectory(name), "--agent-log", "\(directory)/agent-\(name).log", "--", binary,
+        ] + agentArgv, logFile: "\(directory)/bmc-\(name).log")
     }
 
-    /// Ends an agent without touching its QEMU processes.
+    /// The pid of a host's agent: the process the harness started, or its BMC's child.
+    public func agentPid(_ name: String) -> Int32? {
+        if let agent = agents[name] { return agent.isRunning ? agent.pid : nil }
+        guard let bmc = bmcs[name] else { return nil }
+        return Processes.children(of: bmc.pid).first
+    }
+
+    /// Tells the manager about a host's BMC.
+    public func registerBMC(_ name: String) async throws {
+        guard let port = bmcPorts[name] else { throw HarnessError("\(name) has no BMC") }
+        let password = try String(contentsOfFile: bmcPasswordFile, encoding: .utf8).trimmingCharacters(in: .newlines)
+        let body = Components.Schemas.BMCSettings(address: "redfish+http://127.0.0.1:\(port)", user: bmcUser, password: password)
+        var lastError = ""
+        for _ in 0..<50 {   // the BMC may still be starting
+            switch try await client().setHostBMC(path: .init(host: name), body: .json(body)) {
+            case .ok: return
+            case .default(let status, let error): lastError = "HTTP \(status) \(String(describing: try? error.body.json))"
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        throw HarnessError("registering \(name)'s BMC failed: \(lastError); \(log("bmc-\(name).log"))")
+    }
+
+    /// Ends an agent without touching its QEMU processes (under a BMC: the machine stays on).
     public func stopAgent(_ name: String, kill: Bool = false) async {
+        if agents[name] == nil, bmcs[name] != nil {
+            guard let pid = agentPid(name) else { return }
+            if kill { _ = Processes.kill(pid) }
+            _ = await Processes.terminate(pid, grace: .seconds(10))
+            return
+        }
         guard let agent = agents[name] else { return }
         if kill { _ = Processes.kill(agent.pid); _ = await agent.waitForExit(timeout: .seconds(10)) } else {
             await agent.terminate(grace: .seconds(10))
@@ -243,6 +293,15 @@ public final class TestCluster: @unchecked Sendable {
         switch try await client().setHostMaintenance(path: .init(host: host), body: .json(body)) {
         case .accepted(let accepted): return try await wait(try accepted.body.json, timeout: .seconds(300))
         case .default(let status, let error): throw HarnessError("maintenance \(action) \(host): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    /// Powers a host on, off or resets it through its BMC; waits for the task.
+    public func power(_ action: String, _ host: String, force: Bool = false) async throws -> Components.Schemas.Task {
+        let kind: Components.Schemas.HostPowerRequest.ActionPayload = switch action { case "on": .on; case "off": .off; default: .reset }
+        switch try await client().powerHost(path: .init(host: host), body: .json(.init(action: kind, force: force))) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json, timeout: .seconds(240))
+        case .default(let status, let error): throw HarnessError("power \(action) \(host): HTTP \(status) \(String(describing: try? error.body.json))")
         }
     }
 
@@ -361,6 +420,12 @@ public final class TestCluster: @unchecked Sendable {
     /// Ends agents, any QEMU they left, and the manager; removes the directory.
     public func shutdown() async {
         for name in Array(agents.keys) { await stopAgent(name) }
+        for (name, bmc) in bmcs {
+            let agent = agentPid(name)
+            await bmc.terminate(grace: .seconds(15))
+            if let agent { _ = await Processes.terminate(agent, grace: .seconds(5)) }
+        }
+        bmcs = [:]
         for pid in qemuPids() { _ = await Processes.terminate(pid, grace: .seconds(3)) }
         await stopManager()
         if ProcessInfo.processInfo.environment["SHEPHERD_KEEP_TEST_DIRS"] == nil {
