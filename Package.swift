@@ -131,7 +131,14 @@ let package = Package(
         .testTarget(name: "ShepherdCoreTests", dependencies: ["ShepherdCore"]),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"]),
         .testTarget(name: "SimulationTests", dependencies: ["Simulation"]),
-        .testTarget(name: "RedfishTests", dependencies: ["Redfish", "BMC", "HostKit", "ShepherdCore"]),
+        .testTarget(
+            name: "RedfishTests",
+            dependencies: [
+                "Redfish", "BMC", "HostKit", "ShepherdCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]),
         .testTarget(name: "ManagerTests", dependencies: ["TestSupport", "Manager", "ServerKit"]),
         .testTarget(name: "IntegrationTests", dependencies: ["TestSupport", "QMP", "HostKit", "ShepherdAPI", "Simulation"]),
     ]

@@ -181,9 +181,9 @@ public actor BMCEmulator {
         var notes: [String] = []
         // The agent's own children (e.g. a qemu-img or a QEMU not yet daemonized), taken before
         // the agent dies and they are reparented.
-        var helpers: [ProcessTable.Identity] = []
+        var helpers: [Processes.Identity] = []
         if let child = agent, child.isRunning {
-            helpers = ProcessTable.descendants(of: child.pid)
+            helpers = Processes.descendants(of: child.pid)
             if graceful {
                 let status = await child.stop(grace: gracePeriod)
                 notes.append("agent pid \(child.pid) asked to stop (SIGTERM), exit status \(status.map(String.init) ?? "unknown")")
@@ -206,8 +206,8 @@ public actor BMCEmulator {
 
         // Killed processes are followed by pid and start time: a dying process loses its command
         // line before it is gone, and its pid may be reused right after.
-        var killed: [ProcessTable.Identity] = []
-        for helper in helpers where ProcessTable.isSame(helper) {
+        var killed: [Processes.Identity] = []
+        for helper in helpers where Processes.isSame(helper) {
             if Processes.kill(helper.pid) { killed.append(helper) }
         }
         if !killed.isEmpty { notes.append("agent's child process(es) \(killed.map(\.pid)) killed") }
@@ -222,13 +222,12 @@ public actor BMCEmulator {
         while true {
             let found = hostQEMUPids()
             for pid in found {
-                guard let info = ProcessTable.stat(pid) else { continue }
+                guard let identity = Processes.identity(pid) else { continue }
                 if !qemus.contains(pid) { qemus.append(pid) }
-                let identity = ProcessTable.Identity(pid: pid, startTime: info.startTime)
                 if !killed.contains(identity) { killed.append(identity) }
                 _ = Processes.kill(pid)
             }
-            remaining = killed.filter(ProcessTable.isSame).map(\.pid)
+            remaining = killed.filter(Processes.isSame).map(\.pid)
             if found.isEmpty && remaining.isEmpty { break }
             if clock.now >= deadline { break }
             try? await Task.sleep(for: step)

@@ -60,16 +60,60 @@ public enum Processes {
         return (user + system) / Double(clockTicksPerSecond)
     }
 
-    /// Pids of the live children of `parent`, from /proc/*/stat (a BMC's agent, say).
+    /// A process by pid and start time (clock ticks since boot): together they never repeat, so
+    /// a later signal never hits a process that reused the pid.
+    public struct Identity: Hashable, Sendable {
+        public let pid: Int32
+        public let startTime: UInt64
+        public init(pid: Int32, startTime: UInt64) { self.pid = pid; self.startTime = startTime }
+    }
+
+    /// The identity of a live (not zombie) process.
+    public static func identity(_ pid: Int32) -> Identity? {
+        guard let info = stat(pid), info.state != "Z", info.state != "X" else { return nil }
+        return Identity(pid: pid, startTime: info.startTime)
+    }
+
+    /// True if `identity.pid` is alive (not a zombie) and is still the process that started then.
+    public static func isSame(_ identity: Identity) -> Bool {
+        self.identity(identity.pid) == identity
+    }
+
+    /// Every living descendant of `root` (children, their children, …), not `root` itself.
+    public static func descendants(of root: Int32) -> [Identity] {
+        var children: [Int32: [Identity]] = [:]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry), pid > 0, let info = stat(pid), info.state != "Z", info.state != "X" else { continue }
+            children[info.parent, default: []].append(Identity(pid: pid, startTime: info.startTime))
+        }
+        var result: [Identity] = []
+        var queue = children[root] ?? []
+        while let next = queue.popLast() {
+            guard next.pid != root, !result.contains(next) else { continue }
+            result.append(next)
+            queue.append(contentsOf: children[next.pid] ?? [])
+        }
+        return result
+    }
+
+    /// Pids of the live children of `parent` (a BMC's agent, say).
     public static func children(of parent: Int32) -> [Int32] {
         guard parent > 0, let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
         return entries.compactMap(Int32.init).filter { pid in
-            guard let bytes = readWholeFile("/proc/\(pid)/stat", limit: 8192) else { return false }
-            let text = String(decoding: bytes, as: UTF8.self)
-            guard let close = text.lastIndex(of: ")") else { return false }
-            let fields = text[text.index(after: close)...].split(separator: " ")
-            return fields.count > 1 && Int32(fields[1]) == parent && isAlive(pid)
+            guard let info = stat(pid) else { return false }
+            return info.parent == parent && info.state != "Z" && info.state != "X"
         }.sorted()
+    }
+
+    /// State, parent pid and start time from /proc/pid/stat.
+    static func stat(_ pid: Int32) -> (state: Character, parent: Int32, startTime: UInt64)? {
+        guard pid > 0, let bytes = readWholeFile("/proc/\(pid)/stat", limit: 8192) else { return nil }
+        let text = String(decoding: bytes, as: UTF8.self)
+        // After "(comm)" — comm may hold spaces and parentheses: state(3) ppid(4) … starttime(22).
+        guard let close = text.lastIndex(of: ")") else { return nil }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count > 19, let state = fields[0].first, let parent = Int32(fields[1]), let start = UInt64(fields[19]) else { return nil }
+        return (state, parent, start)
     }
 
     static let clockTicksPerSecond: Int = {
@@ -80,13 +124,7 @@ public enum Processes {
     // MARK: - Internals
 
     /// The state letter from /proc/pid/stat (R, S, D, Z, T, ...).
-    static func processState(_ pid: Int32) -> Character? {
-        guard let bytes = readWholeFile("/proc/\(pid)/stat", limit: 8192) else { return nil }
-        let text = String(decoding: bytes, as: UTF8.self)
-        // "pid (comm) S ..." — comm may contain spaces and parentheses, so cut at the last ")".
-        guard let close = text.lastIndex(of: ")") else { return nil }
-        return text[text.index(after: close)...].first(where: { $0 != " " })
-    }
+    static func processState(_ pid: Int32) -> Character? { stat(pid)?.state }
 
     private static func waitUntilGone(_ pid: Int32, within: Duration) async -> Bool {
         let clock = ContinuousClock()

@@ -13,11 +13,11 @@ struct HostPowerTests {
         try await TestCluster.with(driver: "fake", hosts: 1, bmc: true) { cluster in
             _ = try await cluster.createVM("p1", memoryMiB: 64, host: "host-1")
             try #require(try await cluster.start("p1").state == .succeeded)
-            let before = try await cluster.databaseSnapshot()
+            let before = try cluster.databaseSnapshot()
 
             let (status, refusal) = try await cluster.raw("POST", "/api/v1/hosts/host-1/power", token: cluster.adminToken, body: #"{"action":"off"}"#)
             #expect(status == 409 && refusal.contains("illegal_state") && refusal.contains("p1") && refusal.contains("maintenance"), "\(status) \(refusal)")
-            #expect(try await cluster.databaseSnapshot() == before, "a refused power-off changes nothing")
+            #expect(try cluster.databaseSnapshot() == before, "a refused power-off changes nothing")
 
             let agent = try #require(cluster.agentPid("host-1"))
             let off = try await cluster.power("off", "host-1", force: true)

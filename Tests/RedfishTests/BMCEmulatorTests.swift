@@ -68,7 +68,7 @@ struct BMCEmulatorTests {
             let off = try await bmc.reset("ForceOff")
             #expect(off.status == 204, "\(off.body)")
             #expect(!Processes.isAlive(agent), "the agent (pid \(agent)) must be dead when ForceOff answers")
-            for child in agentChildren { #expect(!ProcessTable.isSame(child), "the agent's child \(child.pid) must be dead") }
+            for child in agentChildren { #expect(!Processes.isSame(child), "the agent's child \(child.pid) must be dead") }
             #expect(!Processes.isAlive(qemu.pid), "the host's QEMU (pid \(qemu.pid)) must be dead when ForceOff answers")
             #expect(Processes.isAlive(decoy.pid), "a pidfile naming a process without the vm id in its command line is not a QEMU of the host")
             #expect(try await bmc.system().powerState == .off)
@@ -185,7 +185,7 @@ final class BMCFixture: @unchecked Sendable {
     var agentLog: String { directory + "/agent.log" }
     private let lock = NSLock()
     private var started: [ChildProcess] = []
-    private var extraPids: [ProcessTable.Identity] = []
+    private var extraPids: [Processes.Identity] = []
 
     private init(agent: [String]) throws {
         directory = NSTemporaryDirectory() + "shepherd-bmc-test-" + UUID().uuidString
@@ -242,9 +242,9 @@ final class BMCFixture: @unchecked Sendable {
     }
 
     /// The processes `pid` started, once it has started one (remembered for the clean-up).
-    func childrenOf(_ pid: Int32) async throws -> [ProcessTable.Identity] {
+    func childrenOf(_ pid: Int32) async throws -> [Processes.Identity] {
         for _ in 0..<200 {
-            let found = ProcessTable.descendants(of: pid)
+            let found = Processes.descendants(of: pid)
             if !found.isEmpty {
                 lock.withLock { extraPids += found }
                 return found
@@ -304,7 +304,7 @@ final class BMCFixture: @unchecked Sendable {
     private func cleanUp() async {
         try? await emulator.reset(.forceOff)
         for child in lock.withLock({ started }) { await child.terminate(grace: .seconds(2)) }
-        for identity in lock.withLock({ extraPids }) where ProcessTable.isSame(identity) { _ = Processes.kill(identity.pid) }
+        for identity in lock.withLock({ extraPids }) where Processes.isSame(identity) { _ = Processes.kill(identity.pid) }
         if ProcessInfo.processInfo.environment["SHEPHERD_KEEP_TEST_DIRS"] == nil {
             try? FileManager.default.removeItem(atPath: directory)
         }
