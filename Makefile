@@ -8,7 +8,7 @@ STATE_DIR ?= /var/lib/shepherd
 GUEST ?= guest/tiny
 SWIFT_BUILD_FLAGS ?=
 
-.PHONY: all deps build guest install demo test bench openapi clean
+.PHONY: all deps build guest install demo test bench faults openapi clean
 
 all: build
 
@@ -32,11 +32,19 @@ demo: install guest
 test: deps guest
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
 	SHEPHERD_GUEST_IMAGE=$(abspath $(GUEST)) SHEPHERD_BINARY=$(abspath .build/debug/shepherd) \
-	  swift test --skip-build $(SWIFT_BUILD_FLAGS)
+	  swift test --skip-build --skip FaultCampaign $(SWIFT_BUILD_FLAGS)
 
 bench: build guest
 	bench/boot-to-tools.sh
 	bench/planetlab.sh
+
+# The randomized HA fault campaign (FAULT_ROUNDS rounds, FAULT_SEED to replay); results in bench/results/.
+FAULT_ROUNDS ?= 20
+faults: deps guest
+	swift build --build-tests $(SWIFT_BUILD_FLAGS)
+	SHEPHERD_GUEST_IMAGE=$(abspath $(GUEST)) SHEPHERD_BINARY=$(abspath .build/debug/shepherd) \
+	  SHEPHERD_FAULT_ROUNDS=$(FAULT_ROUNDS) $(if $(FAULT_SEED),SHEPHERD_FAULT_SEED=$(FAULT_SEED)) \
+	  swift test --skip-build --filter FaultCampaign $(SWIFT_BUILD_FLAGS)
 
 # Regenerates the embedded copy of docs/api/openapi.yaml that the manager serves.
 openapi:

@@ -140,6 +140,8 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
         .testTarget(name: "ManagerTests", dependencies: ["TestSupport", "Manager", "ServerKit"]),
+        // The randomized HA fault campaign: `make faults`, not part of `make test`.
+        .testTarget(name: "FaultCampaign", dependencies: ["TestSupport", "HostKit", "ShepherdAPI"]),
         .testTarget(name: "IntegrationTests", dependencies: ["TestSupport", "QMP", "HostKit", "ShepherdAPI", "Simulation"]),
     ]
 )

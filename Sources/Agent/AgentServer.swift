@@ -108,7 +108,9 @@ public enum AgentServer {
         let app = Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: "shepherd-agent"),
                               logger: logger)
         logger.info("agent \(configuration.name) serving on \(configuration.listen) as host \(credential.hostId)")
-        let group = ServiceGroup(configuration: .init(services: [.init(service: app), .init(service: manager), .init(service: leases)],
+        let isolation = IsolationMonitor(driver: driver, link: manager, leases: leases, logger: logger)
+        let group = ServiceGroup(configuration: .init(services: [.init(service: app), .init(service: manager), .init(service: leases),
+                                                                 .init(service: isolation)],
                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }

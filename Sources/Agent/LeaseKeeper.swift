@@ -17,6 +17,8 @@ final class LeaseKeeper: Service, Sendable {
     let logger: Logger
     private let lastRenewal = Mutex<ContinuousClock.Instant>(.now)
     private let fenced = Mutex(false)
+    /// Set by the isolation monitor once its response ended every VM; written into the lease.
+    let isolatedVMsStopped = Mutex(false)
 
     init(configuration: AgentConfiguration, driver: any HypervisorDriver, link: ManagerLink, logger: Logger) {
         self.configuration = configuration; self.driver = driver; self.link = link; self.logger = logger
@@ -35,12 +37,19 @@ final class LeaseKeeper: Service, Sendable {
         }
     }
 
+    /// Marks the lease (or clears the mark) and renews it at once, so HA reads it without delay.
+    func setIsolatedVMsStopped(_ stopped: Bool) {
+        isolatedVMsStopped.withLock { $0 = stopped }
+        renewOrFence()
+    }
+
     private func renewOrFence() {
         guard let hostId = link.credential.withLock({ $0?.hostId }), !sharedDatastores.isEmpty else { return }
         var renewed = true
         for datastore in sharedDatastores {
             let lease = AgentWire.Lease(hostId: hostId, host: configuration.name, datastore: datastore.name,
-                                        renewedAt: Date().timeIntervalSince1970, ageSeconds: 0)
+                                        renewedAt: Date().timeIntervalSince1970, ageSeconds: 0,
+                                        isolatedVMsStopped: isolatedVMsStopped.withLock { $0 } ? true : nil)
             do {
                 try Files.ensureDirectory(Self.directory(datastore), mode: 0o755)
                 try Files.writeAtomically(try JSONEncoder().encode(lease), to: "\(Self.directory(datastore))/\(hostId).json", mode: 0o644)

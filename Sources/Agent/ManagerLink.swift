@@ -14,6 +14,8 @@ final class ManagerLink: Service, Sendable {
     let driver: any HypervisorDriver
     let logger: Logger
     let credential = Mutex<Credential?>(nil)
+    /// The manager's last heartbeat answer and when it came: the isolation monitor's input.
+    let lastAnswer = Mutex<ManagerAnswer?>(nil)
 
     init(configuration: AgentConfiguration, driver: any HypervisorDriver, logger: Logger) {
         self.configuration = configuration
@@ -91,8 +93,12 @@ final class ManagerLink: Service, Sendable {
             hostId: current.hostId, host: try await hostReport(), datastores: datastoreReports(), guests: guests,
             accelerator: driver.accelerator, agentVersion: AgentServer.version)))
         switch response {
-        case .noContent:
-            return
+        case .ok(let ok):
+            let answer = try ok.body.json
+            lastAnswer.withLock {
+                $0 = ManagerAnswer(at: .now, isolationResponse: IsolationResponse(rawValue: answer.isolationResponse.rawValue) ?? .leaveRunning,
+                                   peers: answer.peers)
+            }
         case .default(let status, let error):
             let body = try? error.body.json
             throw ShepherdError(.agentFailed, "the manager refused the heartbeat (\(status)): \(body?.message ?? "no details")")
@@ -113,4 +119,12 @@ final class ManagerLink: Service, Sendable {
                          capacityBytes: Int64(space?.capacityBytes ?? 0), freeBytes: Int64(space?.freeBytes ?? 0))
         }
     }
+}
+
+/// What the manager last said in answer to a heartbeat.
+struct ManagerAnswer: Sendable {
+    var at: ContinuousClock.Instant
+    var isolationResponse: IsolationResponse
+    /// Agent URLs of the other hosts of the cluster.
+    var peers: [String]
 }

@@ -67,6 +67,12 @@ public enum Net {
         try await ip(["link", "set", "dev", link, "master", bridge, "up"])
     }
 
+    /// Brings `link` up or down (down cuts whatever runs over it, as a pulled cable would).
+    public static func setLink(_ link: String, up: Bool) async throws {
+        try checkLinkName(link)
+        try await ip(["link", "set", "dev", link, up ? "up" : "down"])
+    }
+
     /// `ip link delete NAME` in our namespace (a veth's peer goes with it); fine if it does not exist.
     public static func deleteLink(_ name: String) async throws {
         try checkLinkName(name)

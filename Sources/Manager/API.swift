@@ -52,7 +52,8 @@ struct API: APIProtocol {
                         memoryOvercommit: cluster.memoryOvercommit, createdAt: cluster.createdAt, imcBaseline: cluster.imcBaseline,
                         migrationTimeoutSeconds: cluster.migrationTimeoutSeconds, maxConcurrentMigrations: cluster.maxConcurrentMigrations,
                         drs: drsConfig(cluster),
-                        ha: Schemas.HAConfig(enabled: cluster.haEnabled, admission: cluster.haAdmission))
+                        ha: Schemas.HAConfig(enabled: cluster.haEnabled, admission: cluster.haAdmission,
+                                             isolationResponse: Schemas.IsolationResponse(rawValue: cluster.haIsolationResponse) ?? .leaveRunning))
     }
 
     static func drsConfig(_ cluster: ClusterRecord) -> Schemas.DRSConfig {
@@ -98,6 +99,7 @@ struct API: APIProtocol {
                         cluster.haAdmission = admission
                     }
                     if let enabled = ha.enabled { cluster.haEnabled = enabled }
+                    if let response = ha.isolationResponse { cluster.haIsolationResponse = response.rawValue }
                 }
                 if let timeout = body.migrationTimeoutSeconds { cluster.migrationTimeoutSeconds = timeout }
                 if let limit = body.maxConcurrentMigrations { cluster.maxConcurrentMigrations = limit }
@@ -481,7 +483,9 @@ struct API: APIProtocol {
         }
         await drs.record(guests, hostId: body.hostId)
         if !failures.isEmpty { await ha.handleFailures(failures) }
-        return .noContent(.init())
+        let (response, peers) = try await guarded { try await hosts.isolationSettings(hostId: body.hostId) }
+        return .ok(.init(body: .json(.init(isolationResponse: Schemas.IsolationResponse(rawValue: response.rawValue) ?? .leaveRunning,
+                                           peers: peers))))
     }
 
     static func report(_ host: Schemas.HostReport) -> HostReport {

@@ -137,6 +137,9 @@ final class HAService: Sendable {
                        "host '\(lost.name)' is lost but holds no storage lease on a shared datastore: nothing proves it stopped, so its VMs are not restarted elsewhere")
             return nil
         }
+        if lease.isolatedVMsStopped == true {
+            return "host '\(lost.name)' is isolated: it lost the manager and every peer and its isolation response ended its VMs, as its storage lease on \(lease.datastore) says"
+        }
         guard lease.ageSeconds > Leases.expireSeconds else {
             await note("\(lost.id)-wait-\(Int(lost.lastHeartbeat?.timeIntervalSince1970 ?? 0))", .info, "ha.waiting", vm,
                        "host '\(lost.name)' is lost but renewed its storage lease \(Int(lease.ageSeconds)) s ago (expiry \(Int(Leases.expireSeconds)) s): it may still run its VMs")

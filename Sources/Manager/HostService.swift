@@ -65,9 +65,15 @@ final class HostService: Sendable {
                 cores: report.cores, memoryTotalMiB: Int(report.memoryTotalBytes / 1_048_576),
                 memoryFreeMiB: Int(report.memoryAvailableBytes / 1_048_576), accelerator: accelerator,
                 agentVersion: agentVersion, lastHeartbeat: Date(), providedCPUModel: report.providedCPUModel)
+            // A rejoining host keeps its BMC: the operator set it, not the agent.
+            host.bmcAddress = existing?.bmcAddress
+            host.bmcUser = existing?.bmcUser
+            host.bmcPassword = existing?.bmcPassword
+            host.bmcInsecure = existing?.bmcInsecure ?? false
+            host.powerState = existing?.powerState
+            host.powerCheckedAt = existing?.powerCheckedAt
             try host.save(db)
             try Self.saveDatastores(db, datastores, hostId: host.id)
-            _ = host
             return (host.id, existing != nil)
         }
         await events.record(.info, "host.connected", targetType: "host", targetId: hostId, targetName: name,
@@ -105,6 +111,16 @@ final class HostService: Sendable {
             await events.record(.info, "host.connected", targetType: "host", targetId: host.id, targetName: host.name, "heartbeats resumed")
         }
         return try await reconcile(host: host, guests: guests)
+    }
+
+    /// The cluster's isolation response and the agent URLs of the host's peers, for its agent.
+    func isolationSettings(hostId: String) async throws -> (IsolationResponse, [String]) {
+        try await store.db.read { db in
+            guard let host = try HostRecord.fetchOne(db, key: hostId) else { throw ShepherdError.notFound("host", hostId) }
+            let cluster = try ClusterRecord.fetchOne(db, key: host.clusterId)
+            let peers = try HostRecord.filter(Column("clusterId") == host.clusterId && Column("id") != host.id).order(Column("name")).fetchAll(db)
+            return (cluster.flatMap { IsolationResponse(rawValue: $0.haIsolationResponse) } ?? .leaveRunning, peers.map(\.address))
+        }
     }
 
     /// Brings the stored VM states in line with what the host reports, for VMs no live task owns.

@@ -552,8 +552,11 @@ paths:
           application/json:
             schema: { $ref: "#/components/schemas/Heartbeat" }
       responses:
-        "204":
-          description: Recorded.
+        "200":
+          description: Recorded; what the agent needs should it become isolated.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/HeartbeatAnswer" }
         default: { $ref: "#/components/responses/Error" }
 components:
   securitySchemes:
@@ -617,15 +620,30 @@ components:
         ha: { $ref: "#/components/schemas/HAConfigUpdate" }
     HAConfig:
       type: object
-      required: [enabled, admission]
+      required: [enabled, admission, isolationResponse]
       properties:
         enabled: { type: boolean, description: "Restart protected VMs whose QEMU died or whose guest panicked." }
         admission: { type: string, description: "off, percent:N, failover-hosts:HOST[,HOST…] or host-failures:N." }
+        isolationResponse: { $ref: "#/components/schemas/IsolationResponse" }
     HAConfigUpdate:
       type: object
       properties:
         enabled: { type: boolean }
         admission: { type: string, description: "off, percent:N (0-100), failover-hosts:HOST[,HOST…] or host-failures:N (≥ 1)." }
+        isolationResponse: { $ref: "#/components/schemas/IsolationResponse" }
+    IsolationResponse:
+      type: string
+      description: |
+        What a host does with its VMs when it loses the manager and every peer for 6 s:
+        leave-running (default), power-off (HA restarts them elsewhere at once), or shutdown
+        (clean guest shutdown, power cut after 30 s, then as power-off).
+      enum: [leave-running, power-off, shutdown]
+    HeartbeatAnswer:
+      type: object
+      required: [isolationResponse, peers]
+      properties:
+        isolationResponse: { $ref: "#/components/schemas/IsolationResponse" }
+        peers: { type: array, items: { type: string }, description: "The agent URLs of the other hosts of its cluster, probed to tell isolation from a manager outage." }
     HAPolicy:
       type: string
       enum: [restart-in-cluster, restart-on-original-host, stop]

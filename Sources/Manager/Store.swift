@@ -194,6 +194,11 @@ public final class Store: Sendable {
                 t.add(column: "powerCheckedAt", .datetime)
             }
         }
+        migrator.registerMigration("v7: HA isolation response") { db in
+            try db.alter(table: "cluster") { t in
+                t.add(column: "haIsolationResponse", .text).notNull().defaults(to: IsolationResponse.leaveRunning.rawValue)
+            }
+        }
         return migrator
     }
 }
@@ -217,6 +222,8 @@ struct ClusterRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var haEnabled: Bool = false
     /// off, percent:N, failover-hosts:NAME[,NAME…] or host-failures:N.
     var haAdmission: String = "off"
+    /// leave-running, power-off or shutdown (`IsolationResponse`).
+    var haIsolationResponse: String = IsolationResponse.leaveRunning.rawValue
 }
 
 /// An affinity rule: kind keep-together, keep-apart, vm-host or vm-not-host; ids as JSON arrays.

@@ -49,8 +49,12 @@ public enum AgentWire {
         public var renewedAt: Double
         /// Seconds since then, as the reader saw it.
         public var ageSeconds: Double
-        public init(hostId: String, host: String, datastore: String, renewedAt: Double, ageSeconds: Double) {
+        /// Set while the holder is isolated and its isolation response has ended every VM it ran:
+        /// with this, a fresh lease still proves the VMs can restart elsewhere.
+        public var isolatedVMsStopped: Bool?
+        public init(hostId: String, host: String, datastore: String, renewedAt: Double, ageSeconds: Double, isolatedVMsStopped: Bool? = nil) {
             self.hostId = hostId; self.host = host; self.datastore = datastore; self.renewedAt = renewedAt; self.ageSeconds = ageSeconds
+            self.isolatedVMsStopped = isolatedVMsStopped
         }
     }
 

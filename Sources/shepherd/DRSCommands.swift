@@ -161,6 +161,7 @@ struct RuleCommand: AsyncParsableCommand {
 
 extension Components.Schemas.HAPolicy: ExpressibleByArgument {}
 extension Components.Schemas.HAPriority: ExpressibleByArgument {}
+extension Components.Schemas.IsolationResponse: ExpressibleByArgument {}
 
 extension VMCommand {
     struct Set: AsyncParsableCommand {

@@ -188,6 +188,8 @@ struct ClusterCommand: AsyncParsableCommand {
         @Option(help: "DRS interval: 30s, 5m, 1h or seconds (5 s – 24 h).") var drsInterval: String?
         @Option(help: "HA: on or off (restart protected VMs whose QEMU died or whose guest panicked).") var ha: String?
         @Option(help: "HA admission control: off, percent:25, failover-hosts:host-3 or host-failures:1.") var haAdmission: String?
+        @Option(help: "What an isolated host (lost the manager and every peer) does with its VMs: leave-running, power-off or shutdown.")
+        var haIsolationResponse: Components.Schemas.IsolationResponse?
 
         func run() async throws {
             let baseline = try drsBaseline.map(Self.parseBaseline)
@@ -197,8 +199,8 @@ struct ClusterCommand: AsyncParsableCommand {
                 : .init(mode: drs, threshold: drsThreshold, baselineCPUPercent: baseline?.cpu, baselineMemoryPercent: baseline?.memory,
                         metric: drsMetric, intervalSeconds: interval)
             if let ha, !["on", "off"].contains(ha) { throw ValidationError("--ha: '\(ha)' is not on or off") }
-            let haUpdate: Components.Schemas.HAConfigUpdate? = ha == nil && haAdmission == nil ? nil
-                : .init(enabled: ha.map { $0 == "on" }, admission: haAdmission)
+            let haUpdate: Components.Schemas.HAConfigUpdate? = ha == nil && haAdmission == nil && haIsolationResponse == nil ? nil
+                : .init(enabled: ha.map { $0 == "on" }, admission: haAdmission, isolationResponse: haIsolationResponse)
             let updated = try await calling(options) { client in
                 let body = Components.Schemas.ClusterUpdate(imcBaseline: imc, migrationTimeoutSeconds: migrationTimeout,
                                                             maxConcurrentMigrations: maxMigrations, drs: drsUpdate, ha: haUpdate)
@@ -209,7 +211,7 @@ struct ClusterCommand: AsyncParsableCommand {
             }
             if json { return try printJSON(updated) }
             print("\(updated.name): IMC \(updated.imcBaseline ?? "off"), migration timeout \(updated.migrationTimeoutSeconds ?? 300) s, \(updated.maxConcurrentMigrations ?? 2) migrations per host")
-            if let ha = updated.ha { print("HA \(ha.enabled ? "on" : "off"), admission \(ha.admission)") }
+            if let ha = updated.ha { print("HA \(ha.enabled ? "on" : "off"), admission \(ha.admission), isolation response \(ha.isolationResponse.rawValue)") }
             if let drs = updated.drs {
                 print("DRS \(drs.mode.rawValue), threshold \(drs.threshold), baseline cpu \(drs.baselineCPUPercent) % mem \(drs.baselineMemoryPercent) %, metric \(drs.metric.rawValue), every \(drs.intervalSeconds) s")
             }

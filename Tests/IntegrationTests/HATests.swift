@@ -140,6 +140,34 @@ struct HATests {
         }
     }
 
+    @Test("a host cut off from the manager and its peers (storage kept) powers its VMs off per the isolation response; HA restarts them elsewhere, once")
+    func isolation() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 2, namespaced: ["host-2"]) { cluster in
+            #expect(try await cluster.setCluster(#"{"ha":{"enabled":true,"isolationResponse":"power-off"}}"#).0 == 200)
+            _ = try await cluster.createVM("iso1", memoryMiB: 96, host: "host-2")
+            try #require(try await cluster.start("iso1").state == .succeeded)
+            let pid = try #require(try await cluster.vm("iso1").pid)
+            try await Task.sleep(for: .seconds(3))   // a heartbeat answer carries the response to the agent
+            let cutAt = ContinuousClock.now
+            try await cluster.cutManagementLink("host-2")
+            let moved = try await cluster.waitForVM("iso1", timeout: .seconds(120)) { $0.state == .running && $0.hostName == "host-1" }
+            let running = try await cluster.waitForVM("iso1", timeout: .seconds(60)) { $0.toolsStatus == .running }
+            print("isolation: link cut → tools answer on host-1 after \(ContinuousClock.now - cutAt)")
+            #expect(moved.pid != pid)
+            #expect(!HostKit.Processes.isAlive(Int32(pid)), "the isolated host must have powered off its VM")
+            #expect(cluster.qemuPids() == [Int32(try #require(running.pid))], "exactly one QEMU runs iso1: \(cluster.qemuPids())")
+            let failover = try await cluster.events().first { $0.kind == "ha.failover" && $0.targetName == "iso1" }
+            #expect(failover?.message.contains("isolated") == true, "\(String(describing: failover?.message))")
+            #expect(cluster.log("agent-host-2.log").contains("isolation response power-off applied"))
+            // The link returns: host-2 reconnects, and iso1 still runs once, on host-1.
+            try await cluster.cutManagementLink("host-2", restore: true)
+            try await cluster.waitForHosts(connected: 2, timeout: .seconds(60))
+            try await Task.sleep(for: .seconds(4))
+            #expect(try await cluster.vm("iso1").hostName == "host-1")
+            #expect(cluster.qemuPids().count == 1)
+        }
+    }
+
     @Test("an agent that cannot renew its storage lease ends its own VMs before the lease expires")
     func selfFencing() async throws {
         try await TestCluster.with(driver: "qemu", hosts: 1) { cluster in

@@ -44,9 +44,23 @@ struct ValidationTests {
     func statuses() {
         for code in ShepherdError.Code.allCases {
             switch code {
-            case .agentUnreachable, .agentFailed, .timedOut, .interrupted, .internal: #expect(code.httpStatus >= 500)
+            case .agentUnreachable, .agentFailed, .timedOut, .interrupted, .internal, .bmcUnreachable, .bmcFailed: #expect(code.httpStatus >= 500)
             default: #expect((400..<500).contains(code.httpStatus), "\(code)")
             }
         }
+    }
+}
+
+@Suite("Host isolation")
+struct IsolationTests {
+    @Test("a host is isolated only when neither the manager nor any known peer has answered", arguments: [
+        (1.0, 0, 2, Isolation.Verdict.connected),
+        (5.9, 0, 2, .connected),
+        (6.0, 0, 2, .isolated(peers: 2)),
+        (30.0, 1, 2, .managerLost(peersReachable: 1, peers: 2)),
+        (30.0, 0, 0, .managerLost(peersReachable: 0, peers: 0)),   // no peers known: cannot tell, VMs stay
+    ])
+    func verdicts(seconds: Double, reachable: Int, peers: Int, expected: Isolation.Verdict) {
+        #expect(Isolation.verdict(secondsSinceManager: seconds, peersReachable: reachable, peers: peers) == expected)
     }
 }

@@ -52,6 +52,15 @@ public final class TestCluster: @unchecked Sendable {
     public let bmcUser = "admin"
     public var bmcPasswordFile: String { directory + "/bmc-password" }
     private let withBMC: Bool
+    /// Hosts whose agent runs in its own network namespace, reaching the manager over a bridge,
+    /// so that their management link can be cut (`cutManagementLink`).
+    public let namespacedHosts: Set<String>
+    private let netTag = String(Int.random(in: 100...999))
+    private let subnet = "10.\(Int.random(in: 200...230)).\(Int.random(in: 1...250))"
+    private var bridge: String { "stb\(netTag)" }
+    private func namespace(_ name: String) -> String { "st\(netTag)-\(name)" }
+    private func outerLink(_ name: String) -> String { "stv\(netTag)\(name.filter(\.isNumber))" }
+    private func hostAddress(_ name: String) -> String { "\(subnet).\(10 + (Int(name.filter(\.isNumber)) ?? 0))" }
     private var agentPorts: [String: Int] = [:]
     /// Extra flags for each agent, by host name.
     public var agentArguments: [String: [String]] = [:]
@@ -65,10 +74,12 @@ public final class TestCluster: @unchecked Sendable {
 
     /// Starts a manager and `hosts` agents (host-1…) with `driver` ("fake" or "qemu").
     public static func start(driver: String, hosts: Int = 1, managerArguments: [String] = [],
-                             agentArguments: [String: [String]] = [:], bmc: Bool = false) async throws -> TestCluster {
-        let cluster = try TestCluster(driver: driver, managerArguments: managerArguments, bmc: bmc)
+                             agentArguments: [String: [String]] = [:], bmc: Bool = false,
+                             namespaced: Set<String> = []) async throws -> TestCluster {
+        let cluster = try TestCluster(driver: driver, managerArguments: managerArguments, bmc: bmc, namespaced: namespaced)
         cluster.agentArguments = agentArguments
         do {
+            if !namespaced.isEmpty { try await Net.addBridge(cluster.bridge, address: "\(cluster.subnet).1/24") }
             try await cluster.startManager()
             for index in 1...max(1, hosts) where hosts > 0 { try await cluster.startAgent("host-\(index)") }
             if hosts > 0 { try await cluster.waitForHosts(connected: hosts) }
@@ -83,8 +94,10 @@ public final class TestCluster: @unchecked Sendable {
 
     /// Runs `body` with a fresh cluster and always shuts it down afterwards.
     public static func with<T>(driver: String, hosts: Int = 1, managerArguments: [String] = [], agentArguments: [String: [String]] = [:],
-                               bmc: Bool = false, _ body: (TestCluster) async throws -> T) async throws -> T {
-        let cluster = try await start(driver: driver, hosts: hosts, managerArguments: managerArguments, agentArguments: agentArguments, bmc: bmc)
+                               bmc: Bool = false, namespaced: Set<String> = [],
+                               _ body: (TestCluster) async throws -> T) async throws -> T {
+        let cluster = try await start(driver: driver, hosts: hosts, managerArguments: managerArguments, agentArguments: agentArguments,
+                                      bmc: bmc, namespaced: namespaced)
         do {
             let result = try await body(cluster)
             await cluster.shutdown()
@@ -95,11 +108,12 @@ public final class TestCluster: @unchecked Sendable {
         }
     }
 
-    private init(driver: String, managerArguments: [String], bmc: Bool) throws {
+    private init(driver: String, managerArguments: [String], bmc: Bool, namespaced: Set<String>) throws {
         binary = try Paths.binary()
         self.driver = driver
         self.managerArguments = managerArguments
         withBMC = bmc
+        namespacedHosts = namespaced
         directory = NSTemporaryDirectory() + "shepherd-test-\(UInt32.random(in: 0...UInt32.max))"
         managerPort = try TCP.freePort()
         try Files.ensureDirectory(directory, mode: 0o700)
@@ -107,8 +121,9 @@ public final class TestCluster: @unchecked Sendable {
     }
 
     public func startManager() async throws {
+        let bridgeListen = namespacedHosts.isEmpty ? [] : ["--listen", "\(subnet).1:\(managerPort)"]
         let process = try ChildProcess.spawn(binary, ["manager", "--state-dir", stateDirectory, "--listen", "127.0.0.1:\(managerPort)",
-                                                      "--tools-timeout", "90", "--stop-timeout", "60"] + managerArguments,
+                                                      "--tools-timeout", "90", "--stop-timeout", "60"] + bridgeListen + managerArguments,
                                              logFile: directory + "/manager.log")
         manager = process
         for _ in 0..<200 {
@@ -133,13 +148,24 @@ public final class TestCluster: @unchecked Sendable {
         let port = try agentPorts[name] ?? TCP.freePort()
         agentPorts[name] = port
         try Files.ensureDirectory(directory + "/hosts", mode: 0o700)
+        let namespaced = namespacedHosts.contains(name)
+        if namespaced, !Net.namespaceExists(namespace(name)) {
+            try await Net.addNamespace(namespace(name))
+            try await Net.addVethPair(outerLink(name), outerLink(name) + "p")
+            try await Net.setMaster(outerLink(name), bridge: bridge)
+            try await Net.moveLink(outerLink(name) + "p", toNamespace: namespace(name))
+            try await Net.configure(namespace: namespace(name), link: outerLink(name) + "p", address: "\(hostAddress(name))/24")
+        }
+        let managerURL = namespaced ? "http://\(subnet).1:\(managerPort)" : url
+        let listen = namespaced ? "\(hostAddress(name)):\(port)" : "127.0.0.1:\(port)"
         let agentArgv = [
-            "agent", "--name", name, "--manager", url, "--listen", "127.0.0.1:\(port)",
+            "agent", "--name", name, "--manager", managerURL, "--listen", listen,
             "--state-dir", agentDirectory(name), "--join-token-file", stateDirectory + "/join-token",
             "--datastore", "shared=\(sharedDatastore),shared", "--driver", driver,
         ] + (agentArguments[name] ?? [])
         guard withBMC else {
-            agents[name] = try ChildProcess.spawn(binary, agentArgv, logFile: "\(directory)/agent-\(name).log")
+            let argv = namespaced ? Net.inNamespace(namespace(name), [binary] + agentArgv) : [binary] + agentArgv
+            agents[name] = try ChildProcess.spawn(argv[0], Array(argv.dropFirst()), logFile: "\(directory)/agent-\(name).log")
             return
         }
         guard bmcs[name] == nil else { throw HarnessError("\(name) runs under its BMC: power it on through the manager") }
@@ -150,8 +176,16 @@ public final class TestCluster: @unchecked Sendable {
         bmcPorts[name] = bmcPort
         bmcs[name] = try ChildProcess.spawn(binary, [
             "bmc", "--name", name, "--listen", "127.0.0.1:\(bmcPort)", "--user", bmcUser, "--password-file", bmcPasswordFile,
-            "--state-dir", agentDirectory(name), "--agent-log", "\(directory)/agent-\(name).log", "--", binary,
-        ] + agentArgv, logFile: "\(directory)/bmc-\(name).log")
+            "--state-dir", agentDirectory(name), "--agent-log", "\(directory)/agent-\(name).log", "--",
+        ] + (namespaced ? Net.inNamespace(namespace(name), [binary] + agentArgv) : [binary] + agentArgv),
+        logFile: "\(directory)/bmc-\(name).log")
+    }
+
+    /// Cuts (or restores) a namespaced host's only link: manager and peers become unreachable
+    /// from it, while its storage (a directory) stays.
+    public func cutManagementLink(_ name: String, restore: Bool = false) async throws {
+        guard namespacedHosts.contains(name) else { throw HarnessError("\(name) is not namespaced") }
+        try await Net.setLink(outerLink(name), up: restore)
     }
 
     /// The pid of a host's agent: the process the harness started, or its BMC's child.
@@ -428,6 +462,11 @@ public final class TestCluster: @unchecked Sendable {
         bmcs = [:]
         for pid in qemuPids() { _ = await Processes.terminate(pid, grace: .seconds(3)) }
         await stopManager()
+        for name in namespacedHosts {
+            try? await Net.deleteNamespace(namespace(name))
+            try? await Net.deleteLink(outerLink(name))
+        }
+        if !namespacedHosts.isEmpty { try? await Net.deleteLink(bridge) }
         if ProcessInfo.processInfo.environment["SHEPHERD_KEEP_TEST_DIRS"] == nil {
             try? FileManager.default.removeItem(atPath: directory)
         }
