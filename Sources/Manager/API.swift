@@ -340,7 +340,7 @@ struct API: APIProtocol {
                    memoryMiB: row.memoryMiB, state: Schemas.VMState(rawValue: row.state) ?? .unknown, stateReason: row.stateReason,
                    toolsStatus: row.toolsRunning ? .running : .notRunning, datastore: row.datastore, diskPath: row.diskPath,
                    pid: row.pid, createdAt: row.createdAt, haPolicy: Schemas.HAPolicy(rawValue: row.haPolicy),
-                   haPriority: Schemas.HAPriority(rawValue: row.haPriority))
+                   haPriority: Schemas.HAPriority(rawValue: row.haPriority), drsExcluded: row.drsExcluded)
     }
 
     func updateVM(_ input: Operations.UpdateVM.Input) async throws -> Operations.UpdateVM.Output {
@@ -350,6 +350,7 @@ struct API: APIProtocol {
                 var vm = try Inventory.vm(db, input.path.vm)
                 if let policy = body.haPolicy { vm.haPolicy = policy.rawValue }
                 if let priority = body.haPriority { vm.haPriority = priority.rawValue }
+                if let excluded = body.drsExcluded { vm.drsExcluded = excluded }
                 try vm.update(db)
                 return Self.vm(vm, hostName: try HostRecord.fetchOne(db, key: vm.hostId)?.name ?? "")
             }

@@ -139,6 +139,26 @@ final class DRSService: Sendable {
                           hostIDs: hosts.map(\.id), vmIDs: vmIDs)
     }
 
+    /// The cluster as placement sees it when `vm` (not running) is about to start: the hosts,
+    /// the VMs that hold resources, `vm` on its host (its index is returned) and the rules.
+    static func placementSnapshot(_ db: Database, placing vm: VMRecord, clusterId: String,
+                                  hostReserveMiB: Int) throws -> (ClusterSnapshot, Int, [HostRecord]) {
+        let hosts = try HostRecord.filter(Column("clusterId") == clusterId).order(Column("name")).fetchAll(db)
+        let (snapshotHosts, hostIndex) = Inventory.snapshotHosts(hosts, reserveMiB: hostReserveMiB)
+        let others = try VMRecord.filter(hosts.map(\.id).contains(Column("hostId")) && Column("id") != vm.id).fetchAll(db)
+            .filter { $0.lifecycle.consumesHostResources }
+        var snapshotVMs = others.map { other in
+            SnapshotVM(name: other.name, host: hostIndex[other.hostId], vcpus: other.cpus, cpuDemandMHz: 0, memoryMiB: other.memoryMiB,
+                       cpuModel: other.cpuModel)
+        }
+        // Its CPU model is chosen at start, from the host it lands on.
+        snapshotVMs.append(SnapshotVM(name: vm.name, host: hostIndex[vm.hostId], vcpus: vm.cpus, cpuDemandMHz: 0, memoryMiB: vm.memoryMiB))
+        let vmIndex = Dictionary(uniqueKeysWithValues: (others.map(\.id) + [vm.id]).enumerated().map { ($1, $0) })
+        let rules = try RuleRecord.filter(Column("clusterId") == clusterId).order(Column("name")).fetchAll(db)
+            .compactMap { rule($0, vmIndex: vmIndex, hostIndex: hostIndex) }
+        return (ClusterSnapshot(hosts: snapshotHosts, vms: snapshotVMs, rules: rules), snapshotVMs.count - 1, hosts)
+    }
+
     static func rule(_ record: RuleRecord, vmIndex: [String: Int], hostIndex: [String: Int]) -> PlacementRule? {
         let vms = decodeIDs(record.vmIds).compactMap { vmIndex[$0] }
         let hosts = Set(decodeIDs(record.hostIds).compactMap { hostIndex[$0] })

@@ -155,7 +155,8 @@ final class HAService: Sendable {
     private func restart(_ vm: VMRecord, from lost: HostRecord, on target: HostRecord, reason: String) async {
         // The failed attempt's event already said when the next one comes.
         guard await holds.heldUntil(vm.id) == nil else { return }
-        guard await restarts.allow(vm.id) else {
+        // A host failure is not the VM's fault: only failed attempts count against its budget.
+        guard await !restarts.exhausted(vm.id) else {
             await note("\(vm.id)-gave-up-\(lost.id)", .error, "ha.gave-up", vm,
                        "not restarted elsewhere: \(RestartBudget.limit) attempts within \(Int(RestartBudget.window / 60)) min failed (\(reason))")
             return
@@ -179,11 +180,11 @@ final class HAService: Sendable {
             try await handBack(vm, to: lost, from: target, why: finished.errorMessage ?? "start failed")
             let error = finished.errorMessage ?? "start failed"
             if finished.errorCode == ShepherdError.Code.diskLocked.rawValue {
-                await restarts.refund(vm.id)
                 let until = await holds.hold(vm.id, locked: true)
                 await events.record(.warning, "ha.held", targetType: "vm", targetId: vm.id, targetName: vm.name,
                                     "not restarted on \(target.name): its disk is locked by another QEMU, so it still runs on \(lost.name); handed back to \(lost.name), HA tries again at \(until.formatted(.iso8601)) while the host stays lost (\(error))")
             } else {
+                await restarts.record(vm.id)
                 let until = await holds.hold(vm.id, locked: false)
                 await events.record(.error, "ha.failed", targetType: "vm", targetId: vm.id, targetName: vm.name,
                                     "not restarted on \(target.name): \(error); handed back to \(lost.name) (it may still run there); next attempt at \(until.formatted(.iso8601))")
@@ -321,7 +322,8 @@ actor FailoverHolds {
     func clear(_ vm: String) { holds[vm] = nil }
 }
 
-/// No crash loops: at most `limit` HA restarts of one VM within `window` seconds.
+/// No crash loops: at most `limit` VM-level HA restarts (or failed failovers) of one VM within
+/// `window` seconds.
 actor RestartBudget {
     static let limit = 3
     static let window: TimeInterval = 600
@@ -335,8 +337,13 @@ actor RestartBudget {
         return true
     }
 
-    /// Gives back the last attempt: it did not fail the VM, something else held it.
-    func refund(_ vm: String) {
-        _ = recent[vm]?.popLast()
+    /// Whether the VM used up its budget (without using any of it).
+    func exhausted(_ vm: String, now: Date = Date()) -> Bool {
+        (recent[vm] ?? []).filter { now.timeIntervalSince($0) < Self.window }.count >= Self.limit
+    }
+
+    /// Counts a failed attempt against the budget.
+    func record(_ vm: String, now: Date = Date()) {
+        recent[vm, default: []].append(now)
     }
 }

@@ -655,6 +655,7 @@ components:
       properties:
         haPolicy: { $ref: "#/components/schemas/HAPolicy" }
         haPriority: { $ref: "#/components/schemas/HAPriority" }
+        drsExcluded: { type: boolean, description: "DRS and DPM never move this VM (rules and maintenance still may)." }
     DRSMode:
       type: string
       enum: [off, manual, automatic]
@@ -891,6 +892,7 @@ components:
         createdAt: { type: string, format: date-time }
         haPolicy: { $ref: "#/components/schemas/HAPolicy" }
         haPriority: { $ref: "#/components/schemas/HAPriority" }
+        drsExcluded: { type: boolean, description: "DRS and DPM leave this VM where it is." }
     VMCreate:
       type: object
       required: [name, cpus, memoryMiB]

@@ -113,6 +113,7 @@ final class VMService: Sendable {
     /// `admission: false` for HA's own restarts: admission control keeps room for failures, so it
     /// never blocks the restart it kept the room for.
     func start(_ reference: String, admission: Bool = true) async throws -> TaskRecord {
+        try await honourRules(reference)
         let (vm, task, host, previous) = try await beginTransition(reference, kind: "vm.start") { [placement] db, vm, host, task in
             guard host.hostState == .connected else {
                 throw ShepherdError(.hostNotConnected, "cannot start VM '\(vm.name)': its host '\(host.name)' is \(host.state)")
@@ -165,6 +166,40 @@ final class VMService: Sendable {
             }
         }
         return task
+    }
+
+    /// Initial placement under mandatory rules (vSphere's DRS at power-on): a VM that is not
+    /// running, whose host would break a mandatory rule, first moves to the host cluster placement
+    /// picks (its disk must be on a shared datastore that host sees). Without such a host the
+    /// start is refused naming every rule, and nothing changes.
+    private func honourRules(_ reference: String) async throws {
+        let moved = try await store.db.write { [placement] db -> (VMRecord, from: String, to: String, [RuleConflict])? in
+            let vm = try Inventory.vm(db, reference)
+            guard !vm.lifecycle.consumesHostResources, let host = try HostRecord.fetchOne(db, key: vm.hostId) else { return nil }
+            let (snapshot, index, hosts) = try DRSService.placementSnapshot(db, placing: vm, clusterId: host.clusterId,
+                                                                            hostReserveMiB: placement.hostReserveMiB)
+            guard let current = hosts.firstIndex(where: { $0.id == host.id }) else { return nil }
+            let conflicts = snapshot.ruleConflicts(placing: index, on: current)
+            guard !conflicts.isEmpty else { return nil }
+            let refusal = "cannot start VM '\(vm.name)' on \(host.name): " + conflicts.map(\.description).joined(separator: "; ")
+            guard try DatastoreRecord.filter(Column("name") == vm.datastore).fetchOne(db)?.kind == "shared" else {
+                throw ShepherdError(.preflightFailed, "\(refusal); its disk is on the local datastore '\(vm.datastore)', so it cannot start elsewhere")
+            }
+            let decision = ClusterPlacement.place(index, in: snapshot)
+            let seeing = try Inventory.datastoresByHost(db)
+            guard let target = decision.host, seeing[hosts[target].id]?.contains(vm.datastore) == true else {
+                let why = decision.rejections.keys.sorted().map { "\(hosts[$0].name): " + decision.rejections[$0]!.map(\.description).joined(separator: ", ") }
+                throw ShepherdError(.preflightFailed, "\(refusal); no host can take it (\(why.joined(separator: "; ")))")
+            }
+            var row = vm
+            row.hostId = hosts[target].id
+            try row.update(db)
+            return (vm, host.name, hosts[target].name, conflicts)
+        }
+        if let (vm, from, to, conflicts) = moved {
+            await events.record(.info, "vm.placed", targetType: "vm", targetId: vm.id, targetName: vm.name,
+                                "starts on \(to), not \(from): there it would break " + conflicts.map { $0.description }.joined(separator: "; "))
+        }
     }
 
     /// Polls the agent until the guest's tools answer; false when they did not in time.

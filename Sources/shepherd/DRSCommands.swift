@@ -166,24 +166,29 @@ extension Components.Schemas.IsolationResponse: ExpressibleByArgument {}
 extension VMCommand {
     struct Set: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Change a VM's settings: its HA policy and restart priority.",
-            discussion: "Example: shepherd vm set web1 --ha-policy restart-in-cluster --ha-priority high")
+            abstract: "Change a VM's settings: its HA policy and restart priority, whether DRS may move it.",
+            discussion: "Examples: shepherd vm set web1 --ha-policy restart-in-cluster --ha-priority high · shepherd vm set db1 --drs-excluded on")
         @OptionGroup var options: ClientOptions
         @Flag(help: "Print JSON.") var json = false
         @Argument(help: "The VM's name or id.") var vm: String
         @Option(help: "restart-in-cluster, restart-on-original-host or stop (HA leaves it down).") var haPolicy: Components.Schemas.HAPolicy?
         @Option(help: "high, medium or low: restart order and admission.") var haPriority: Components.Schemas.HAPriority?
+        @Option(help: "on: DRS and DPM never move this VM (rules and maintenance still may); off: they may.") var drsExcluded: String?
 
         func run() async throws {
-            guard haPolicy != nil || haPriority != nil else { throw ValidationError("give --ha-policy and/or --ha-priority") }
+            guard haPolicy != nil || haPriority != nil || drsExcluded != nil else {
+                throw ValidationError("give --ha-policy, --ha-priority and/or --drs-excluded")
+            }
+            if let drsExcluded, !["on", "off"].contains(drsExcluded) { throw ValidationError("--drs-excluded: '\(drsExcluded)' is not on or off") }
+            let body = Components.Schemas.VMUpdate(haPolicy: haPolicy, haPriority: haPriority, drsExcluded: drsExcluded.map { $0 == "on" })
             let updated = try await calling(options) { client in
-                switch try await client.updateVM(path: .init(vm: vm), body: .json(.init(haPolicy: haPolicy, haPriority: haPriority))) {
+                switch try await client.updateVM(path: .init(vm: vm), body: .json(body)) {
                 case .ok(let ok): return try ok.body.json
                 case .default(let status, let error): throw CLIError.api(status, error)
                 }
             }
             if json { return try printJSON(updated) }
-            print("\(updated.name): HA policy \(updated.haPolicy?.rawValue ?? "-"), priority \(updated.haPriority?.rawValue ?? "-")")
+            print("\(updated.name): HA policy \(updated.haPolicy?.rawValue ?? "-"), priority \(updated.haPriority?.rawValue ?? "-"), DRS \(updated.drsExcluded == true ? "excluded" : "may move it")")
         }
     }
 }

@@ -71,4 +71,30 @@ struct DRSAPITests {
             #expect(unknown == 404 && why.contains("nope"), "\(why)")
         }
     }
+
+    @Test("a VM whose host would break a mandatory rule starts on a host that keeps it; with none the start is refused naming the rules")
+    func rulesAtStart() async throws {
+        try await TestCluster.with(driver: "fake", hosts: 2) { cluster in
+            for (name, host) in [("s1", "host-1"), ("s2", "host-1"), ("s3", "host-1")] { _ = try await cluster.createVM(name, host: host) }
+            let token = cluster.adminToken
+            let rules = "/api/v1/clusters/cluster-1/rules"
+            #expect(try await cluster.raw("POST", rules, token: token, body: #"{"name":"apart","kind":"keep-apart","vms":["s1","s2","s3"]}"#).0 == 201)
+            #expect(try await cluster.start("s1").state == .succeeded)
+            // s2 would meet s1 on host-1: it starts on host-2 instead, and says why.
+            #expect(try await cluster.start("s2").state == .succeeded)
+            let moved = try await cluster.vm("s2")
+            #expect(moved.hostName == "host-2" && moved.state == .running)
+            let placed = try await cluster.events().first { $0.kind == "vm.placed" && $0.targetName == "s2" }
+            #expect(placed?.message.contains("rule 'apart'") == true, "\(String(describing: placed?.message))")
+            // s3 would meet one of them on either host: refused, naming the rule and each host's reason; nothing changes.
+            let before = try cluster.databaseSnapshot()
+            let (status, answer) = try await cluster.raw("POST", "/api/v1/vms/s3/start", token: token)
+            #expect(status == 409 && answer.contains("preflight_failed") && answer.contains("rule 'apart'") && answer.contains("host-2"), "\(answer)")
+            #expect(try cluster.databaseSnapshot() == before)
+            // A VM DRS must not move is marked through the API and shown.
+            let (patched, vm) = try await cluster.raw("PATCH", "/api/v1/vms/s1", token: token, body: #"{"drsExcluded":true}"#)
+            #expect(patched == 200 && vm.replacingOccurrences(of: " ", with: "").contains(#""drsExcluded":true"#), "\(vm)")
+            #expect(try await cluster.vm("s1").drsExcluded == true)
+        }
+    }
 }
