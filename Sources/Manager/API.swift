@@ -60,7 +60,8 @@ struct API: APIProtocol {
         Schemas.DRSConfig(mode: Schemas.DRSMode(rawValue: cluster.drsMode) ?? .off, threshold: cluster.drsThreshold,
                           baselineCPUPercent: Int((cluster.drsBaselineCPU * 100).rounded()),
                           baselineMemoryPercent: Int((cluster.drsBaselineMemory * 100).rounded()),
-                          metric: Schemas.DRSMetric(rawValue: cluster.drsMetric) ?? .both, intervalSeconds: cluster.drsIntervalSeconds)
+                          metric: Schemas.DRSMetric(rawValue: cluster.drsMetric) ?? .both, intervalSeconds: cluster.drsIntervalSeconds,
+                          dpm: Schemas.DRSMode(rawValue: cluster.dpmMode) ?? .off)
     }
 
     func updateCluster(_ input: Operations.UpdateCluster.Input) async throws -> Operations.UpdateCluster.Output {
@@ -91,7 +92,7 @@ struct API: APIProtocol {
                 if let drs = body.drs {
                     try DRSService.update(&cluster, mode: drs.mode?.rawValue, threshold: drs.threshold,
                                           baselineCPUPercent: drs.baselineCPUPercent, baselineMemoryPercent: drs.baselineMemoryPercent,
-                                          metric: drs.metric?.rawValue, intervalSeconds: drs.intervalSeconds)
+                                          metric: drs.metric?.rawValue, intervalSeconds: drs.intervalSeconds, dpm: drs.dpm?.rawValue)
                 }
                 if let ha = body.ha {
                     if let admission = ha.admission {

@@ -57,15 +57,18 @@ final class DRSService: Sendable {
     let loads: LoadTracker
     let hostReserveMiB: Int
     let logger: Logger
+    let dpm: DPMService
     /// Rounds a moved VM is held in place (× the cluster's interval).
     static let holdRounds = 6
     /// MHz DRS counts per host core (demand is measured in cores used).
     static let mhzPerCore = 1000.0
     static let keepLoadHistory: TimeInterval = 24 * 3600
 
-    init(store: Store, events: EventLog, migrations: MigrationService, loads: LoadTracker, hostReserveMiB: Int, logger: Logger) {
+    init(store: Store, events: EventLog, migrations: MigrationService, loads: LoadTracker, power: PowerService, hostReserveMiB: Int,
+         logger: Logger) {
         self.store = store; self.events = events; self.migrations = migrations; self.loads = loads
         self.hostReserveMiB = hostReserveMiB; self.logger = logger
+        dpm = DPMService(store: store, events: events, migrations: migrations, power: power)
     }
 
     /// Records a heartbeat's CPU readings; finished samples go to the database.
@@ -93,6 +96,8 @@ final class DRSService: Sendable {
         var unresolved: [Int]
         var hostIDs: [String]
         var vmIDs: [String]
+        var forecastMHz: [Double] = []
+        var held: [Bool] = []
     }
 
     static func settings(_ cluster: ClusterRecord) -> DRSSettings {
@@ -136,7 +141,7 @@ final class DRSService: Sendable {
         let snapshot = ClusterSnapshot(hosts: snapshotHosts, vms: snapshotVMs, rules: snapshotRules)
         let result = DRS.recommend(snapshot, settings: Self.settings(cluster), forecastMHz: forecast, held: held)
         return Evaluation(snapshot: snapshot, moves: result.moves, unresolved: result.unresolved,
-                          hostIDs: hosts.map(\.id), vmIDs: vmIDs)
+                          hostIDs: hosts.map(\.id), vmIDs: vmIDs, forecastMHz: forecast, held: held)
     }
 
     /// The cluster as placement sees it when `vm` (not running) is about to start: the hosts,
@@ -203,6 +208,10 @@ final class DRSService: Sendable {
         }
         if cluster.drsMode == "automatic", !records.isEmpty {
             _ = try await apply(cluster, ids: nil)
+        }
+        // DPM only in a round where DRS had nothing to move: the snapshot is then what runs.
+        if cluster.dpmMode != "off", records.isEmpty {
+            await dpm.round(cluster, evaluation)
         }
         return try await recommendations(cluster)
     }
@@ -347,7 +356,7 @@ extension DRSService {
 
     /// Validated DRS settings for a cluster (a refusal changes nothing).
     static func update(_ cluster: inout ClusterRecord, mode: String?, threshold: Int?, baselineCPUPercent: Int?,
-                       baselineMemoryPercent: Int?, metric: String?, intervalSeconds: Int?) throws {
+                       baselineMemoryPercent: Int?, metric: String?, intervalSeconds: Int?, dpm: String? = nil) throws {
         if let threshold, !(1...5).contains(threshold) {
             throw ShepherdError.invalidField("drs.threshold", "\(threshold) is not 1 (conservative) … 5 (aggressive)")
         }
@@ -363,6 +372,7 @@ extension DRSService {
         if let value = baselineMemoryPercent { cluster.drsBaselineMemory = Double(value) / 100 }
         if let metric { cluster.drsMetric = metric }
         if let intervalSeconds { cluster.drsIntervalSeconds = intervalSeconds }
+        if let dpm { cluster.dpmMode = dpm }
     }
 }
 

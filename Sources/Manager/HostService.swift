@@ -91,7 +91,7 @@ final class HostService: Sendable {
         let (host, wasLost) = try await store.db.write { db -> (HostRecord, Bool) in
             guard var host = try HostRecord.fetchOne(db, key: hostId) else { throw ShepherdError.notFound("host", hostId) }
             guard BearerAuth.matches(bearer, host.token) else { throw ShepherdError(.forbidden, "this credential does not belong to host '\(host.name)'") }
-            let wasLost = host.hostState == .disconnected
+            let wasLost = host.hostState == .disconnected || host.hostState == .standby
             if wasLost { host.state = HostState.connected.rawValue }
             host.cpuModel = report.cpuModel
             host.providedCPUModel = report.providedCPUModel

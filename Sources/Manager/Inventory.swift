@@ -27,7 +27,9 @@ struct Inventory: Sendable {
     /// less the host reserve), with each host id's index.
     static func snapshotHosts(_ hosts: [HostRecord], reserveMiB: Int) -> (hosts: [SnapshotHost], index: [String: Int]) {
         let snapshot = hosts.map { host in
-            SnapshotHost(name: host.name, state: host.hostState, power: host.hostState == .disconnected ? .off : .on,
+            // A standby host is DPM's to wake: connected as far as planning goes, but powered off.
+            SnapshotHost(name: host.name, state: host.hostState == .standby ? .connected : host.hostState,
+                         power: host.hostState == .disconnected ? .off : host.hostState == .standby ? .standby : .on,
                          cpuCapacityMHz: Double(host.cores) * DRSService.mhzPerCore, cores: host.cores,
                          memoryMiB: max(0, host.memoryTotalMiB - reserveMiB), cpuModel: host.providedCPUModel)
         }

@@ -24,6 +24,7 @@ final class MaintenanceService: Sendable {
             switch host.hostState {
             case .maintenance: throw ShepherdError(.illegalState, "host '\(host.name)' is already in maintenance mode")
             case .disconnected: throw ShepherdError(.hostNotConnected, "host '\(host.name)' is disconnected; its VMs cannot be moved live")
+            case .standby: throw ShepherdError(.hostNotConnected, "host '\(host.name)' is in standby (powered off by DPM); it runs no VMs")
             case .connected: break
             }
             let task = tasks.newTask(kind: "host.maintenance.enter", targetType: "host", targetId: host.id, targetName: host.name)

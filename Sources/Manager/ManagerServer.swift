@@ -56,9 +56,9 @@ public enum ManagerServer {
         let migrations = MigrationService(store: store, agents: agents, tasks: tasks, events: events, placement: placement, vms: vms,
                                           settings: configuration.migration, logger: logger)
         let maintenance = MaintenanceService(store: store, tasks: tasks, events: events, placement: placement, migrations: migrations)
-        let drs = DRSService(store: store, events: events, migrations: migrations, loads: LoadTracker(),
-                             hostReserveMiB: configuration.hostReserveMiB, logger: logger)
         let power = PowerService(store: store, tasks: tasks, events: events)
+        let drs = DRSService(store: store, events: events, migrations: migrations, loads: LoadTracker(), power: power,
+                             hostReserveMiB: configuration.hostReserveMiB, logger: logger)
         let ha = HAService(store: store, events: events, vms: vms, agents: agents, power: power, hostReserveMiB: configuration.hostReserveMiB)
         let api = API(store: store, vms: vms, hosts: hosts, migrations: migrations, maintenance: maintenance, drs: drs, ha: ha, power: power,
                       tasks: tasks, version: version)

@@ -664,7 +664,7 @@ components:
       enum: [cpu, memory, both]
     DRSConfig:
       type: object
-      required: [mode, threshold, baselineCPUPercent, baselineMemoryPercent, metric, intervalSeconds]
+      required: [mode, threshold, baselineCPUPercent, baselineMemoryPercent, metric, intervalSeconds, dpm]
       properties:
         mode: { $ref: "#/components/schemas/DRSMode" }
         threshold: { type: integer, description: "1 (conservative: only mandatory moves) … 5 (aggressive); the forecast ceiling is 95/90/85/80 % for 2…5." }
@@ -672,6 +672,7 @@ components:
         baselineMemoryPercent: { type: integer }
         metric: { $ref: "#/components/schemas/DRSMetric" }
         intervalSeconds: { type: integer }
+        dpm: { $ref: "#/components/schemas/DRSMode" }
     DRSConfigUpdate:
       type: object
       properties:
@@ -681,6 +682,13 @@ components:
         baselineMemoryPercent: { type: integer, description: "0-100." }
         metric: { $ref: "#/components/schemas/DRSMetric" }
         intervalSeconds: { type: integer, description: "5-86400." }
+        dpm:
+          $ref: "#/components/schemas/DRSMode"
+          description: |
+            DPM, in each DRS round: off; manual (events say which host it would empty and power
+            off, or power on); automatic (does it: live-migrates the host's VMs away, then powers
+            it off through its BMC into standby, and powers standby hosts on when DRS cannot
+            relieve a host). Needs DRS on and a BMC on each host it may power off.
     DRSRecommendation:
       type: object
       required: [id, vm, from, to, reason, mandatory, gainMHz, costMiB, state, createdAt]
@@ -771,7 +779,8 @@ components:
         name: { type: string }
     HostState:
       type: string
-      enum: [connected, disconnected, maintenance]
+      enum: [connected, disconnected, maintenance, standby]
+      description: standby is a host DPM powered off through its BMC; it powers it on when the cluster needs it.
     Host:
       type: object
       required: [id, name, clusterId, clusterName, state, address, cpuModel, cpuVendor, cores, memoryTotalMiB, memoryFreeMiB, memoryAllocatedMiB, vmCount, accelerator, agentVersion]

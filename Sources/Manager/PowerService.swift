@@ -22,7 +22,8 @@ final class PowerService: Sendable {
         self.store = store; self.tasks = tasks; self.events = events; self.http = http
     }
 
-    enum Action: String, Sendable { case on, off, reset }
+    /// `standby` is DPM's power-off: the host waits, off, until DPM (or an operator) powers it on.
+    enum Action: String, Sendable { case on, off, reset, standby }
 
     // MARK: - BMC settings
 
@@ -89,6 +90,11 @@ final class PowerService: Sendable {
                 try await client.powerOff(confirmWithin: Self.confirmTimeout)
                 try await recordPoweredOff(host, why: "powered off through its BMC")
                 return "\(host.name) is off (its BMC confirmed)"
+            case .standby:
+                await progress.update(10, "asking \(host.name)'s BMC to power off into standby")
+                try await client.powerOff(confirmWithin: Self.confirmTimeout)
+                try await recordPoweredOff(host, why: "powered off into standby by DPM", standby: true)
+                return "\(host.name) is in standby (its BMC confirmed it off)"
             case .on:
                 await progress.update(10, "asking \(host.name)'s BMC to power on")
                 try await client.powerOn(confirmWithin: Self.confirmTimeout)
@@ -110,12 +116,12 @@ final class PowerService: Sendable {
     }
 
     /// The host's VMs died with it: they are stopped, and the host disconnected until it reports.
-    private func recordPoweredOff(_ host: HostRecord, why: String) async throws {
+    private func recordPoweredOff(_ host: HostRecord, why: String, standby: Bool = false) async throws {
         let stopped = try await store.db.write { db -> [VMRecord] in
             guard var row = try HostRecord.fetchOne(db, key: host.id) else { return [] }
             row.powerState = RedfishWire.PowerState.off.rawValue
             row.powerCheckedAt = Date()
-            if row.hostState == .connected { row.state = HostState.disconnected.rawValue }
+            if row.hostState == .connected { row.state = (standby ? HostState.standby : .disconnected).rawValue }
             try row.update(db)
             var stopped: [VMRecord] = []
             for var vm in try VMRecord.filter(Column("hostId") == host.id).fetchAll(db)
@@ -150,7 +156,7 @@ final class PowerService: Sendable {
         let started = ContinuousClock.now
         while ContinuousClock.now - started < Self.reconnectTimeout {
             let row = try await store.db.read { db in try HostRecord.fetchOne(db, key: host.id) }
-            if let row, row.hostState != .disconnected, (row.lastHeartbeat ?? .distantPast) > since { return }
+            if let row, row.hostState != .disconnected, row.hostState != .standby, (row.lastHeartbeat ?? .distantPast) > since { return }
             try await Task.sleep(for: .seconds(1))
         }
         throw ShepherdError(.timedOut, "host '\(host.name)' is powered on but its agent did not report within \(Self.reconnectTimeout.components.seconds) s")

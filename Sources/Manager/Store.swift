@@ -199,6 +199,9 @@ public final class Store: Sendable {
                 t.add(column: "haIsolationResponse", .text).notNull().defaults(to: IsolationResponse.leaveRunning.rawValue)
             }
         }
+        migrator.registerMigration("v8: DPM mode") { db in
+            try db.alter(table: "cluster") { t in t.add(column: "dpmMode", .text).notNull().defaults(to: "off") }
+        }
         return migrator
     }
 }
@@ -214,6 +217,8 @@ struct ClusterRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var maxConcurrentMigrations: Int = 2
     /// off, manual or automatic.
     var drsMode: String = "off"
+    /// off, manual or automatic: DPM in each DRS round.
+    var dpmMode: String = "off"
     var drsThreshold: Int = 3
     var drsBaselineCPU: Double = 0.5
     var drsBaselineMemory: Double = 0.6

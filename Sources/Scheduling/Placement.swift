@@ -66,7 +66,7 @@ public struct Placement: Sendable {
     public func rejection(of host: HostCandidate, for request: PlacementRequest) -> HostRejection? {
         switch host.state {
         case .maintenance: return .inMaintenance
-        case .disconnected: return .notConnected(host.state)
+        case .disconnected, .standby: return .notConnected(host.state)
         case .connected: break
         }
         if let datastore = request.datastore, !host.datastores.contains(datastore) {

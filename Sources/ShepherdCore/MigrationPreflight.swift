@@ -110,6 +110,7 @@ public enum MigrationPreflight {
         case .connected: break
         case .maintenance: refusals.append(.init(.targetInMaintenance, "target '\(target.name)' is in maintenance mode"))
         case .disconnected: refusals.append(.init(.targetNotConnected, "target '\(target.name)' is disconnected"))
+        case .standby: refusals.append(.init(.targetNotConnected, "target '\(target.name)' is in standby (powered off by DPM)"))
         }
         if request.cpus > target.cores {
             refusals.append(.init(.targetShortOfCPU, "'\(vm)' has \(request.cpus) vCPUs; target '\(target.name)' has \(target.cores) cores"))

@@ -10,6 +10,8 @@ public enum TaskState: String, Sendable, Codable, CaseIterable {
 /// A host's connection state as the manager sees it.
 public enum HostState: String, Sendable, Codable, CaseIterable {
     case connected, disconnected, maintenance
+    /// Powered off by DPM through its BMC; DPM powers it on when the cluster needs it.
+    case standby
 }
 
 /// Storage leases: how long one lasts, and when a holder that cannot renew fences itself.

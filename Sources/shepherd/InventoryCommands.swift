@@ -186,6 +186,8 @@ struct ClusterCommand: AsyncParsableCommand {
         @Option(help: "DRS scheduling baseline: no balancing while every host is under it, e.g. cpu:40%,mem:50%.") var drsBaseline: String?
         @Option(help: "DRS metric: cpu, memory or both.") var drsMetric: Components.Schemas.DRSMetric?
         @Option(help: "DRS interval: 30s, 5m, 1h or seconds (5 s – 24 h).") var drsInterval: String?
+        @Option(help: "DPM: off, manual (events only) or automatic (empties idle hosts and powers them off through their BMC; powers them on when needed).")
+        var dpm: Components.Schemas.DRSMode?
         @Option(help: "HA: on or off (restart protected VMs whose QEMU died or whose guest panicked).") var ha: String?
         @Option(help: "HA admission control: off, percent:25, failover-hosts:host-3 or host-failures:1.") var haAdmission: String?
         @Option(help: "What an isolated host (lost the manager and every peer) does with its VMs: leave-running, power-off or shutdown.")
@@ -195,9 +197,9 @@ struct ClusterCommand: AsyncParsableCommand {
             let baseline = try drsBaseline.map(Self.parseBaseline)
             let interval = try drsInterval.map { try parseDuration($0, option: "--drs-interval") }
             let drsUpdate: Components.Schemas.DRSConfigUpdate? =
-                drs == nil && drsThreshold == nil && baseline == nil && drsMetric == nil && interval == nil ? nil
+                drs == nil && drsThreshold == nil && baseline == nil && drsMetric == nil && interval == nil && dpm == nil ? nil
                 : .init(mode: drs, threshold: drsThreshold, baselineCPUPercent: baseline?.cpu, baselineMemoryPercent: baseline?.memory,
-                        metric: drsMetric, intervalSeconds: interval)
+                        metric: drsMetric, intervalSeconds: interval, dpm: dpm)
             if let ha, !["on", "off"].contains(ha) { throw ValidationError("--ha: '\(ha)' is not on or off") }
             let haUpdate: Components.Schemas.HAConfigUpdate? = ha == nil && haAdmission == nil && haIsolationResponse == nil ? nil
                 : .init(enabled: ha.map { $0 == "on" }, admission: haAdmission, isolationResponse: haIsolationResponse)
@@ -213,7 +215,7 @@ struct ClusterCommand: AsyncParsableCommand {
             print("\(updated.name): IMC \(updated.imcBaseline ?? "off"), migration timeout \(updated.migrationTimeoutSeconds ?? 300) s, \(updated.maxConcurrentMigrations ?? 2) migrations per host")
             if let ha = updated.ha { print("HA \(ha.enabled ? "on" : "off"), admission \(ha.admission), isolation response \(ha.isolationResponse.rawValue)") }
             if let drs = updated.drs {
-                print("DRS \(drs.mode.rawValue), threshold \(drs.threshold), baseline cpu \(drs.baselineCPUPercent) % mem \(drs.baselineMemoryPercent) %, metric \(drs.metric.rawValue), every \(drs.intervalSeconds) s")
+                print("DRS \(drs.mode.rawValue), DPM \(drs.dpm.rawValue), threshold \(drs.threshold), baseline cpu \(drs.baselineCPUPercent) % mem \(drs.baselineMemoryPercent) %, metric \(drs.metric.rawValue), every \(drs.intervalSeconds) s")
             }
         }
 

@@ -18,6 +18,70 @@ struct DRSTests {
         return (try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [[String: Any]]) ?? []
     }
 
+    @Test("automatic DPM empties idle hosts live and powers them off through their BMCs into standby; power on brings one back")
+    func dpm() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 3, bmc: true) { cluster in
+            _ = try await cluster.createVM("dpm1", memoryMiB: 96, host: "host-1")
+            _ = try await cluster.createVM("dpm2", memoryMiB: 96, host: "host-2")
+            for name in ["dpm1", "dpm2"] { try #require(try await cluster.start(name).state == .succeeded) }
+            #expect(try await cluster.setCluster(#"{"drs":{"mode":"automatic","threshold":3,"intervalSeconds":5,"dpm":"automatic"}}"#).0 == 200)
+            // Idle guests: every host is far under DPM's 45 %. One of host-1/host-2 is emptied onto
+            // the other, and empty host-3 goes too; the last host stays.
+            let deadline = ContinuousClock.now + .seconds(180)
+            var standby: [String] = []
+            while standby.count < 2, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .seconds(3))
+                standby = []
+                for name in ["host-1", "host-2", "host-3"] where try await cluster.host(name).state == .standby { standby.append(name) }
+            }
+            let history = try await cluster.events().filter { $0.kind.hasPrefix("dpm") }.map { "\($0.targetName): \($0.message)" }
+            print("DPM: standby \(standby); \(history)")
+            #expect(standby.count == 2 && standby.contains("host-3"), "\(history)")
+            let hosts = Set([try await cluster.vm("dpm1").hostName, try await cluster.vm("dpm2").hostName])
+            #expect(hosts.count == 1 && !standby.contains(hosts.first ?? ""), "both VMs on the host that stays on: \(hosts)")
+            for name in ["dpm1", "dpm2"] { #expect(try await cluster.exec(name, ["true"]).exitCode == 0) }
+            #expect(cluster.qemuPids().count == 2)
+            for name in standby { #expect(try await cluster.host(name).bmc?.powerState == "Off") }
+            // DPM off, and the operator powers host-3 back on: it reconnects and takes VMs again.
+            #expect(try await cluster.setCluster(#"{"drs":{"dpm":"off"}}"#).0 == 200)
+            let on = try await cluster.power("on", "host-3")
+            #expect(on.state == .succeeded, "\(String(describing: on.error?.message))")
+            #expect(try await cluster.host("host-3").state == .connected)
+        }
+    }
+
+    @Test("when DRS cannot relieve a busy host, DPM powers a standby host on and DRS moves load onto it")
+    func dpmPowerOn() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 2, bmc: true) { cluster in
+            let names = ["pon1", "pon2", "pon3"]
+            for name in names { _ = try await cluster.createVM(name, memoryMiB: 96, host: "host-1") }
+            for name in names { try #require(try await cluster.start(name).state == .succeeded) }
+            #expect(try await cluster.setCluster(#"{"drs":{"mode":"automatic","threshold":3,"baselineCPUPercent":0,"intervalSeconds":5,"dpm":"automatic"}}"#).0 == 200)
+            // Idle: empty host-2 goes to standby.
+            var deadline = ContinuousClock.now + .seconds(90)
+            while try await cluster.host("host-2").state != .standby, ContinuousClock.now < deadline { try await Task.sleep(for: .seconds(2)) }
+            try #require(try await cluster.host("host-2").state == .standby)
+            // Three busy single-vCPU guests ask ~3 cores of host-1's 2: no usable host can take one, so DPM wakes host-2.
+            for name in names {
+                #expect(try await cluster.exec(name, ["sh", "-c", "while :; do :; done >/dev/null 2>&1 &"]).exitCode == 0)
+            }
+            deadline = ContinuousClock.now + .seconds(180)
+            var onHost2 = 0
+            while onHost2 == 0, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .seconds(3))
+                onHost2 = 0
+                for name in names where try await cluster.vm(name).hostName == "host-2" { onHost2 += 1 }
+            }
+            let history = try await cluster.events().filter { $0.kind.hasPrefix("dpm") || $0.kind.hasPrefix("drs") }.prefix(12)
+                .map { "\($0.kind) \($0.targetName): \($0.message)" }
+            print("DPM power-on: \(onHost2) VM(s) on host-2; \(history)")
+            #expect(try await cluster.host("host-2").state == .connected, "\(history)")
+            #expect(onHost2 >= 1, "DRS moved load onto the host DPM powered on: \(history)")
+            #expect(try await cluster.events().contains { $0.kind == "dpm.power-on" && $0.targetName == "host-2" })
+            #expect(cluster.qemuPids().count == 3)
+        }
+    }
+
     @Test("automatic DRS spreads three busy guests off one host; in manual mode a broken keep-apart rule waits for apply, then holds")
     func spreadAndRules() async throws {
         try await TestCluster.with(driver: "qemu", hosts: 2) { cluster in
