@@ -104,10 +104,16 @@ final class HAService: Sendable {
             guard let vm = protected.first(where: { $0.id == id }) else { continue }
             await note("\(id)-unplaced", .error, "ha.failed", vm, "\(reason); no host can take it: \(failure.reason)")
         }
-        for placement in plan.placements {
-            let id = vmIDs[placement.vm]
-            guard let vm = protected.first(where: { $0.id == id }) else { continue }
-            await restart(vm, from: lost, on: hosts[placement.host], reason: reason)
+        // Started in the plan's priority order, without waiting for one guest to boot before the
+        // next starts (vSphere's default): a host's VMs come back together, not one by one.
+        await withTaskGroup(of: Void.self) { group in
+            for placement in plan.placements {
+                let id = vmIDs[placement.vm]
+                guard let vm = protected.first(where: { $0.id == id }) else { continue }
+                let target = hosts[placement.host]
+                guard let task = await beginRestart(vm, from: lost, on: target, reason: reason) else { continue }
+                group.addTask { await self.concludeRestart(vm, task: task, from: lost, on: target) }
+            }
         }
     }
 
@@ -148,18 +154,19 @@ final class HAService: Sendable {
         return "host '\(lost.name)' failed: no heartbeat, storage lease on \(lease.datastore) expired \(Int(lease.ageSeconds)) s ago"
     }
 
-    /// Moves the VM's record to `target` and starts it there. If the start fails, the target
+    /// Moves the VM's record to `target` and starts it there (`beginRestart`, in priority order);
+    /// `concludeRestart` waits for the boot, concurrently with the others. If the start fails, the target
     /// forgets the VM and it goes back to its old host, unknown, held for a while before the next
     /// try: a disk still locked by a QEMU on the old host proves the VM runs there, so HA waits
     /// (30 s, doubling to 5 min, not counted against the restart budget) instead of retrying at once.
-    private func restart(_ vm: VMRecord, from lost: HostRecord, on target: HostRecord, reason: String) async {
+    private func beginRestart(_ vm: VMRecord, from lost: HostRecord, on target: HostRecord, reason: String) async -> TaskRecord? {
         // The failed attempt's event already said when the next one comes.
-        guard await holds.heldUntil(vm.id) == nil else { return }
+        guard await holds.heldUntil(vm.id) == nil else { return nil }
         // A host failure is not the VM's fault: only failed attempts count against its budget.
         guard await !restarts.exhausted(vm.id) else {
             await note("\(vm.id)-gave-up-\(lost.id)", .error, "ha.gave-up", vm,
                        "not restarted elsewhere: \(RestartBudget.limit) attempts within \(Int(RestartBudget.window / 60)) min failed (\(reason))")
-            return
+            return nil
         }
         do {
             try await store.db.write { db in
@@ -171,6 +178,17 @@ final class HAService: Sendable {
             let task = try await vms.start(vm.id, admission: false)
             await events.record(.warning, "ha.failover", targetType: "vm", targetId: vm.id, targetName: vm.name,
                                 "\(reason); restarting it on \(target.name) (priority \(vm.haPriority); task \(task.id))")
+            return task
+        } catch {
+            try? await handBack(vm, to: lost, from: target, why: "\(error)")
+            await events.record(.error, "ha.failed", targetType: "vm", targetId: vm.id, targetName: vm.name, "failover to \(target.name): \(error)")
+            return nil
+        }
+    }
+
+    /// Waits for the restart's start task; a failed one goes back to its lost host, held (above).
+    private func concludeRestart(_ vm: VMRecord, task: TaskRecord, from lost: HostRecord, on target: HostRecord) async {
+        do {
             let finished = try await store.finished(task.id)
             guard finished.state != "succeeded" else {
                 await holds.clear(vm.id)

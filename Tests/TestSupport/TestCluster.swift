@@ -43,7 +43,7 @@ public enum Paths {
 public final class TestCluster: @unchecked Sendable {
     public let directory: String
     public let driver: String
-    public let managerPort: Int
+    public private(set) var managerPort: Int
     public private(set) var manager: ChildProcess?
     public private(set) var agents: [String: ChildProcess] = [:]
     /// With `bmc: true`, each host's agent runs under a Redfish BMC (`shepherd bmc`).
@@ -80,7 +80,7 @@ public final class TestCluster: @unchecked Sendable {
         cluster.agentArguments = agentArguments
         do {
             if !namespaced.isEmpty { try await Net.addBridge(cluster.bridge, address: "\(cluster.subnet).1/24") }
-            try await cluster.startManager()
+            try await cluster.startFirstManager()
             for index in 1...max(1, hosts) where hosts > 0 { try await cluster.startAgent("host-\(index)") }
             if hosts > 0 { try await cluster.waitForHosts(connected: hosts) }
             if bmc { for index in 1...max(1, hosts) where hosts > 0 { try await cluster.registerBMC("host-\(index)") } }
@@ -118,6 +118,20 @@ public final class TestCluster: @unchecked Sendable {
         managerPort = try TCP.freePort()
         try Files.ensureDirectory(directory, mode: 0o700)
         try Files.ensureDirectory(directory + "/shared", mode: 0o755)
+    }
+
+    /// The first start picks another port when the chosen one was taken meanwhile: `freePort`
+    /// releases the port it found, and tests running in parallel start many servers.
+    private func startFirstManager() async throws {
+        for attempt in 1...5 {
+            do {
+                return try await startManager()
+            } catch let error as HarnessError where attempt < 5 && error.description.contains("Address already in use") {
+                manager = nil
+                try? FileManager.default.removeItem(atPath: directory + "/manager.log")
+                managerPort = try TCP.freePort()
+            }
+        }
     }
 
     public func startManager() async throws {
