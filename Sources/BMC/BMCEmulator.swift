@@ -57,9 +57,15 @@ public actor BMCEmulator {
     private var agent: ChildProcess?
     /// The last queued power change; the next one waits for it.
     private var tail: Task<Void, Never>?
+    /// Restarts an agent that exited while the machine is on, as its service manager
+    /// (systemd's Restart=on-failure) would on a real host; nil: not supervised.
+    private let restartAgentAfter: Duration?
+    private var supervisor: Task<Void, Never>?
 
     public init(name: String, agentArguments: [String], agentLog: String, stateDirectory: String,
-                gracePeriod: Duration = .seconds(10), killTimeout: Duration = .seconds(10), logger: Logger? = nil) {
+                gracePeriod: Duration = .seconds(10), killTimeout: Duration = .seconds(10), restartAgentAfter: Duration? = nil,
+                logger: Logger? = nil) {
+        self.restartAgentAfter = restartAgentAfter
         self.name = name
         self.agentArguments = agentArguments
         self.agentLog = agentLog
@@ -83,6 +89,26 @@ public actor BMCEmulator {
     /// before are cut, so Off is never a lie).
     public func start(poweredOn: Bool) async throws {
         try await reset(poweredOn ? .on : .forceOff)
+        if let delay = restartAgentAfter, supervisor == nil {
+            supervisor = Task { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: delay)
+                    await self?.restartExitedAgent()
+                }
+            }
+        }
+    }
+
+    /// An agent that exited (crashed, killed) while the machine is on starts again; one that is
+    /// merely stuck (SIGSTOP, a hung host) does not — that is for fencing to deal with.
+    private func restartExitedAgent() async {
+        guard state == .on, let child = agent, !child.isRunning else { return }
+        logger.warning("the agent of \(name) (pid \(child.pid)) exited while the host is on; starting it again, as its service manager would")
+        try? await serialized { me in
+            guard me.state == .on, me.agent?.isRunning != true, let executable = me.agentArguments.first else { return }
+            me.agent = try ChildProcess.spawn(executable, Array(me.agentArguments.dropFirst()), logFile: me.agentLog)
+            me.logger.info("the agent of \(me.name) runs again, pid \(me.agent?.pid ?? 0)")
+        }
     }
 
     /// Carries out a Redfish ComputerSystem.Reset; returns once the power change has completed.
@@ -97,6 +123,8 @@ public actor BMCEmulator {
     /// (SIGKILL after the grace period), waiting for it to end, after any power change under way.
     /// QEMU processes are left running; the reported power state is not changed.
     public func shutdownAgent() async {
+        supervisor?.cancel()
+        supervisor = nil
         try? await serialized { me in await me.stopAgentGracefully(reason: "BMC exiting") }
     }
 

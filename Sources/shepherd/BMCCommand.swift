@@ -46,7 +46,9 @@ struct BMCCommand: AsyncParsableCommand {
         try Validate.name(name, field: "--name")
         let (host, port) = try ListenAddress.parse(listen)
         let credentials = try BMCCredentials.load(user: user, passwordFile: passwordFile)
-        let emulator = BMCEmulator(name: name, agentArguments: agentCommand, agentLog: agentLog, stateDirectory: stateDir)
+        // The agent is supervised like a systemd service: restarted 2 s after it exits.
+        let emulator = BMCEmulator(name: name, agentArguments: agentCommand, agentLog: agentLog, stateDirectory: stateDir,
+                                   restartAgentAfter: .seconds(2))
 
         // Serve first and power on once listening, so a port in use starts nothing. SIGTERM or
         // SIGINT stops the server gracefully; then the agent is ended.

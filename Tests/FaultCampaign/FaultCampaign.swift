@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import HostKit
 import ShepherdAPI
 import Testing
@@ -8,8 +11,9 @@ import TestSupport
 ///
 /// Three hosts, each under a Redfish BMC and in its own network namespace; three protected VMs,
 /// each holding a checksummed file. Every round injects one fault at a random moment — a QEMU
-/// killed, an agent killed (the host stays on: only BMC fencing makes a restart safe), a power
-/// loss (agent and every QEMU of a host at once), the manager killed and restarted, or a host's
+/// killed, an agent killed (its service manager starts it again: nothing may move), a host that
+/// hangs (agent and QEMUs stopped, BMC on: only fencing makes a restart safe), a power loss
+/// (agent and every QEMU of a host at once), the manager killed and restarted, or a host's
 /// management link cut — waits until every VM runs again with its guest tools answering, then
 /// checks that no VM was lost, none runs twice (asking every host's QEMUs, not the manager), and
 /// every guest's file still verifies. Then it heals (link back, fenced hosts powered on) and goes on.
@@ -176,9 +180,11 @@ struct FaultCampaign {
             // Host faults only where there is something to fail over.
             let on = vms.values.filter { $0.hostName == host }.map(\.name).sorted()
             guard !on.isEmpty else { continue }
-            var kinds: [FaultKind] = [.agentKill, .powerLoss]
+            var kinds: [FaultKind] = [.hang, .powerLoss]
             if Self.namespaced.contains(host) { kinds.append(.linkCut) }
             for kind in kinds { options[kind, default: []].append(Fault(kind: kind, host: host, restarted: on)) }
+            // The agent's service manager starts it again: its VMs must stay where they are.
+            options[.agentKill, default: []].append(Fault(kind: .agentKill, host: host, restarted: []))
         }
         options[.managerKill] = [Fault(kind: .managerKill)]   // always possible: it restarts nothing
         let kinds = FaultKind.allCases.filter { options[$0] != nil }
@@ -193,10 +199,21 @@ struct FaultCampaign {
             guard let name = fault.vm, let pid = vms[name]?.pid else { return "no QEMU pid for \(fault.target)" }
             return HostKit.Processes.kill(Int32(pid)) ? nil : "SIGKILL to pid \(pid) failed"
         case .agentKill:
-            // Only the agent: its QEMUs run on and the BMC still says On, so HA must fence.
-            guard let host = fault.host, cluster.agentPid(host) != nil else { return "\(fault.target) has no running agent" }
+            // Only the agent: its QEMUs run on, and its service manager (the BMC emulator) starts
+            // it again within seconds, before the host counts as lost: nothing may move.
+            guard let host = fault.host, let old = cluster.agentPid(host) else { return "\(fault.target) has no running agent" }
             await cluster.stopAgent(host, kill: true)
-            return nil
+            for _ in 0..<40 {
+                if let now = cluster.agentPid(host), now != old { return nil }
+                try? await Task.sleep(for: .milliseconds(500))
+            }
+            return "the agent of \(host) was not started again within 20 s"
+        case .hang:
+            // The host hangs: agent and QEMUs stop (SIGSTOP), the BMC still says On. HA must fence
+            // it through the BMC (which kills the stopped processes) before restarting elsewhere.
+            guard let host = fault.host, let agent = cluster.agentPid(host) else { return "\(fault.target) has no running agent" }
+            let stopped = ([agent] + hostQEMUPids(cluster, host)).filter { Glibc.kill($0, SIGSTOP) != 0 }
+            return stopped.isEmpty ? nil : "SIGSTOP failed for pid(s) \(stopped)"
         case .powerLoss:
             // Agent and every QEMU of the host die together, as when the plug is pulled (the
             // emulated BMC still says On: nobody asked it).
@@ -414,12 +431,13 @@ typealias VM = Components.Schemas.Vm
 enum FaultKind: String, CaseIterable, Sendable {
     case qemuKill = "kill QEMU"
     case agentKill = "kill agent"
+    case hang = "host hangs"
     case powerLoss = "power loss"
     case managerKill = "kill manager"
     case linkCut = "cut link"
 
     /// Faults that take a host away: their recovery time is a failover time.
-    var isHostFault: Bool { self == .agentKill || self == .powerLoss || self == .linkCut }
+    var isHostFault: Bool { self == .hang || self == .powerLoss || self == .linkCut }
 }
 
 struct Fault: Sendable {

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import HostKit
 import ShepherdAPI
 import Testing
@@ -107,20 +110,28 @@ struct HATests {
         }
     }
 
-    @Test("a lost host with a BMC is fenced: HA powers it off through Redfish, its VM runs once on another host, power on brings the host back")
+    @Test("under a BMC a killed agent is restarted and keeps its VM; a hung host is fenced through Redfish and its VM runs once elsewhere")
     func bmcFencing() async throws {
         try await TestCluster.with(driver: "qemu", hosts: 2, bmc: true) { cluster in
             #expect(try await cluster.setCluster(#"{"ha":{"enabled":true}}"#).0 == 200)
             _ = try await cluster.createVM("hf3", memoryMiB: 96, host: "host-1")
             try #require(try await cluster.start("hf3").state == .succeeded)
             let pid = try #require(try await cluster.vm("hf3").pid)
-            // Only the agent dies: its QEMU runs on, so only fencing makes a restart elsewhere safe.
-            let lostAt = ContinuousClock.now
+            // The agent dies: its service manager (the BMC emulator here) starts it again; the VM stays.
+            let agent = try #require(cluster.agentPid("host-1"))
             await cluster.stopAgent("host-1", kill: true)
-            #expect(HostKit.Processes.isAlive(Int32(pid)))
+            try await Task.sleep(for: .seconds(14))   // past the 10 s after which a silent host is lost
+            #expect(cluster.agentPid("host-1") != nil && cluster.agentPid("host-1") != agent, "the agent runs again")
+            let kept = try await cluster.vm("hf3")
+            #expect(kept.hostName == "host-1" && kept.pid == pid && kept.state == .running, "\(kept.hostName) \(String(describing: kept.pid)) \(kept.state)")
+            #expect(try await cluster.events().allSatisfy { $0.kind != "host.fenced" })
+            // The host hangs (agent and QEMU stopped, BMC still On): only fencing makes a restart safe.
+            let hungAgent = try #require(cluster.agentPid("host-1"))
+            #expect(Glibc.kill(hungAgent, SIGSTOP) == 0 && Glibc.kill(Int32(pid), SIGSTOP) == 0)
+            let hungAt = ContinuousClock.now
             let moved = try await cluster.waitForVM("hf3", timeout: .seconds(120)) { $0.state == .running && $0.hostName == "host-2" }
             let running = try await cluster.waitForVM("hf3", timeout: .seconds(60)) { $0.toolsStatus == .running }
-            print("BMC fencing: agent killed → tools answer on host-2 after \(ContinuousClock.now - lostAt)")
+            print("BMC fencing: host hung → tools answer on host-2 after \(ContinuousClock.now - hungAt)")
             #expect(moved.pid != pid)
             #expect(!HostKit.Processes.isAlive(Int32(pid)), "fencing must have ended the old QEMU")
             #expect(cluster.qemuPids() == [Int32(try #require(running.pid))], "exactly one QEMU runs hf3: \(cluster.qemuPids())")
