@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 #endif
 import HostKit
+import Redfish
 import ShepherdAPI
 import Testing
 import TestSupport
@@ -13,7 +14,7 @@ import TestSupport
 /// each holding a checksummed file. Every round injects one fault at a random moment — a QEMU
 /// killed, an agent killed (its service manager starts it again: nothing may move), a host that
 /// hangs (agent and QEMUs stopped, BMC on: only fencing makes a restart safe), a power loss
-/// (agent and every QEMU of a host at once), the manager killed and restarted, or a host's
+/// (the host's BMC powers it off behind the manager's back), the manager killed and restarted, or a host's
 /// management link cut — waits until every VM runs again with its guest tools answering, then
 /// checks that no VM was lost, none runs twice (asking every host's QEMUs, not the manager), and
 /// every guest's file still verifies. Then it heals (link back, fenced hosts powered on) and goes on.
@@ -215,13 +216,17 @@ struct FaultCampaign {
             let stopped = ([agent] + hostQEMUPids(cluster, host)).filter { Glibc.kill($0, SIGSTOP) != 0 }
             return stopped.isEmpty ? nil : "SIGSTOP failed for pid(s) \(stopped)"
         case .powerLoss:
-            // Agent and every QEMU of the host die together, as when the plug is pulled (the
-            // emulated BMC still says On: nobody asked it).
-            guard let host = fault.host, let agent = cluster.agentPid(host) else { return "\(fault.target) has no running agent" }
-            let qemus = hostQEMUPids(cluster, host)
-            guard HostKit.Processes.kill(agent) else { return "SIGKILL to agent pid \(agent) failed" }
-            let missed = qemus.filter { !HostKit.Processes.kill($0) }
-            return missed.isEmpty ? nil : "SIGKILL failed for QEMU pid(s) \(missed)"
+            // The plug is pulled: asked of the host's BMC directly, not through the manager, so
+            // the agent and every QEMU die at once and the BMC then reports Off.
+            guard let host = fault.host, let port = cluster.bmcPorts[host] else { return "\(fault.target) has no BMC" }
+            do {
+                let password = try String(contentsOfFile: cluster.bmcPasswordFile, encoding: .utf8).trimmingCharacters(in: .newlines)
+                let bmc = try RedfishClient(address: "redfish+http://127.0.0.1:\(port)", user: cluster.bmcUser, password: password)
+                try await bmc.powerOff(confirmWithin: .seconds(30))
+                return nil
+            } catch {
+                return "the BMC of \(host) did not power it off: \(error)"
+            }
         case .managerKill:
             await cluster.stopManager(kill: true)
             try? await Task.sleep(for: random.milliseconds(upTo: 5000))
