@@ -589,7 +589,7 @@ struct CampaignSummary {
         }
         lines += [
             "",
-            "Failover: from the fault (agent killed, power lost, link cut) until every VM runs with its guest tools answering, the hit ones on another host.",
+            "Failover: from the fault (host hung, power lost, link cut) until every VM runs with its guest tools answering, the hit ones on another host.",
             "",
             "| round | fault | target | VMs hit | recovery s | failover s | HA proof | checks | failures |",
             "|---|---|---|---|---|---|---|---|---|",
