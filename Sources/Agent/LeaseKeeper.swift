@@ -60,6 +60,7 @@ final class LeaseKeeper: Service, Sendable {
         }
         if renewed {
             lastRenewal.withLock { $0 = .now }
+            link.leaseRenewedAt.withLock { $0 = Date() }
             fenced.withLock { $0 = false }
             return
         }

@@ -16,6 +16,8 @@ final class ManagerLink: Service, Sendable {
     let credential = Mutex<Credential?>(nil)
     /// The manager's last heartbeat answer and when it came: the isolation monitor's input.
     let lastAnswer = Mutex<ManagerAnswer?>(nil)
+    /// When the lease keeper last renewed every storage lease; reported with each heartbeat.
+    let leaseRenewedAt = Mutex<Date?>(nil)
 
     init(configuration: AgentConfiguration, driver: any HypervisorDriver, logger: Logger) {
         self.configuration = configuration
@@ -91,7 +93,7 @@ final class ManagerLink: Service, Sendable {
         }
         let response = try await client.agentHeartbeat(body: .json(.init(
             hostId: current.hostId, host: try await hostReport(), datastores: datastoreReports(), guests: guests,
-            accelerator: driver.accelerator, agentVersion: AgentServer.version)))
+            accelerator: driver.accelerator, agentVersion: AgentServer.version, leaseRenewedAt: leaseRenewedAt.withLock { $0 })))
         switch response {
         case .ok(let ok):
             let answer = try ok.body.json

@@ -263,7 +263,7 @@ struct API: APIProtocol {
             bmc: host.bmcAddress.map { address in
                 Schemas.HostBMC(address: address, user: host.bmcUser ?? "", insecure: host.bmcInsecure,
                                 powerState: host.powerState, powerCheckedAt: host.powerCheckedAt)
-            })
+            }, leaseRenewedAt: host.leaseRenewedAt)
     }
 
     func listDatastores(_ input: Operations.ListDatastores.Input) async throws -> Operations.ListDatastores.Output {
@@ -481,7 +481,7 @@ struct API: APIProtocol {
         let failures = try await guarded {
             try await hosts.heartbeat(bearer: RequestBearer.token, hostId: body.hostId, host: Self.report(body.host),
                                       accelerator: body.accelerator, agentVersion: body.agentVersion,
-                                      datastores: body.datastores.map(Self.report), guests: guests)
+                                      datastores: body.datastores.map(Self.report), guests: guests, leaseRenewedAt: body.leaseRenewedAt)
         }
         await drs.record(guests, hostId: body.hostId)
         if !failures.isEmpty { await ha.handleFailures(failures) }

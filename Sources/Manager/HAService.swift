@@ -143,6 +143,12 @@ final class HAService: Sendable {
                        "host '\(lost.name)' is lost but holds no storage lease on a shared datastore: nothing proves it stopped, so its VMs are not restarted elsewhere")
             return nil
         }
+        // What `host show` says about the lost host's lease: the file, not its last heartbeat.
+        try? await store.db.write { db in
+            guard var row = try HostRecord.fetchOne(db, key: lost.id) else { return }
+            row.leaseRenewedAt = Date(timeIntervalSince1970: lease.renewedAt)
+            try row.update(db)
+        }
         if lease.isolatedVMsStopped == true {
             return "host '\(lost.name)' is isolated: it lost the manager and every peer and its isolation response ended its VMs, as its storage lease on \(lease.datastore) says"
         }

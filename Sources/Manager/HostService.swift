@@ -85,8 +85,8 @@ final class HostService: Sendable {
     /// the VMs it found newly crashed (for HA).
     @discardableResult
     func heartbeat(bearer: String?, hostId: String, host report: HostReport, accelerator: String?, agentVersion: String?,
-                   datastores: [DatastoreReport],
-                   guests: [AgentWire.GuestStatus]) async throws -> [(vmId: String, reason: String)] {
+                   datastores: [DatastoreReport], guests: [AgentWire.GuestStatus],
+                   leaseRenewedAt: Date? = nil) async throws -> [(vmId: String, reason: String)] {
         guard let bearer else { throw ShepherdError(.unauthorized, "heartbeats need the host's credential as bearer token") }
         let (host, wasLost) = try await store.db.write { db -> (HostRecord, Bool) in
             guard var host = try HostRecord.fetchOne(db, key: hostId) else { throw ShepherdError.notFound("host", hostId) }
@@ -103,6 +103,7 @@ final class HostService: Sendable {
             host.lastHeartbeat = Date()
             if let accelerator { host.accelerator = accelerator }
             if let agentVersion { host.agentVersion = agentVersion }
+            if let leaseRenewedAt { host.leaseRenewedAt = leaseRenewedAt }
             try host.update(db)
             try Self.saveDatastores(db, datastores, hostId: host.id)
             return (host, wasLost)

@@ -804,6 +804,7 @@ components:
         agentVersion: { type: string }
         lastHeartbeat: { type: string, format: date-time }
         bmc: { $ref: "#/components/schemas/HostBMC" }
+        leaseRenewedAt: { type: string, format: date-time, description: "When the host last renewed its storage lease (from its heartbeats, or read by HA from its lease file once it is lost); older than 20 s: expired." }
     HostBMC:
       type: object
       description: The host's BMC, without its password.
@@ -1036,6 +1037,7 @@ components:
         guests: { type: array, items: { $ref: "#/components/schemas/GuestReport" } }
         accelerator: { type: string, description: "kvm or tcg, as the agent decided at its start." }
         agentVersion: { type: string }
+        leaseRenewedAt: { type: string, format: date-time, description: "When the agent last renewed its storage lease on every shared datastore." }
 
 """#
 }

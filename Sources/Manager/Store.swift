@@ -202,6 +202,9 @@ public final class Store: Sendable {
         migrator.registerMigration("v8: DPM mode") { db in
             try db.alter(table: "cluster") { t in t.add(column: "dpmMode", .text).notNull().defaults(to: "off") }
         }
+        migrator.registerMigration("v9: host lease renewal") { db in
+            try db.alter(table: "host") { t in t.add(column: "leaseRenewedAt", .datetime) }
+        }
         return migrator
     }
 }
@@ -298,6 +301,8 @@ struct HostRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     /// Power state as the BMC last reported it (On, Off, …) and when.
     var powerState: String?
     var powerCheckedAt: Date?
+    /// When the host last renewed its storage lease, as its heartbeat or (once lost) its lease file says.
+    var leaseRenewedAt: Date?
 
     var hostState: HostState { HostState(rawValue: state) ?? .disconnected }
 }

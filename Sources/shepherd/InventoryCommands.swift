@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ShepherdAPI
+import ShepherdCore
 
 struct HostCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "host", abstract: "The hosts (agents) of the clusters.",
@@ -150,6 +151,10 @@ struct HostCommand: AsyncParsableCommand {
                 ("memory", "\(formatMiB(found.memoryFreeMiB)) free of \(formatMiB(found.memoryTotalMiB)); VMs \(formatMiB(found.memoryAllocatedMiB))"),
                 ("vms", "\(found.vmCount)"), ("accelerator", found.accelerator), ("agent", found.agentVersion),
                 ("heartbeat", formatDate(found.lastHeartbeat)),
+                ("lease", found.leaseRenewedAt.map { renewed in
+                    let age = Int(Date().timeIntervalSince(renewed))
+                    return "renewed \(formatDate(renewed)) (\(age) s ago; \(Double(age) > Leases.expireSeconds ? "expired" : "valid for \(Int(Leases.expireSeconds)) s"))"
+                } ?? "none (no shared datastore, or not renewed yet)"),
                 ("bmc", found.bmc.map { "\($0.address) as \($0.user)\($0.insecure ? " (certificate not verified)" : "")" } ?? "none (HA fences through the storage lease only)"),
                 ("power", found.bmc.map { "\($0.powerState ?? "unknown") (checked \(formatDate($0.powerCheckedAt)))" } ?? "unknown: no BMC"),
             ]

@@ -67,6 +67,9 @@ struct HATests {
             _ = try await cluster.createVM("hf1", memoryMiB: 96, host: "host-1")
             try #require(try await cluster.start("hf1").state == .succeeded)
             let pid = try #require(try await cluster.vm("hf1").pid)
+            // `host show` reports the lease: renewed within the last few seconds while the host lives…
+            let renewed = try #require(try await cluster.host("host-1").leaseRenewedAt, "no lease renewal reported")
+            #expect(Date().timeIntervalSince(renewed) < 10)
             // Power off host-1: its agent and its QEMU end at once.
             await cluster.stopAgent("host-1", kill: true)
             #expect(HostKit.Processes.kill(Int32(pid)))
@@ -74,6 +77,9 @@ struct HATests {
             #expect(moved.pid != nil && moved.pid != pid)
             let failover = try await waitForEvent(cluster, "ha.failover", "hf1", timeout: .seconds(5))
             #expect(failover?.message.contains("storage lease") == true, "\(String(describing: failover?.message))")
+            // …and expired once it is lost, as HA read it from the lease file.
+            let last = try #require(try await cluster.host("host-1").leaseRenewedAt)
+            #expect(Date().timeIntervalSince(last) > 20, "lease renewed \(last)")
             _ = try await cluster.waitForVM("hf1", timeout: .seconds(60)) { $0.toolsStatus == .running }
             #expect(try await cluster.exec("hf1", ["true"]).exitCode == 0)
             #expect(cluster.qemuPids().count == 1)
