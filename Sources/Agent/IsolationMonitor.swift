@@ -36,8 +36,7 @@ final class IsolationMonitor: Service, Sendable {
     private func check() async {
         // Never heard from the manager: nothing to go on (no peers, no response).
         guard let answer = link.lastAnswer.withLock({ $0 }) else { return }
-        let elapsed = ContinuousClock.now - answer.at
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let seconds = (ContinuousClock.now - answer.at).inSeconds
         if seconds < Isolation.detectSeconds {
             let before = phase.withLock { old -> Phase in defer { old = .connected }; return old }
             if before == .isolated {
@@ -90,13 +89,14 @@ final class IsolationMonitor: Service, Sendable {
         logger.error("isolation response \(response.rawValue) applied: every VM is off; the storage lease says so, and HA restarts them elsewhere")
     }
 
-    private func runningVMs() async -> [String] {
-        await driver.statuses().filter { $0.power == .running || $0.power == .paused }.map(\.vmId)
-    }
+    /// VMs whose guest runs.
+    private func runningVMs() async -> [String] { await vms(in: [.running, .paused]) }
 
     /// VMs with a QEMU process, whatever their guest does.
-    private func liveVMs() async -> [String] {
-        await driver.statuses().filter { $0.power == .running || $0.power == .paused || $0.power == .shutdown }.map(\.vmId)
+    private func liveVMs() async -> [String] { await vms(in: [.running, .paused, .shutdown]) }
+
+    private func vms(in powers: Set<AgentWire.GuestPower>) async -> [String] {
+        await driver.statuses().filter { powers.contains($0.power) }.map(\.vmId)
     }
 
     /// How many peer agents accept a TCP connection within a second (probed in parallel).

@@ -131,15 +131,7 @@ public actor BMCEmulator {
     /// QEMU processes of this host now: pids from `<state dir>/vms/*/qemu.pid` that are alive and
     /// whose command line mentions the vm id.
     public nonisolated func hostQEMUPids() -> [Int32] {
-        let vms = stateDirectory + "/vms"
-        var pids: [Int32] = []
-        for id in ((try? FileManager.default.contentsOfDirectory(atPath: vms)) ?? []).sorted() where !id.hasPrefix(".") {
-            if let pid = Processes.readPidFile("\(vms)/\(id)/qemu.pid"), Processes.isAlive(pid),
-               Processes.commandLine(pid)?.contains(where: { $0.contains(id) }) == true, !pids.contains(pid) {
-                pids.append(pid)
-            }
-        }
-        return pids
+        Processes.pidsFromPidFiles(under: stateDirectory + "/vms", named: "qemu.pid").map(\.pid)
     }
 
     // MARK: - Internals

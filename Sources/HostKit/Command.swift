@@ -225,7 +225,7 @@ public enum Command {
             if out.open { fds.append(pollfd(fd: out.fd, events: Int16(POLLIN), revents: 0)) }
             if err.open { fds.append(pollfd(fd: err.fd, events: Int16(POLLIN), revents: 0)) }
             if stdinFD >= 0 { fds.append(pollfd(fd: stdinFD, events: Int16(POLLOUT), revents: 0)) }
-            let waitMS = Int32(min(max((wait.hkSeconds * 1000).rounded(.up), 0), 1000))
+            let waitMS = Int32(min(max((wait.inSeconds * 1000).rounded(.up), 0), 1000))
             let n = fds.withUnsafeMutableBufferPointer { poll($0.baseAddress, nfds_t($0.count), waitMS) }
             if n <= 0 { continue }
 

@@ -70,7 +70,7 @@ final class Locked<Value>: @unchecked Sendable {
 
 extension Duration {
     /// The duration in (fractional) seconds.
-    var hkSeconds: Double {
+    public var inSeconds: Double {
         let c = components
         return Double(c.seconds) + Double(c.attoseconds) * 1e-18
     }
@@ -78,7 +78,7 @@ extension Duration {
 
 /// "30" for whole seconds, "0.5" otherwise.
 func formatSeconds(_ d: Duration) -> String {
-    let s = d.hkSeconds
+    let s = d.inSeconds
     if s == s.rounded(), abs(s) < 1e12 { return String(Int64(s)) }
     return String(format: "%.3g", s)
 }
@@ -123,7 +123,7 @@ func readWholeFile(_ path: String, limit: Int = 64 << 20) -> [UInt8]? {
 
 /// Sleeps without occupying a thread and without being cut short by task cancellation.
 func sleepUninterruptibly(_ duration: Duration) async {
-    let nanos = max(0, Int(duration.hkSeconds * 1e9))
+    let nanos = max(0, Int(duration.inSeconds * 1e9))
     await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
         DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(nanos)) { cont.resume() }
     }

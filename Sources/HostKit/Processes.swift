@@ -60,6 +60,18 @@ public enum Processes {
         return (user + system) / Double(clockTicksPerSecond)
     }
 
+    /// Live processes named by the pid files `<directory>/<name>/<pidFile>` whose command line
+    /// mentions `<name>` (so a reused pid is not taken for them): a host's QEMUs from
+    /// `<agent state>/vms/<vm id>/qemu.pid`. Sorted by `<name>`.
+    public static func pidsFromPidFiles(under directory: String, named pidFile: String) -> [(name: String, pid: Int32)] {
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { !$0.hasPrefix(".") }.sorted()
+        return names.compactMap { name in
+            guard let pid = readPidFile("\(directory)/\(name)/\(pidFile)"), isAlive(pid),
+                  commandLine(pid)?.contains(where: { $0.contains(name) }) == true else { return nil }
+            return (name, pid)
+        }
+    }
+
     /// A process by pid and start time (clock ticks since boot): together they never repeat, so
     /// a later signal never hits a process that reused the pid.
     public struct Identity: Hashable, Sendable {

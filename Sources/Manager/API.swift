@@ -478,16 +478,15 @@ struct API: APIProtocol {
                                   toolsRunning: guest.toolsRunning, pid: guest.pid.map(Int32.init), reason: guest.reason,
                                   cpuSeconds: guest.cpuSeconds)
         }
-        let failures = try await guarded {
+        let outcome = try await guarded {
             try await hosts.heartbeat(bearer: RequestBearer.token, hostId: body.hostId, host: Self.report(body.host),
                                       accelerator: body.accelerator, agentVersion: body.agentVersion,
                                       datastores: body.datastores.map(Self.report), guests: guests, leaseRenewedAt: body.leaseRenewedAt)
         }
         await drs.record(guests, hostId: body.hostId)
-        if !failures.isEmpty { await ha.handleFailures(failures) }
-        let (response, peers) = try await guarded { try await hosts.isolationSettings(hostId: body.hostId) }
-        return .ok(.init(body: .json(.init(isolationResponse: Schemas.IsolationResponse(rawValue: response.rawValue) ?? .leaveRunning,
-                                           peers: peers))))
+        if !outcome.failures.isEmpty { await ha.handleFailures(outcome.failures) }
+        return .ok(.init(body: .json(.init(isolationResponse: Schemas.IsolationResponse(rawValue: outcome.isolationResponse.rawValue) ?? .leaveRunning,
+                                           peers: outcome.peers))))
     }
 
     static func report(_ host: Schemas.HostReport) -> HostReport {

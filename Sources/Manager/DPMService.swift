@@ -26,9 +26,7 @@ final class DPMService: Sendable {
 
     func round(_ cluster: ClusterRecord, _ evaluation: DRSService.Evaluation) async {
         let snapshot = evaluation.snapshot
-        guard let hosts = try? await store.db.read({ db in try evaluation.hostIDs.map { try HostRecord.fetchOne(db, key: $0) } }),
-              hosts.allSatisfy({ $0 != nil }) else { return }
-        let records = hosts.compactMap { $0 }
+        let records = evaluation.hosts
         if cluster.haEnabled, cluster.haAdmission != "off" {
             await note("\(cluster.id)-admission", "dpm.blocked", cluster,
                        "DPM keeps every host on while HA admission control (\(cluster.haAdmission)) is on: it does not yet prove the failover capacity survives a power-off")
@@ -39,7 +37,7 @@ final class DPMService: Sendable {
             snapshot.hosts[host].isUsable && records[host].bmcAddress != nil
                 && load.cpuFraction(snapshot, host) < Self.settings.lowWatermark
         }
-        let roundsLow = await lowRounds.update(evaluation.hostIDs, low: low)
+        let roundsLow = await lowRounds.update(records.map(\.id), low: low)
         var plan = DPM.plan(snapshot, drs: DRSService.settings(cluster), settings: Self.settings, forecastMHz: evaluation.forecastMHz,
                             held: evaluation.held, roundsLow: roundsLow, unresolved: evaluation.unresolved,
                             idleWatts: { _ in 1 }, mipsPerWatt: { snapshot.hosts[$0].cpuCapacityMHz })
@@ -86,7 +84,7 @@ final class DPMService: Sendable {
                                 + (names.isEmpty ? "powering off into standby" : "moving \(names.joined(separator: ", ")), then powering off into standby"))
         do {
             for move in moves {
-                let task = try await migrations.migrate(evaluation.vmIDs[move.vm], target: evaluation.hostIDs[move.to])
+                let task = try await migrations.migrate(evaluation.vmIDs[move.vm], target: evaluation.hosts[move.to].id)
                 let finished = try await store.finished(task.id)
                 guard finished.state == "succeeded" else {
                     throw ShepherdError(.preflightFailed, "moving \(evaluation.snapshot.vms[move.vm].name) failed: \(finished.errorMessage ?? "?")")

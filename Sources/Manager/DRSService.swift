@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import HostKit
 import Logging
 import Scheduling
 import ServiceLifecycle
@@ -22,7 +23,7 @@ actor LoadTracker {
             windowStart[vmId] = Reading(at: now, cpuSeconds: cpuSeconds)
             return nil
         }
-        let elapsed = Double((now - start.at).components.seconds) + Double((now - start.at).components.attoseconds) / 1e18
+        let elapsed = (now - start.at).inSeconds
         guard elapsed >= Self.sampleSeconds else { return nil }
         let cores = max(0, (cpuSeconds - start.cpuSeconds) / elapsed)
         windowStart[vmId] = Reading(at: now, cpuSeconds: cpuSeconds)
@@ -94,7 +95,8 @@ final class DRSService: Sendable {
         var snapshot: ClusterSnapshot
         var moves: [DRSMove]
         var unresolved: [Int]
-        var hostIDs: [String]
+        /// The cluster's hosts, in snapshot order.
+        var hosts: [HostRecord]
         var vmIDs: [String]
         var forecastMHz: [Double] = []
         var held: [Bool] = []
@@ -141,7 +143,7 @@ final class DRSService: Sendable {
         let snapshot = ClusterSnapshot(hosts: snapshotHosts, vms: snapshotVMs, rules: snapshotRules)
         let result = DRS.recommend(snapshot, settings: Self.settings(cluster), forecastMHz: forecast, held: held)
         return Evaluation(snapshot: snapshot, moves: result.moves, unresolved: result.unresolved,
-                          hostIDs: hosts.map(\.id), vmIDs: vmIDs, forecastMHz: forecast, held: held)
+                          hosts: hosts, vmIDs: vmIDs, forecastMHz: forecast, held: held)
     }
 
     /// The cluster as placement sees it when `vm` (not running) is about to start: the hosts,
@@ -192,7 +194,7 @@ final class DRSService: Sendable {
         let now = Date()
         let records = evaluation.moves.map { move in
             DRSRecommendationRecord(id: newID(), clusterId: cluster.id, vmId: evaluation.vmIDs[move.vm],
-                                    fromHostId: evaluation.hostIDs[move.from], toHostId: evaluation.hostIDs[move.to],
+                                    fromHostId: evaluation.hosts[move.from].id, toHostId: evaluation.hosts[move.to].id,
                                     reason: Self.describe(move, evaluation.snapshot), mandatory: move.isMandatory,
                                     gainMHz: move.gain, costMiB: move.costMiB, state: "pending", taskId: nil, createdAt: now)
         }
@@ -202,7 +204,7 @@ final class DRSService: Sendable {
             for record in records { try record.insert(db) }
         }
         for host in evaluation.unresolved {
-            await events.record(.warning, "drs.unresolved", targetType: "host", targetId: evaluation.hostIDs[host],
+            await events.record(.warning, "drs.unresolved", targetType: "host", targetId: evaluation.hosts[host].id,
                                 targetName: evaluation.snapshot.hosts[host].name,
                                 "DRS found no host to relieve it within the threshold's ceiling")
         }

@@ -200,9 +200,9 @@ final class HAService: Sendable {
                 await holds.clear(vm.id)
                 return
             }
-            try? await agents.release(Inventory.endpoint(target), vm: vm.id)
-            try await handBack(vm, to: lost, from: target, why: finished.errorMessage ?? "start failed")
             let error = finished.errorMessage ?? "start failed"
+            try? await agents.release(Inventory.endpoint(target), vm: vm.id)
+            try await handBack(vm, to: lost, from: target, why: error)
             if finished.errorCode == ShepherdError.Code.diskLocked.rawValue {
                 let until = await holds.hold(vm.id, locked: true)
                 await events.record(.warning, "ha.held", targetType: "vm", targetId: vm.id, targetName: vm.name,

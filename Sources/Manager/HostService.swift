@@ -81,14 +81,20 @@ final class HostService: Sendable {
         return (hostId, token)
     }
 
-    /// Records a heartbeat and settles the VMs that no task of this manager is changing; returns
-    /// the VMs it found newly crashed (for HA).
+    /// What a heartbeat found (VMs newly crashed, for HA) and what its answer tells the agent.
+    struct HeartbeatOutcome {
+        var failures: [(vmId: String, reason: String)]
+        var isolationResponse: IsolationResponse
+        var peers: [String]
+    }
+
+    /// Records a heartbeat and settles the VMs that no task of this manager is changing.
     @discardableResult
     func heartbeat(bearer: String?, hostId: String, host report: HostReport, accelerator: String?, agentVersion: String?,
                    datastores: [DatastoreReport], guests: [AgentWire.GuestStatus],
-                   leaseRenewedAt: Date? = nil) async throws -> [(vmId: String, reason: String)] {
+                   leaseRenewedAt: Date? = nil) async throws -> HeartbeatOutcome {
         guard let bearer else { throw ShepherdError(.unauthorized, "heartbeats need the host's credential as bearer token") }
-        let (host, wasLost) = try await store.db.write { db -> (HostRecord, Bool) in
+        let (host, wasLost, isolation) = try await store.db.write { db -> (HostRecord, Bool, (IsolationResponse, [String])) in
             guard var host = try HostRecord.fetchOne(db, key: hostId) else { throw ShepherdError.notFound("host", hostId) }
             guard BearerAuth.matches(bearer, host.token) else { throw ShepherdError(.forbidden, "this credential does not belong to host '\(host.name)'") }
             let wasLost = host.hostState == .disconnected || host.hostState == .standby
@@ -106,22 +112,15 @@ final class HostService: Sendable {
             if let leaseRenewedAt { host.leaseRenewedAt = leaseRenewedAt }
             try host.update(db)
             try Self.saveDatastores(db, datastores, hostId: host.id)
-            return (host, wasLost)
+            // What the agent needs should it become isolated: the cluster's response and its peers.
+            let response = try ClusterRecord.fetchOne(db, key: host.clusterId).flatMap { IsolationResponse(rawValue: $0.haIsolationResponse) }
+            let peers = try HostRecord.filter(Column("clusterId") == host.clusterId && Column("id") != host.id).order(Column("name")).fetchAll(db)
+            return (host, wasLost, (response ?? .leaveRunning, peers.map(\.address)))
         }
         if wasLost {
             await events.record(.info, "host.connected", targetType: "host", targetId: host.id, targetName: host.name, "heartbeats resumed")
         }
-        return try await reconcile(host: host, guests: guests)
-    }
-
-    /// The cluster's isolation response and the agent URLs of the host's peers, for its agent.
-    func isolationSettings(hostId: String) async throws -> (IsolationResponse, [String]) {
-        try await store.db.read { db in
-            guard let host = try HostRecord.fetchOne(db, key: hostId) else { throw ShepherdError.notFound("host", hostId) }
-            let cluster = try ClusterRecord.fetchOne(db, key: host.clusterId)
-            let peers = try HostRecord.filter(Column("clusterId") == host.clusterId && Column("id") != host.id).order(Column("name")).fetchAll(db)
-            return (cluster.flatMap { IsolationResponse(rawValue: $0.haIsolationResponse) } ?? .leaveRunning, peers.map(\.address))
-        }
+        return HeartbeatOutcome(failures: try await reconcile(host: host, guests: guests), isolationResponse: isolation.0, peers: isolation.1)
     }
 
     /// Brings the stored VM states in line with what the host reports, for VMs no live task owns.

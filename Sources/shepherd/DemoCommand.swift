@@ -327,13 +327,10 @@ final class Demo: @unchecked Sendable {
         agents.removeAll()
         for index in 1...hostCount {
             let vmsDirectory = hostStateDirectory(index) + "/vms"
-            for id in (try? FileManager.default.contentsOfDirectory(atPath: vmsDirectory)) ?? [] {
-                if let pid = Processes.readPidFile("\(vmsDirectory)/\(id)/qemu.pid"), Processes.isAlive(pid),
-                   Processes.commandLine(pid)?.contains(where: { $0.contains(id) }) == true {
-                    say("ending QEMU \(pid) left by an agent")
-                    _ = await Processes.terminate(pid, grace: .seconds(5))
-                    try? FileManager.default.removeItem(atPath: "\(vmsDirectory)/\(id)/qemu.pid")
-                }
+            for (id, pid) in Processes.pidsFromPidFiles(under: vmsDirectory, named: "qemu.pid") {
+                say("ending QEMU \(pid) left by an agent")
+                _ = await Processes.terminate(pid, grace: .seconds(5))
+                try? FileManager.default.removeItem(atPath: "\(vmsDirectory)/\(id)/qemu.pid")
             }
         }
         await manager?.terminate(grace: .seconds(10))

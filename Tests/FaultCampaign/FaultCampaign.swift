@@ -383,14 +383,7 @@ struct FaultCampaign {
     /// The live QEMUs of one host, found the way its BMC finds them: pidfiles under its agent's
     /// state directory whose process is alive and names the VM id on its command line.
     private func hostQEMUPids(_ cluster: TestCluster, _ host: String) -> [Int32] {
-        let directory = cluster.agentDirectory(host) + "/vms"
-        let ids = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).sorted()
-        return ids.compactMap { (id: String) -> Int32? in
-            guard !id.hasPrefix("."), let pid = HostKit.Processes.readPidFile("\(directory)/\(id)/qemu.pid"),
-                  HostKit.Processes.isAlive(pid),
-                  HostKit.Processes.commandLine(pid)?.contains(where: { argument in argument.contains(id) }) == true else { return nil }
-            return pid
-        }
+        HostKit.Processes.pidsFromPidFiles(under: cluster.agentDirectory(host) + "/vms", named: "qemu.pid").map(\.pid)
     }
 
     /// What let HA restart the VMs the fault hit, from its events since: BMC fencing, the isolated
@@ -627,6 +620,3 @@ struct CampaignSummary {
     }
 }
 
-extension Duration {
-    var inSeconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
-}

@@ -452,17 +452,9 @@ public final class TestCluster: @unchecked Sendable {
 
     /// Pids of QEMU processes that agents of this cluster run (from their pidfiles).
     public func qemuPids() -> [Int32] {
-        var pids: [Int32] = []
-        for name in agentPorts.keys {
-            let vms = agentDirectory(name) + "/vms"
-            for id in (try? FileManager.default.contentsOfDirectory(atPath: vms)) ?? [] {
-                if let pid = Processes.readPidFile("\(vms)/\(id)/qemu.pid"), Processes.isAlive(pid),
-                   Processes.commandLine(pid)?.contains(where: { $0.contains(id) }) == true {
-                    pids.append(pid)
-                }
-            }
+        agentPorts.keys.flatMap { name in
+            Processes.pidsFromPidFiles(under: agentDirectory(name) + "/vms", named: "qemu.pid").map(\.pid)
         }
-        return pids
     }
 
     /// Ends agents, any QEMU they left, and the manager; removes the directory.
