@@ -41,6 +41,11 @@ struct HATests {
             // Policy stop: HA leaves it crashed.
             #expect(try await cluster.raw("PATCH", "/api/v1/vms/ha1", token: cluster.adminToken, body: #"{"haPolicy":"stop"}"#).0 == 200)
             _ = try await cluster.waitForVM("ha1", timeout: .seconds(60)) { $0.toolsStatus == .running }
+            // The restart's start task may still be finishing: a QEMU killed under it fails that
+            // task (a user's start reports that), not HA. Kill once the task has ended.
+            for _ in 0..<120 where try await cluster.tasks().contains(where: { $0.targetName == "ha1" && ($0.state == .running || $0.state == .queued) }) {
+                try await Task.sleep(for: .milliseconds(250))
+            }
             let third = try #require(try await cluster.vm("ha1").pid)
             #expect(HostKit.Processes.kill(Int32(third)))
             _ = try await cluster.waitForVM("ha1", timeout: .seconds(30)) { $0.state == .crashed }
