@@ -103,7 +103,7 @@ public enum AgentServer {
         router.middlewares.add(ErrorMiddleware())
         router.middlewares.add(AgentAuth(link: manager))
         let leases = LeaseKeeper(configuration: configuration, driver: driver, link: manager, logger: logger)
-        AgentRoutes(driver: driver).register(on: router)
+        AgentRoutes(driver: driver, datastores: configuration.datastores).register(on: router)
         router.get("/agent/v1/leases") { _, _ in JSONResponse.make(leases.leases()) }
         let app = Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: "shepherd-agent"),
                               logger: logger)
@@ -138,6 +138,17 @@ struct AgentAuth<Context: RequestContext>: RouterMiddleware {
 /// The manager→agent API: thin handlers over the driver.
 struct AgentRoutes: Sendable {
     let driver: any HypervisorDriver
+    let datastores: [DatastoreMount]
+
+    /// The agent touches disk images only inside its own datastores: a path from the wire must
+    /// lie under one, with no `..` step out of it.
+    func checkOnDatastore(_ path: String, field: String = "path") throws {
+        let components = path.split(separator: "/")
+        guard path.hasPrefix("/"), !components.contains(".."), !components.contains("."),
+              datastores.contains(where: { path.hasPrefix($0.path.hasSuffix("/") ? $0.path : $0.path + "/") }) else {
+            throw ShepherdError.invalidField(field, "'\(path)' is not inside a datastore of this host (\(datastores.map(\.path).joined(separator: ", ")))")
+        }
+    }
 
     func register(on router: Router<BasicRequestContext>) {
         let vms = router.group("/agent/v1/vms")
@@ -189,6 +200,47 @@ struct AgentRoutes: Sendable {
             let body = try await request.decode(as: AgentWire.ProbeRequest.self, context: context)
             let (reachable, detail) = await TCP.reachable(body.address, port: body.port, timeout: .seconds(3))
             return JSONResponse.make(AgentWire.ProbeAnswer(reachable: reachable, detail: detail))
+        }
+        let disks = router.group("/agent/v1/disks")
+        disks.post("create") { request, context in
+            let body = try await request.decode(as: AgentWire.DiskCreateRequest.self, context: context)
+            try checkOnDatastore(body.path)
+            try DiskRules.checkSize(body.sizeBytes, field: "sizeBytes")
+            return JSONResponse.make(try await driver.createDisk(body))
+        }
+        disks.post("info") { request, context in
+            let body = try await request.decode(as: AgentWire.DiskPathRequest.self, context: context)
+            try checkOnDatastore(body.path)
+            return JSONResponse.make(try await driver.diskImage(path: body.path))
+        }
+        disks.post("delete") { request, context in
+            let body = try await request.decode(as: AgentWire.DiskPathRequest.self, context: context)
+            try checkOnDatastore(body.path)
+            try await driver.deleteDisk(path: body.path)
+            return JSONResponse.make(AgentWire.Done())
+        }
+        disks.post("resize") { request, context in
+            let body = try await request.decode(as: AgentWire.DiskPathRequest.self, context: context)
+            try checkOnDatastore(body.path)
+            guard let size = body.sizeBytes else { throw ShepherdError.invalidField("sizeBytes", "must be given") }
+            try DiskRules.checkSize(size, field: "sizeBytes")
+            return JSONResponse.make(try await driver.resizeDisk(path: body.path, sizeBytes: size))
+        }
+        vms.post(":id/disks") { request, context in
+            let body = try await request.decode(as: AgentWire.DiskDefinition.self, context: context)
+            try checkOnDatastore(body.path)
+            try await driver.attachDisk(context.parameters.require("id"), body)
+            return JSONResponse.make(AgentWire.Done())
+        }
+        vms.delete(":id/disks/:disk") { _, context in
+            try await driver.detachDisk(context.parameters.require("id"), diskID: context.parameters.require("disk"))
+            return JSONResponse.make(AgentWire.Done())
+        }
+        vms.post(":id/disks/:disk/resize") { request, context in
+            let body = try await request.decode(as: AgentWire.DiskResizeRequest.self, context: context)
+            try DiskRules.checkSize(body.sizeBytes, field: "sizeBytes")
+            try await driver.resizeAttachedDisk(context.parameters.require("id"), diskID: context.parameters.require("disk"), sizeBytes: body.sizeBytes)
+            return JSONResponse.make(AgentWire.Done())
         }
         vms.post(":id/exec") { request, context in
             let body = try await request.decode(as: AgentWire.ExecRequest.self, context: context)

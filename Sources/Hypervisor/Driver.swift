@@ -33,4 +33,20 @@ public protocol HypervisorDriver: Sendable {
     func release(_ vm: String) async throws
     /// Sets the guest's clock from the host's through the tools (after a switch-over).
     func syncGuestClock(_ vm: String) async throws
+
+    // MARK: disks (image paths the manager gives, on this host's datastores)
+
+    /// Creates an empty image with the type's allocation (thin, thick, thick-lazy).
+    func createDisk(_ request: AgentWire.DiskCreateRequest) async throws -> AgentWire.DiskImage
+    /// The image as it is now: virtual size and the bytes it really takes.
+    func diskImage(path: String) async throws -> AgentWire.DiskImage
+    func deleteDisk(path: String) async throws
+    /// Grows an image no VM has open.
+    func resizeDisk(path: String, sizeBytes: Int64) async throws -> AgentWire.DiskImage
+    /// Adds a data disk to the VM's definition, hot-plugging it when the VM runs.
+    func attachDisk(_ vm: String, _ disk: AgentWire.DiskDefinition) async throws
+    /// Removes a data disk from the VM, hot-unplugging it (the guest releases it) when the VM runs.
+    func detachDisk(_ vm: String, diskID: String) async throws
+    /// Grows an attached disk, live when the VM runs.
+    func resizeAttachedDisk(_ vm: String, diskID: String, sizeBytes: Int64) async throws
 }

@@ -87,6 +87,54 @@ public actor FakeDriver: HypervisorDriver {
         migrated.remove(vm)
     }
 
+    // MARK: disks: images are sizes in memory
+
+    private var images: [String: AgentWire.DiskImage] = [:]
+
+    public func createDisk(_ request: AgentWire.DiskCreateRequest) async throws -> AgentWire.DiskImage {
+        guard images[request.path] == nil else { throw ShepherdError(.alreadyExists, "disk image '\(request.path)' already exists") }
+        let allocated = request.type == .thin ? 196_608 : request.sizeBytes
+        let image = AgentWire.DiskImage(path: request.path, format: request.format.rawValue, virtualBytes: request.sizeBytes,
+                                        allocatedBytes: allocated, backing: nil)
+        images[request.path] = image
+        return image
+    }
+
+    public func diskImage(path: String) async throws -> AgentWire.DiskImage {
+        guard let image = images[path] else { throw ShepherdError(.notFound, "disk image '\(path)' is not on this host") }
+        return image
+    }
+
+    public func deleteDisk(path: String) async throws { images[path] = nil }
+
+    public func resizeDisk(path: String, sizeBytes: Int64) async throws -> AgentWire.DiskImage {
+        guard var image = images[path] else { throw ShepherdError(.notFound, "disk image '\(path)' is not on this host") }
+        image.virtualBytes = sizeBytes
+        images[path] = image
+        return image
+    }
+
+    public func attachDisk(_ vm: String, _ disk: AgentWire.DiskDefinition) async throws {
+        var definition = try known(vm)
+        guard images[disk.path] != nil else { throw ShepherdError(.notFound, "disk image '\(disk.path)' is not on this host") }
+        if !definition.disks.contains(where: { $0.id == disk.id }) { definition.disks.append(disk) }
+        definitions[vm] = definition
+    }
+
+    public func detachDisk(_ vm: String, diskID: String) async throws {
+        var definition = try known(vm)
+        definition.disks.removeAll { $0.id == diskID }
+        definitions[vm] = definition
+    }
+
+    public func resizeAttachedDisk(_ vm: String, diskID: String, sizeBytes: Int64) async throws {
+        guard let disk = try known(vm).disks.first(where: { $0.id == diskID }) else { throw ShepherdError.notFound("disk", diskID) }
+        _ = try await resizeDisk(path: disk.path, sizeBytes: sizeBytes)
+    }
+
+    /// The data disks the VM's definition on this host lists (what its QEMU would open).
+    public func attachedDisks(_ vm: String) -> [AgentWire.DiskDefinition] { definitions[vm]?.disks ?? [] }
+
     /// Makes a running guest "crash", as a killed QEMU would.
     public func crash(_ vm: String) {
         running.remove(vm)

@@ -103,7 +103,7 @@ public final class QEMUDriver: HypervisorDriver {
         await supervisors.remove(vm)
     }
 
-    private func supervisor(_ vm: String) async throws -> GuestSupervisor {
+    func supervisor(_ vm: String) async throws -> GuestSupervisor {
         guard let supervisor = await supervisors.get(vm) else { throw ShepherdError.notFound("VM", vm) }
         return supervisor
     }
@@ -122,7 +122,7 @@ private actor Supervisors {
 /// status reports reuse the last known tools state instead of queueing a ping.
 actor GuestSupervisor {
     nonisolated let id: String
-    private var definition: AgentWire.VMDefinition
+    private(set) var definition: AgentWire.VMDefinition
     private let directory: String
     private let accelerator: String
     private let qemuBinary: String
@@ -190,7 +190,7 @@ actor GuestSupervisor {
         try save()
     }
 
-    private func save() throws {
+    func save() throws {
         let data = try JSONEncoder().encode(definition)
         try Files.writeAtomically(data, to: directory + "/vm.json", mode: 0o600)
     }
@@ -198,7 +198,7 @@ actor GuestSupervisor {
     // MARK: state
 
     /// The pid of this VM's QEMU if it runs (checked against its command line, since pids get reused).
-    private func livePid() -> Int32? {
+    func livePid() -> Int32? {
         guard let pid = Processes.readPidFile(pidFile), Processes.isAlive(pid),
               let argv = Processes.commandLine(pid), argv.contains(where: { $0.contains(id) }) else { return nil }
         return pid
@@ -264,8 +264,14 @@ actor GuestSupervisor {
         }
         for stale in [pidFile, qmpSocket, guestAgentSocket] { try? FileManager.default.removeItem(atPath: stale) }
         try Files.ensureDirectory(socketDirectory, mode: 0o700)
-        for file in [definition.kernel, definition.initrd, definition.disk] where !FileManager.default.fileExists(atPath: file) {
+        let files = [definition.kernel, definition.initrd, definition.disk] + definition.disks.map(\.path)
+        for file in files where !FileManager.default.fileExists(atPath: file) {
             throw ShepherdError(.notFound, "cannot start VM '\(definition.name)': '\(file)' is not on this host")
+        }
+        // A power-on (not an incoming migration, which continues the source's overlay) starts
+        // every non-persistent disk from its base again.
+        if !extraArguments.contains("-incoming") {
+            for disk in definition.disks where disk.mode == .nonPersistent { try await freshOverlay(for: disk) }
         }
         let argv = QEMUCommandLine(definition: definition, accelerator: accelerator, qmpSocket: qmpSocket,
                                    guestAgentSocket: guestAgentSocket, pidFile: pidFile, logFile: logFile, serialLog: serialLog).arguments
@@ -409,6 +415,7 @@ actor GuestSupervisor {
         if (try? FileManager.default.contentsOfDirectory(atPath: diskDirectory))?.isEmpty == true {
             try? FileManager.default.removeItem(atPath: diskDirectory)
         }
+        for disk in definition.disks where disk.mode == .nonPersistent { try? FileManager.default.removeItem(atPath: overlayPath(for: disk)) }
         try FileManager.default.removeItem(atPath: directory)
         try? FileManager.default.removeItem(atPath: socketDirectory)
     }
@@ -443,7 +450,7 @@ actor GuestSupervisor {
     /// Runs one change of the QEMU process (start, end) at a time: the actor is reentrant, and a
     /// status call that ends a powered-off QEMU must never reach a QEMU a start just launched
     /// (it would send `quit` to the new one through the same socket path).
-    private func exclusive<T: Sendable>(_ body: (isolated GuestSupervisor) async throws -> T) async rethrows -> T {
+    func exclusive<T: Sendable>(_ body: (isolated GuestSupervisor) async throws -> T) async rethrows -> T {
         while changingProcess { try? await Task.sleep(for: .milliseconds(20)) }
         changingProcess = true
         defer { changingProcess = false }
@@ -456,9 +463,9 @@ actor GuestSupervisor {
         return try await body()
     }
 
-    private func qmp(_ command: String, _ arguments: [String: JSONValue]? = nil) async throws -> JSONValue {
+    func qmp(_ command: String, _ arguments: [String: JSONValue]? = nil, timeout: Duration = .seconds(5)) async throws -> JSONValue {
         do {
-            return try await QMP.execute(socketPath: qmpSocket, command, arguments: arguments, timeout: .seconds(5))
+            return try await QMP.execute(socketPath: qmpSocket, command, arguments: arguments, timeout: timeout)
         } catch let error as QMPError {
             throw ShepherdError(.agentFailed, "QMP \(command) on '\(definition.name)' failed: \(error.message)")
         }
@@ -492,6 +499,9 @@ public struct QEMUCommandLine: Sendable {
             "-kernel", definition.kernel, "-initrd", definition.initrd, "-append", definition.cmdline,
             "-blockdev", "driver=qcow2,node-name=disk0,file.driver=file,file.filename=\(definition.disk.replacingOccurrences(of: ",", with: ",,"))",
             "-device", "virtio-blk-pci,drive=disk0",
+        ] + definition.disks.flatMap { disk in
+            ["-blockdev", DiskNodes.blockdevOption(disk, vmID: definition.id), "-device", DiskNodes.deviceOption(disk)]
+        } + [
             "-chardev", "socket,id=qga0,path=\(guestAgentSocket),server=on,wait=off",
             "-device", "virtio-serial-pci",
             "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",

@@ -409,6 +409,60 @@ struct API: APIProtocol {
         return .ok(.init(body: .json(.init(exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr))))
     }
 
+    // MARK: disks
+
+    func listDisks(_ input: Operations.ListDisks.Input) async throws -> Operations.ListDisks.Output {
+        let views = try await guarded { try await vms.disks.list(vm: input.query.vm) }
+        return .ok(.init(body: .json(views.map(Self.disk))))
+    }
+
+    func getDisk(_ input: Operations.GetDisk.Input) async throws -> Operations.GetDisk.Output {
+        let view = try await guarded { try await vms.disks.show(input.path.disk) }
+        return .ok(.init(body: .json(Self.disk(view))))
+    }
+
+    func createDisk(_ input: Operations.CreateDisk.Input) async throws -> Operations.CreateDisk.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let task = try await guarded {
+            try await vms.disks.create(.init(vm: body.vm, name: body.name, sizeBytes: body.sizeBytes,
+                                             type: DiskType(rawValue: body._type?.rawValue ?? "thin") ?? .thin,
+                                             mode: DiskMode(rawValue: body.mode?.rawValue ?? "persistent") ?? .persistent,
+                                             datastore: body.datastore))
+        }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
+    func deleteDisk(_ input: Operations.DeleteDisk.Input) async throws -> Operations.DeleteDisk.Output {
+        let task = try await guarded { try await vms.disks.delete(input.path.disk) }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
+    func attachDisk(_ input: Operations.AttachDisk.Input) async throws -> Operations.AttachDisk.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let task = try await guarded { try await vms.disks.attach(input.path.disk, to: body.vm) }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
+    func detachDisk(_ input: Operations.DetachDisk.Input) async throws -> Operations.DetachDisk.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let task = try await guarded { try await vms.disks.detach(input.path.disk, from: body.vm) }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
+    func resizeDisk(_ input: Operations.ResizeDisk.Input) async throws -> Operations.ResizeDisk.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let task = try await guarded { try await vms.disks.resize(input.path.disk, sizeBytes: body.sizeBytes) }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
+    static func disk(_ view: DiskView) -> Schemas.Disk {
+        let disk = view.disk
+        return Schemas.Disk(id: disk.id, name: disk.name, datastore: disk.datastore, path: disk.path, format: disk.format,
+                            _type: Schemas.DiskType(rawValue: disk.type) ?? .thin, mode: Schemas.DiskMode(rawValue: disk.mode) ?? .persistent,
+                            sizeBytes: disk.sizeBytes, allocatedBytes: view.image?.allocatedBytes, serial: disk.definition().serial,
+                            attachedTo: view.attachedTo.map(\.name), busyTask: disk.busyTask, createdAt: disk.createdAt)
+    }
+
     // MARK: tasks and events
 
     func listTasks(_ input: Operations.ListTasks.Input) async throws -> Operations.ListTasks.Output {

@@ -84,6 +84,39 @@ final class AgentClient: Sendable {
         try await call(endpoint, .GET, "/agent/v1/leases", body: Optional<AgentWire.Done>.none, timeout: .seconds(10))
     }
 
+    // MARK: disks
+
+    func createDisk(_ endpoint: Endpoint, _ request: AgentWire.DiskCreateRequest) async throws -> AgentWire.DiskImage {
+        // Eager zeroing writes every byte; the agent's own qemu-img timeout is a minute plus 10 s a GiB.
+        try await call(endpoint, .POST, "/agent/v1/disks/create", body: request, timeout: .seconds(90 + 10 * (request.sizeBytes >> 30)))
+    }
+
+    func diskImage(_ endpoint: Endpoint, path: String) async throws -> AgentWire.DiskImage {
+        try await call(endpoint, .POST, "/agent/v1/disks/info", body: AgentWire.DiskPathRequest(path: path), timeout: .seconds(40))
+    }
+
+    func deleteDisk(_ endpoint: Endpoint, path: String) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/disks/delete", body: AgentWire.DiskPathRequest(path: path), timeout: .seconds(30))
+    }
+
+    func resizeDisk(_ endpoint: Endpoint, path: String, sizeBytes: Int64) async throws -> AgentWire.DiskImage {
+        try await call(endpoint, .POST, "/agent/v1/disks/resize", body: AgentWire.DiskPathRequest(path: path, sizeBytes: sizeBytes), timeout: .seconds(90))
+    }
+
+    func attachDisk(_ endpoint: Endpoint, vm: String, _ disk: AgentWire.DiskDefinition) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/disks", body: disk, timeout: .seconds(60))
+    }
+
+    /// The guest has 30 s to release the disk (ACPI eject).
+    func detachDisk(_ endpoint: Endpoint, vm: String, diskID: String) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .DELETE, "/agent/v1/vms/\(vm)/disks/\(diskID)", body: Optional<AgentWire.Done>.none, timeout: .seconds(45))
+    }
+
+    func resizeAttachedDisk(_ endpoint: Endpoint, vm: String, diskID: String, sizeBytes: Int64) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/disks/\(diskID)/resize",
+                                               body: AgentWire.DiskResizeRequest(sizeBytes: sizeBytes), timeout: .seconds(60))
+    }
+
     private func call<Body: Encodable, Answer: Decodable>(
         _ endpoint: Endpoint, _ method: HTTPMethod, _ path: String, body: Body?, timeout: TimeAmount
     ) async throws -> Answer {

@@ -69,7 +69,12 @@ final class MigrationService: Sendable {
             let target = try Inventory.host(db, targetReference, field: "target")
             let datastores = try Inventory.datastoresByHost(db)
             let allocated = try Inventory.allocatedMiB(db, excluding: vm.id)
-            let datastore = try DatastoreRecord.filter(Column("name") == vm.datastore).fetchOne(db)
+            // Every disk must move with the VM: the check looks at the datastore of the root disk
+            // unless a data disk's is worse (not seen by the target, else not shared).
+            let diskStores = [vm.datastore] + (try DiskService.attached(db, vmID: vm.id).map(\.datastore))
+            let records = try diskStores.compactMap { name in try DatastoreRecord.filter(Column("name") == name).fetchOne(db) }
+            let datastore = records.first { !(datastores[target.id] ?? []).contains($0.name) }
+                ?? records.first { $0.kind != "shared" } ?? records.first
             func side(_ host: HostRecord) throws -> MigrationHost {
                 let cluster = try ClusterRecord.fetchOne(db, key: host.clusterId)
                 let candidate = Inventory.candidate(host, allocated: allocated[host.id] ?? 0, datastores: datastores[host.id] ?? [])
@@ -80,7 +85,7 @@ final class MigrationService: Sendable {
             }
             let cluster = try ClusterRecord.fetchOne(db, key: source.clusterId)
             let request = MigrationRequest(vm: vm.name, state: vm.state, toolsRunning: vm.toolsRunning, cpus: vm.cpus,
-                                           memoryMiB: vm.memoryMiB, datastore: vm.datastore, datastoreKind: datastore?.kind ?? "unknown",
+                                           memoryMiB: vm.memoryMiB, datastore: datastore?.name ?? vm.datastore, datastoreKind: datastore?.kind ?? "unknown",
                                            source: try side(source), target: try side(target), imcBaseline: cluster?.imcBaseline,
                                            vmCPUModel: vm.cpuModel)
             return Plan(vm: vm, source: source, target: target, request: request,
@@ -124,6 +129,7 @@ final class MigrationService: Sendable {
             guard vm.hostId == plan.source.id else {
                 throw ShepherdError(.illegalState, "VM '\(vm.name)' moved while its migration was being checked")
             }
+            try DiskService.checkDisksAtRest(db, vm: vm)
             let task = tasks.newTask(kind: "vm.migrate", targetType: "vm", targetId: vm.id, targetName: vm.name)
             vm.lifecycle = try vm.lifecycle.migrate(vm: vm.name, task: task.id, target: plan.target.id)
             try task.insert(db)

@@ -273,6 +273,115 @@ paths:
             application/json:
               schema: { type: array, items: { $ref: "#/components/schemas/Datastore" } }
         default: { $ref: "#/components/responses/Error" }
+  /api/v1/disks:
+    get:
+      operationId: listDisks
+      description: Every data disk, or the disks of one VM in the order its guest sees them (vdb, vdc, …).
+      parameters:
+        - { name: vm, in: query, required: false, description: "Only this VM's disks (name or id).", schema: { type: string } }
+      responses:
+        "200":
+          description: The disks.
+          content:
+            application/json:
+              schema: { type: array, items: { $ref: "#/components/schemas/Disk" } }
+        default: { $ref: "#/components/responses/Error" }
+    post:
+      operationId: createDisk
+      description: |
+        Creates a data disk on a datastore the VM's host mounts and attaches it; a running VM gets it
+        hot-plugged. thin grows with writes; thick allocates and zeroes every block now; thick-lazy
+        allocates now and zeroes on first write. Shared disks are raw and attachable to several VMs.
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/DiskCreate" }
+      responses:
+        "202":
+          description: The disk is reserved; follow the task.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/disks/{disk}:
+    get:
+      operationId: getDisk
+      description: One disk, with its image as a host reads it now (allocated bytes).
+      parameters:
+        - { $ref: "#/components/parameters/DiskRef" }
+      responses:
+        "200":
+          description: The disk.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Disk" }
+        default: { $ref: "#/components/responses/Error" }
+    delete:
+      operationId: deleteDisk
+      description: Deletes a detached disk and its image.
+      parameters:
+        - { $ref: "#/components/parameters/DiskRef" }
+      responses:
+        "202":
+          description: Deletion started; follow the task.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/disks/{disk}/attach:
+    post:
+      operationId: attachDisk
+      parameters:
+        - { $ref: "#/components/parameters/DiskRef" }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/DiskAttach" }
+      responses:
+        "202":
+          description: Attaching (hot-plug when the VM runs); follow the task.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/disks/{disk}/detach:
+    post:
+      operationId: detachDisk
+      description: Detaches the disk (the guest releases it when the VM runs); the image stays.
+      parameters:
+        - { $ref: "#/components/parameters/DiskRef" }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/DiskDetach" }
+      responses:
+        "202":
+          description: Detaching; follow the task.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/disks/{disk}/resize:
+    post:
+      operationId: resizeDisk
+      description: Grows the disk (never shrinks it); live on a running VM, whose guest sees the new capacity.
+      parameters:
+        - { $ref: "#/components/parameters/DiskRef" }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/DiskResize" }
+      responses:
+        "202":
+          description: Growing; follow the task.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/templates:
     get:
       operationId: listTemplates
@@ -576,6 +685,12 @@ components:
       required: true
       description: The host's name or id.
       schema: { type: string }
+    DiskRef:
+      name: disk
+      in: path
+      required: true
+      description: The disk's name or id.
+      schema: { type: string }
   responses:
     Error:
       description: The request was refused or failed.
@@ -852,6 +967,53 @@ components:
         path: { type: string }
         capacityBytes: { type: integer, format: int64 }
         freeBytes: { type: integer, format: int64 }
+    DiskType:
+      type: string
+      enum: [thin, thick, thick-lazy]
+    DiskMode:
+      type: string
+      enum: [persistent, non-persistent, shared]
+    Disk:
+      type: object
+      required: [id, name, datastore, path, format, type, mode, sizeBytes, attachedTo, createdAt]
+      properties:
+        id: { type: string }
+        name: { type: string }
+        datastore: { type: string }
+        path: { type: string, description: "The image on the datastore." }
+        format: { type: string, description: "qcow2, or raw for shared disks." }
+        type: { $ref: "#/components/schemas/DiskType" }
+        mode: { $ref: "#/components/schemas/DiskMode" }
+        sizeBytes: { type: integer, format: int64, description: "Virtual size: what the guest sees." }
+        allocatedBytes: { type: integer, format: int64, description: "Bytes the image takes on its datastore now (getDisk only)." }
+        serial: { type: string, description: "The serial the guest sees (/sys/block/vdX/serial)." }
+        attachedTo: { type: array, items: { type: string }, description: "Names of the VMs that have it." }
+        busyTask: { type: string, description: "The task changing it now." }
+        createdAt: { type: string, format: date-time }
+    DiskCreate:
+      type: object
+      required: [vm, sizeBytes]
+      properties:
+        vm: { type: string, description: "The VM to attach it to (name or id)." }
+        name: { type: string, description: "Default <vm>-diskN." }
+        sizeBytes: { type: integer, format: int64, description: "1 MiB to 16 TiB, a multiple of 512." }
+        type: { $ref: "#/components/schemas/DiskType" }
+        mode: { $ref: "#/components/schemas/DiskMode" }
+        datastore: { type: string, description: "Default the VM's datastore." }
+    DiskAttach:
+      type: object
+      required: [vm]
+      properties:
+        vm: { type: string }
+    DiskDetach:
+      type: object
+      properties:
+        vm: { type: string, description: "Needed only for a shared disk attached to several VMs." }
+    DiskResize:
+      type: object
+      required: [sizeBytes]
+      properties:
+        sizeBytes: { type: integer, format: int64, description: "The new, larger size." }
     Template:
       type: object
       required: [id, name, datastore, kernel, initrd, disk, cmdline, createdAt]

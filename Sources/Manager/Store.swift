@@ -205,6 +205,26 @@ public final class Store: Sendable {
         migrator.registerMigration("v9: host lease renewal") { db in
             try db.alter(table: "host") { t in t.add(column: "leaseRenewedAt", .datetime) }
         }
+        migrator.registerMigration("v10: data disks and their attachments") { db in
+            try db.create(table: "disk") { t in
+                t.primaryKey("id", .text)
+                t.column("name", .text).notNull().unique()
+                t.column("datastore", .text).notNull()
+                t.column("path", .text).notNull().unique()
+                t.column("format", .text).notNull()
+                t.column("type", .text).notNull()
+                t.column("mode", .text).notNull()
+                t.column("sizeBytes", .integer).notNull()
+                t.column("busyTask", .text)
+                t.column("createdAt", .datetime).notNull()
+            }
+            try db.create(table: "diskAttachment") { t in
+                t.column("diskId", .text).notNull().references("disk", onDelete: .cascade)
+                t.column("vmId", .text).notNull().references("vm", onDelete: .cascade).indexed()
+                t.column("attachedAt", .datetime).notNull()
+                t.primaryKey(["diskId", "vmId"])
+            }
+        }
         return migrator
     }
 }
@@ -321,6 +341,36 @@ struct DatastoreHostRecord: Codable, Sendable, FetchableRecord, PersistableRecor
     static let databaseTableName = "datastoreHost"
     var datastoreId: String
     var hostId: String
+}
+
+/// A data disk: an image on a datastore, attached to at most one VM unless it is shared.
+struct DiskRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "disk"
+    var id: String
+    var name: String
+    var datastore: String
+    var path: String
+    var format: String
+    var type: String
+    var mode: String
+    var sizeBytes: Int64
+    /// The task changing this disk now; another change waits for it to end.
+    var busyTask: String?
+    var createdAt: Date
+
+    var diskMode: DiskMode { DiskMode(rawValue: mode) ?? .persistent }
+    var diskFormat: DiskFormat { DiskFormat(rawValue: format) ?? .qcow2 }
+
+    func definition() -> AgentWire.DiskDefinition {
+        AgentWire.DiskDefinition(id: id, name: name, path: path, format: diskFormat, mode: diskMode)
+    }
+}
+
+struct DiskAttachmentRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "diskAttachment"
+    var diskId: String
+    var vmId: String
+    var attachedAt: Date
 }
 
 struct TemplateRecord: Codable, Sendable, FetchableRecord, PersistableRecord {

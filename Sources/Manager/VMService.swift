@@ -27,10 +27,12 @@ final class VMService: Sendable {
     let events: EventLog
     let placement: Placement
     let timing: VMTiming
+    let disks: DiskService
 
     init(store: Store, agents: AgentClient, tasks: TaskEngine, events: EventLog, placement: Placement, timing: VMTiming) {
         self.store = store; self.agents = agents; self.tasks = tasks; self.events = events
         self.placement = placement; self.timing = timing
+        self.disks = DiskService(store: store, agents: agents, tasks: tasks, events: events)
     }
 
     // MARK: create
@@ -100,12 +102,14 @@ final class VMService: Sendable {
 
     /// The definition an agent needs, with absolute paths on its datastores.
     func definition(_ vm: VMRecord, template: TemplateRecord) async throws -> AgentWire.VMDefinition {
-        let templateStore = try await store.db.read { db in try Inventory.datastore(db, named: template.datastore, field: "template") }
+        let (templateStore, disks) = try await store.db.read { db in
+            (try Inventory.datastore(db, named: template.datastore, field: "template"), try DiskService.attached(db, vmID: vm.id))
+        }
         let base = templateStore.path
         return AgentWire.VMDefinition(
             id: vm.id, name: vm.name, cpus: vm.cpus, memoryMiB: vm.memoryMiB,
             kernel: "\(base)/\(template.kernel)", initrd: "\(base)/\(template.initrd)", cmdline: template.cmdline,
-            disk: vm.diskPath, sourceDisk: "\(base)/\(template.disk)")
+            disk: vm.diskPath, sourceDisk: "\(base)/\(template.disk)", disks: disks.map { $0.definition() })
     }
 
     // MARK: power
@@ -307,13 +311,21 @@ final class VMService: Sendable {
             do {
                 await progress.update(20, previous.consumesHostResources ? "cutting power and deleting files on \(host.name)" : "deleting files on \(host.name)")
                 try await agents.delete(Inventory.endpoint(host), vm: vm.id)
-                _ = try await store.db.write { db in try VMRecord.deleteOne(db, key: vm.id) }
             } catch {
                 try? await setLifecycle(vm.id, previous)
                 throw failure(error, rolledBack: "'\(vm.name)' is \(previous.name) again")
             }
-            await events.record(.info, "vm.deleted", targetType: "vm", targetId: vm.id, targetName: vm.name, "deleted from \(host.name)")
-            return "deleted"
+            // Its QEMU and root disk are gone: from here on the VM is deleted even if one of its data disks is not.
+            var disksNote = ""
+            do {
+                let deleted = try await disks.deleteDisks(of: vm, host: host)
+                if !deleted.isEmpty { disksNote = " with its data disks " + deleted.map { "'\($0)'" }.joined(separator: ", ") }
+            } catch {
+                disksNote = "; its data disks could not all be deleted (\(error)): 'shepherd disk list' shows what is left"
+            }
+            _ = try? await store.db.write { db in try VMRecord.deleteOne(db, key: vm.id) }
+            await events.record(.info, "vm.deleted", targetType: "vm", targetId: vm.id, targetName: vm.name, "deleted from \(host.name)\(disksNote)")
+            return "deleted\(disksNote)"
         }
         return task
     }

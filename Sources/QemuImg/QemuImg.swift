@@ -24,9 +24,22 @@ public enum QemuImg {
         try await Command.check("qemu-img", ["convert", "-O", format, source, destination], timeout: timeout)
     }
 
-    /// Creates an empty image of `bytes`.
-    public static func create(path: String, bytes: UInt64, format: String = "qcow2", timeout: Duration = .seconds(60)) async throws {
-        try await Command.check("qemu-img", ["create", "-f", format, path, String(bytes)], timeout: timeout)
+    /// Creates an empty image of `bytes`. `preallocation` is qemu-img's: off (grows with
+    /// writes), falloc (space reserved, zeroed on first write) or full (every byte written).
+    public static func create(path: String, bytes: UInt64, format: String = "qcow2", preallocation: String = "off",
+                              timeout: Duration = .seconds(60)) async throws {
+        try await Command.check("qemu-img", ["create", "-q", "-f", format, "-o", "preallocation=\(preallocation)", path, String(bytes)],
+                                timeout: timeout)
+    }
+
+    /// Creates a qcow2 overlay whose reads fall through to `backing` (a differencing disk).
+    public static func createOverlay(path: String, backing: String, backingFormat: String, timeout: Duration = .seconds(60)) async throws {
+        try await Command.check("qemu-img", ["create", "-q", "-f", "qcow2", "-b", backing, "-F", backingFormat, path], timeout: timeout)
+    }
+
+    /// Grows an image that no running QEMU has open.
+    public static func resize(path: String, format: String, bytes: UInt64, timeout: Duration = .seconds(60)) async throws {
+        try await Command.check("qemu-img", ["resize", "-q", "-f", format, path, String(bytes)], timeout: timeout)
     }
 
     public static func info(path: String, timeout: Duration = .seconds(30)) async throws -> Info {

@@ -16,13 +16,30 @@ public enum AgentWire {
         public var sourceDisk: String?
         /// A named QEMU CPU model (IMC baseline or the host's); nil runs the host's own CPU.
         public var cpuModel: String?
+        /// Data disks in the order the guest sees them (vdb, vdc, …).
+        public var disks: [DiskDefinition]
 
         public init(id: String, name: String, cpus: Int, memoryMiB: Int, kernel: String, initrd: String,
-                    cmdline: String, disk: String, sourceDisk: String?, cpuModel: String? = nil) {
+                    cmdline: String, disk: String, sourceDisk: String?, cpuModel: String? = nil, disks: [DiskDefinition] = []) {
             self.cpuModel = cpuModel
+            self.disks = disks
             self.id = id; self.name = name; self.cpus = cpus; self.memoryMiB = memoryMiB
             self.kernel = kernel; self.initrd = initrd; self.cmdline = cmdline
             self.disk = disk; self.sourceDisk = sourceDisk
+        }
+
+        private enum CodingKeys: String, CodingKey { case id, name, cpus, memoryMiB, kernel, initrd, cmdline, disk, sourceDisk, cpuModel, disks }
+
+        /// A definition saved before data disks existed has none.
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            self.init(id: try c.decode(String.self, forKey: .id), name: try c.decode(String.self, forKey: .name),
+                      cpus: try c.decode(Int.self, forKey: .cpus), memoryMiB: try c.decode(Int.self, forKey: .memoryMiB),
+                      kernel: try c.decode(String.self, forKey: .kernel), initrd: try c.decode(String.self, forKey: .initrd),
+                      cmdline: try c.decode(String.self, forKey: .cmdline), disk: try c.decode(String.self, forKey: .disk),
+                      sourceDisk: try c.decodeIfPresent(String.self, forKey: .sourceDisk),
+                      cpuModel: try c.decodeIfPresent(String.self, forKey: .cpuModel),
+                      disks: try c.decodeIfPresent([DiskDefinition].self, forKey: .disks) ?? [])
         }
     }
 

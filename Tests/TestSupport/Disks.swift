@@ -1,0 +1,57 @@
+import Foundation
+import ShepherdAPI
+
+/// Data-disk conveniences: each starts the task and waits for it to end.
+extension TestCluster {
+    public func createDisk(_ vm: String, sizeMiB: Int64, type: Components.Schemas.DiskType = .thin,
+                           mode: Components.Schemas.DiskMode = .persistent, name: String? = nil,
+                           datastore: String? = nil) async throws -> Components.Schemas.Task {
+        let body = Components.Schemas.DiskCreate(vm: vm, name: name, sizeBytes: sizeMiB << 20, _type: type, mode: mode, datastore: datastore)
+        switch try await client().createDisk(body: .json(body)) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json)
+        case .default(let status, let error): throw HarnessError("create disk on \(vm): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func attachDisk(_ disk: String, to vm: String) async throws -> Components.Schemas.Task {
+        switch try await client().attachDisk(path: .init(disk: disk), body: .json(.init(vm: vm))) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json)
+        case .default(let status, let error): throw HarnessError("attach \(disk): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func detachDisk(_ disk: String, from vm: String? = nil) async throws -> Components.Schemas.Task {
+        switch try await client().detachDisk(path: .init(disk: disk), body: .json(.init(vm: vm))) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json)
+        case .default(let status, let error): throw HarnessError("detach \(disk): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func resizeDisk(_ disk: String, sizeMiB: Int64) async throws -> Components.Schemas.Task {
+        switch try await client().resizeDisk(path: .init(disk: disk), body: .json(.init(sizeBytes: sizeMiB << 20))) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json)
+        case .default(let status, let error): throw HarnessError("resize \(disk): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func deleteDisk(_ disk: String) async throws -> Components.Schemas.Task {
+        switch try await client().deleteDisk(path: .init(disk: disk)) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json)
+        case .default(let status, let error): throw HarnessError("delete \(disk): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func disk(_ name: String) async throws -> Components.Schemas.Disk {
+        switch try await client().getDisk(path: .init(disk: name)) {
+        case .ok(let ok): return try ok.body.json
+        case .default(let status, let error): throw HarnessError("get disk \(name): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func disks(of vm: String? = nil) async throws -> [Components.Schemas.Disk] {
+        switch try await client().listDisks(query: .init(vm: vm)) {
+        case .ok(let ok): return try ok.body.json
+        case .default(let status, let error): throw HarnessError("list disks: HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+}
