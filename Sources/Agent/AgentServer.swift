@@ -242,6 +242,26 @@ struct AgentRoutes: Sendable {
             try await driver.resizeAttachedDisk(context.parameters.require("id"), diskID: context.parameters.require("disk"), sizeBytes: body.sizeBytes)
             return JSONResponse.make(AgentWire.Done())
         }
+        vms.post(":id/snapshot") { request, context in
+            let body = try await request.decode(as: AgentWire.SnapshotRequest.self, context: context)
+            for layer in body.layers { try checkOnDatastore(layer.active, field: "active"); try checkOnDatastore(layer.overlay, field: "overlay") }
+            return JSONResponse.make(try await driver.snapshot(context.parameters.require("id"), body))
+        }
+        vms.post(":id/revert") { request, context in
+            let body = try await request.decode(as: AgentWire.RevertRequest.self, context: context)
+            for layer in body.layers {
+                try checkOnDatastore(layer.active, field: "active"); try checkOnDatastore(layer.base, field: "base")
+                try checkOnDatastore(layer.overlay, field: "overlay")
+            }
+            try await driver.revert(context.parameters.require("id"), body)
+            return JSONResponse.make(AgentWire.Done())
+        }
+        vms.post(":id/merge") { request, context in
+            let body = try await request.decode(as: AgentWire.MergeRequest.self, context: context)
+            try checkOnDatastore(body.into, field: "into"); try checkOnDatastore(body.from, field: "from")
+            try await driver.merge(context.parameters.require("id"), body)
+            return JSONResponse.make(AgentWire.Done())
+        }
         vms.post(":id/exec") { request, context in
             let body = try await request.decode(as: AgentWire.ExecRequest.self, context: context)
             try Validate.execCommand(body.command, timeoutSeconds: body.timeoutSeconds)

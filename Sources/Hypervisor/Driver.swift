@@ -49,4 +49,13 @@ public protocol HypervisorDriver: Sendable {
     func detachDisk(_ vm: String, diskID: String) async throws
     /// Grows an attached disk, live when the VM runs.
     func resizeAttachedDisk(_ vm: String, diskID: String, sizeBytes: Int64) async throws
+
+    // MARK: snapshots (external overlays)
+
+    /// Freezes the layers' active images under new overlays (atomically for a running VM).
+    func snapshot(_ vm: String, _ request: AgentWire.SnapshotRequest) async throws -> AgentWire.SnapshotAnswer
+    /// Replaces active images by new overlays over a snapshot's images (VM off).
+    func revert(_ vm: String, _ request: AgentWire.RevertRequest) async throws
+    /// Pulls a deleted snapshot's image into an image above it (live when the VM has it open).
+    func merge(_ vm: String, _ request: AgentWire.MergeRequest) async throws
 }

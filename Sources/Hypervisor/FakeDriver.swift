@@ -132,6 +132,42 @@ public actor FakeDriver: HypervisorDriver {
         _ = try await resizeDisk(path: disk.path, sizeBytes: sizeBytes)
     }
 
+    public func snapshot(_ vm: String, _ request: AgentWire.SnapshotRequest) async throws -> AgentWire.SnapshotAnswer {
+        for layer in request.layers {
+            images[layer.overlay] = AgentWire.DiskImage(path: layer.overlay, format: "qcow2", virtualBytes: images[layer.active]?.virtualBytes ?? 0,
+                                                        allocatedBytes: 196_608, backing: layer.active)
+        }
+        try repoint(vm, request.layers.map { ($0.active, $0.overlay) })
+        return AgentWire.SnapshotAnswer(live: running.contains(vm), frozenFileSystems: request.quiesce ? 1 : nil)
+    }
+
+    public func revert(_ vm: String, _ request: AgentWire.RevertRequest) async throws {
+        guard !running.contains(vm) else { throw ShepherdError(.illegalState, "VM \(vm) runs here; a revert needs it off") }
+        for layer in request.layers {
+            images[layer.overlay] = AgentWire.DiskImage(path: layer.overlay, format: "qcow2", virtualBytes: images[layer.base]?.virtualBytes ?? 0,
+                                                        allocatedBytes: 196_608, backing: layer.base)
+            images[layer.active] = nil
+        }
+        try repoint(vm, request.layers.map { ($0.active, $0.overlay) })
+    }
+
+    /// Records every merge it was asked for, in order (tests read them).
+    public private(set) var merges: [AgentWire.MergeRequest] = []
+    public func merge(_ vm: String, _ request: AgentWire.MergeRequest) async throws {
+        _ = try known(vm)
+        merges.append(request)
+        let backing = images[request.from]?.backing
+        images[request.into]?.backing = backing
+    }
+
+    private func repoint(_ vm: String, _ pairs: [(String, String)]) throws {
+        var definition = try known(vm)
+        let mapping = Dictionary(uniqueKeysWithValues: pairs)
+        definition.disk = mapping[definition.disk] ?? definition.disk
+        for index in definition.disks.indices { definition.disks[index].path = mapping[definition.disks[index].path] ?? definition.disks[index].path }
+        definitions[vm] = definition
+    }
+
     /// The data disks the VM's definition on this host lists (what its QEMU would open).
     public func attachedDisks(_ vm: String) -> [AgentWire.DiskDefinition] { definitions[vm]?.disks ?? [] }
 

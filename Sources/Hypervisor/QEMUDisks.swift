@@ -119,8 +119,9 @@ extension GuestSupervisor {
         }
         try await exclusive { me in
             if me.livePid() != nil {
-                _ = try await me.qmp("block_resize", ["node-name": .string(DiskNodes.node(disk)), "size": .number(Double(sizeBytes))],
-                                     timeout: .seconds(30))
+                // The top of the disk's chain: after a live snapshot that is the overlay, not the node it started with.
+                let node = try await me.formatNode(file: DiskNodes.opened(disk, vmID: me.id).path)
+                _ = try await me.qmp("block_resize", ["node-name": .string(node), "size": .number(Double(sizeBytes))], timeout: .seconds(30))
             } else {
                 try await QemuImg.resize(path: disk.path, format: disk.format.rawValue, bytes: UInt64(sizeBytes))
             }

@@ -399,6 +399,15 @@ actor GuestSupervisor {
         }
     }
 
+    /// One guest-agent command, serialized with the others.
+    func guestAgentCommand(_ command: String, timeout: Duration) async throws -> JSONValue {
+        do {
+            return try await withGuestAgent { try await GuestAgent.execute(socketPath: self.guestAgentSocket, command, timeout: timeout) }
+        } catch let error as QMPError {
+            throw ShepherdError(.toolsNotRunning, "the tools of '\(definition.name)' did not answer \(command): \(error.message)")
+        }
+    }
+
     /// Ends QEMU if it runs and removes this host's record of the VM, keeping the disk.
     func forget() async throws {
         await exclusive { me in if let pid = me.livePid() { await me.quit(pid: pid) } }

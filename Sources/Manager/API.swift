@@ -19,6 +19,7 @@ struct API: APIProtocol {
     let drs: DRSService
     let ha: HAService
     let power: PowerService
+    let snapshots: SnapshotService
     let tasks: TaskEngine
     let version: String
 
@@ -461,6 +462,37 @@ struct API: APIProtocol {
                             _type: Schemas.DiskType(rawValue: disk.type) ?? .thin, mode: Schemas.DiskMode(rawValue: disk.mode) ?? .persistent,
                             sizeBytes: disk.sizeBytes, allocatedBytes: view.image?.allocatedBytes, serial: disk.definition().serial,
                             attachedTo: view.attachedTo.map(\.name), busyTask: disk.busyTask, createdAt: disk.createdAt)
+    }
+
+    // MARK: snapshots
+
+    func listSnapshots(_ input: Operations.ListSnapshots.Input) async throws -> Operations.ListSnapshots.Output {
+        let list = try await guarded { try await snapshots.list(input.path.vm) }
+        let names = Dictionary(uniqueKeysWithValues: list.snapshots.map { ($0.id, $0.name) })
+        return .ok(.init(body: .json(.init(
+            vm: list.vm.name, current: list.vm.currentSnapshot.flatMap { names[$0] },
+            snapshots: list.snapshots.map { snapshot in
+                .init(id: snapshot.id, name: snapshot.name, parent: snapshot.parentId.flatMap { names[$0] }, description: snapshot.description,
+                      live: snapshot.live, quiesced: snapshot.quiesced, disks: snapshot.imageMap.count, createdAt: snapshot.createdAt)
+            }))))
+    }
+
+    func createSnapshot(_ input: Operations.CreateSnapshot.Input) async throws -> Operations.CreateSnapshot.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let task = try await guarded {
+            try await snapshots.create(input.path.vm, name: body.name, description: body.description, quiesce: body.quiesce ?? false)
+        }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
+    func revertSnapshot(_ input: Operations.RevertSnapshot.Input) async throws -> Operations.RevertSnapshot.Output {
+        let task = try await guarded { try await snapshots.revert(input.path.vm, to: input.path.snapshot) }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
+    func deleteSnapshot(_ input: Operations.DeleteSnapshot.Input) async throws -> Operations.DeleteSnapshot.Output {
+        let task = try await guarded { try await snapshots.delete(input.path.vm, snapshot: input.path.snapshot) }
+        return .accepted(.init(body: .json(Self.task(task))))
     }
 
     // MARK: tasks and events

@@ -117,6 +117,21 @@ final class AgentClient: Sendable {
                                                body: AgentWire.DiskResizeRequest(sizeBytes: sizeBytes), timeout: .seconds(60))
     }
 
+    // MARK: snapshots
+
+    func snapshot(_ endpoint: Endpoint, vm: String, _ request: AgentWire.SnapshotRequest) async throws -> AgentWire.SnapshotAnswer {
+        try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/snapshot", body: request, timeout: .seconds(90))
+    }
+
+    func revert(_ endpoint: Endpoint, vm: String, _ request: AgentWire.RevertRequest) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/revert", body: request, timeout: .seconds(120))
+    }
+
+    /// Merges copy data: up to 15 minutes (the agent's own limit), plus a margin.
+    func merge(_ endpoint: Endpoint, vm: String, _ request: AgentWire.MergeRequest) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/merge", body: request, timeout: .seconds(960))
+    }
+
     private func call<Body: Encodable, Answer: Decodable>(
         _ endpoint: Endpoint, _ method: HTTPMethod, _ path: String, body: Body?, timeout: TimeAmount
     ) async throws -> Answer {

@@ -195,6 +195,10 @@ final class DiskService: Sendable {
             }
             let host = try Self.checkVMAcceptsChange(db, vm)
             try Self.checkNotBusy(db, disk)
+            let snapshots = try SnapshotService.holding(db, diskID: disk.id)
+            guard snapshots.isEmpty else {
+                throw ShepherdError(.illegalState, "disk '\(disk.name)' is in snapshot(s) \(snapshots.map { "'\($0.name)'" }.joined(separator: ", ")) of VM '\(vm.name)'; it stays attached until they are deleted")
+            }
             let task = try Self.hold(db, disk, tasks.newTask(kind: "disk.detach", targetType: "disk", targetId: disk.id, targetName: disk.name))
             return (disk, vm, host, task)
         }
@@ -318,6 +322,7 @@ final class DiskService: Sendable {
         default:
             throw ShepherdError(.illegalState, "VM '\(vm.name)' is \(vm.state)\(vm.stateTask.map { " (task \($0))" } ?? ""); disks change only on a VM that is off or running")
         }
+        try VMService.checkNoOperation(db, vm)
         let host = try Inventory.host(db, vm.hostId)
         guard host.hostState == .connected || (host.hostState == .maintenance && !vm.lifecycle.consumesHostResources) else {
             throw ShepherdError(.hostNotConnected, "the host of VM '\(vm.name)', '\(host.name)', is \(host.state)")
@@ -325,12 +330,10 @@ final class DiskService: Sendable {
         return host
     }
 
-    /// One change at a time per disk. A task a previous manager left behind was failed at
-    /// start, so only live tasks hold.
+    /// One change at a time per disk.
     private static func checkNotBusy(_ db: Database, _ disk: DiskRecord) throws {
-        guard let taskID = disk.busyTask, let task = try TaskRecord.fetchOne(db, key: taskID),
-              !(TaskState(rawValue: task.state)?.isFinished ?? true) else { return }
-        throw ShepherdError(.illegalState, "disk '\(disk.name)' is being changed by task \(taskID) (\(task.kind), \(task.progress)%)")
+        guard let task = try TaskEngine.holding(db, disk.busyTask) else { return }
+        throw ShepherdError(.illegalState, "disk '\(disk.name)' is being changed by task \(task.id) (\(task.kind), \(task.progress)%)")
     }
 
     /// A VM whose disk is being attached, detached or grown does not move until that ends.

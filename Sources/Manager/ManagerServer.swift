@@ -60,8 +60,9 @@ public enum ManagerServer {
         let drs = DRSService(store: store, events: events, migrations: migrations, loads: LoadTracker(), power: power,
                              hostReserveMiB: configuration.hostReserveMiB, logger: logger)
         let ha = HAService(store: store, events: events, vms: vms, agents: agents, power: power, hostReserveMiB: configuration.hostReserveMiB)
+        let snapshots = SnapshotService(store: store, agents: agents, tasks: tasks, events: events, vms: vms)
         let api = API(store: store, vms: vms, hosts: hosts, migrations: migrations, maintenance: maintenance, drs: drs, ha: ha, power: power,
-                      tasks: tasks, version: version)
+                      snapshots: snapshots, tasks: tasks, version: version)
 
         let router = Router()
         router.middlewares.add(ErrorMiddleware())

@@ -130,6 +130,7 @@ final class MigrationService: Sendable {
                 throw ShepherdError(.illegalState, "VM '\(vm.name)' moved while its migration was being checked")
             }
             try DiskService.checkDisksAtRest(db, vm: vm)
+            try VMService.checkNoOperation(db, vm)
             let task = tasks.newTask(kind: "vm.migrate", targetType: "vm", targetId: vm.id, targetName: vm.name)
             vm.lifecycle = try vm.lifecycle.migrate(vm: vm.name, task: task.id, target: plan.target.id)
             try task.insert(db)

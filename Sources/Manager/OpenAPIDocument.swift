@@ -564,6 +564,71 @@ paths:
             application/json:
               schema: { $ref: "#/components/schemas/ExecResult" }
         default: { $ref: "#/components/responses/Error" }
+  /api/v1/vms/{vm}/snapshots:
+    get:
+      operationId: listSnapshots
+      description: The VM's snapshot tree (oldest first, each with its parent) and the snapshot its current state descends from.
+      parameters:
+        - { $ref: "#/components/parameters/VMRef" }
+      responses:
+        "200":
+          description: The tree.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/SnapshotTree" }
+        default: { $ref: "#/components/responses/Error" }
+    post:
+      operationId: createSnapshot
+      description: |
+        Takes a snapshot of the root disk and every persistent data disk (non-persistent and shared
+        disks are independent of snapshots). Live on a running VM (its tools must answer): one QMP
+        transaction freezes every disk at the same moment under a new overlay; quiesce also freezes
+        the guest's file systems for that moment. With the VM off, overlays are added by qemu-img.
+      parameters:
+        - { $ref: "#/components/parameters/VMRef" }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/SnapshotCreate" }
+      responses:
+        "202":
+          description: Taking it; follow the task.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/vms/{vm}/snapshots/{snapshot}:
+    delete:
+      operationId: deleteSnapshot
+      description: |
+        Deletes any snapshot of the tree, also one in the middle and while the VM runs: its data is
+        first pulled into every image that depends on it (block-stream live, qemu-img rebase off),
+        so no later state loses a byte; then its images go.
+      parameters:
+        - { $ref: "#/components/parameters/VMRef" }
+        - { $ref: "#/components/parameters/SnapshotRef" }
+      responses:
+        "202":
+          description: Deleting; follow the task.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/vms/{vm}/snapshots/{snapshot}/revert:
+    post:
+      operationId: revertSnapshot
+      description: Returns the VM's disks to the snapshot (the VM must be off); the current state is discarded. Any number of times.
+      parameters:
+        - { $ref: "#/components/parameters/VMRef" }
+        - { $ref: "#/components/parameters/SnapshotRef" }
+      responses:
+        "202":
+          description: Reverting; follow the task.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/tasks:
     get:
       operationId: listTasks
@@ -690,6 +755,12 @@ components:
       in: path
       required: true
       description: The disk's name or id.
+      schema: { type: string }
+    SnapshotRef:
+      name: snapshot
+      in: path
+      required: true
+      description: The snapshot's name or id.
       schema: { type: string }
   responses:
     Error:
@@ -1014,6 +1085,32 @@ components:
       required: [sizeBytes]
       properties:
         sizeBytes: { type: integer, format: int64, description: "The new, larger size." }
+    Snapshot:
+      type: object
+      required: [id, name, description, live, quiesced, disks, createdAt]
+      properties:
+        id: { type: string }
+        name: { type: string }
+        parent: { type: string, description: "The parent snapshot's name; absent for a root of the tree." }
+        description: { type: string }
+        live: { type: boolean, description: "Taken while the VM ran." }
+        quiesced: { type: boolean, description: "The guest's file systems were frozen for it." }
+        disks: { type: integer, description: "Disks it covers." }
+        createdAt: { type: string, format: date-time }
+    SnapshotTree:
+      type: object
+      required: [vm, snapshots]
+      properties:
+        vm: { type: string }
+        current: { type: string, description: "The snapshot the VM's current state descends from; absent before the first." }
+        snapshots: { type: array, items: { $ref: "#/components/schemas/Snapshot" } }
+    SnapshotCreate:
+      type: object
+      required: [name]
+      properties:
+        name: { type: string }
+        description: { type: string }
+        quiesce: { type: boolean, description: "Freeze the guest's file systems through the tools for the moment of the snapshot." }
     Template:
       type: object
       required: [id, name, datastore, kernel, initrd, disk, cmdline, createdAt]

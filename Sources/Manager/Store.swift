@@ -225,6 +225,24 @@ public final class Store: Sendable {
                 t.primaryKey(["diskId", "vmId"])
             }
         }
+        migrator.registerMigration("v11: snapshots, and a VM's operation lock") { db in
+            try db.create(table: "snapshot") { t in
+                t.primaryKey("id", .text)
+                t.column("vmId", .text).notNull().references("vm", onDelete: .cascade).indexed()
+                t.column("name", .text).notNull()
+                t.column("parentId", .text)
+                t.column("description", .text).notNull().defaults(to: "")
+                t.column("images", .text).notNull()
+                t.column("live", .boolean).notNull()
+                t.column("quiesced", .boolean).notNull()
+                t.column("createdAt", .datetime).notNull()
+                t.uniqueKey(["vmId", "name"])
+            }
+            try db.alter(table: "vm") { t in
+                t.add(column: "currentSnapshot", .text)
+                t.add(column: "operationTask", .text)
+            }
+        }
         return migrator
     }
 }
@@ -373,6 +391,32 @@ struct DiskAttachmentRecord: Codable, Sendable, FetchableRecord, PersistableReco
     var attachedAt: Date
 }
 
+/// One node of a VM's snapshot tree: the images holding each disk at that moment.
+struct SnapshotRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "snapshot"
+    var id: String
+    var vmId: String
+    var name: String
+    var parentId: String?
+    var description: String
+    /// JSON: disk key ("root" or a data disk's id) → image path.
+    var images: String
+    /// Taken while the VM ran (an atomic QMP transaction) rather than off.
+    var live: Bool
+    var quiesced: Bool
+    var createdAt: Date
+
+    var imageMap: [String: String] { (try? JSONDecoder().decode([String: String].self, from: Data(images.utf8))) ?? [:] }
+
+    var node: SnapshotTree.Node { SnapshotTree.Node(id: id, name: name, parent: parentId, images: imageMap) }
+
+    static func encode(_ images: [String: String]) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        return String(decoding: (try? encoder.encode(images)) ?? Data("{}".utf8), as: UTF8.self)
+    }
+}
+
 struct TemplateRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     static let databaseTableName = "template"
     var id: String
@@ -412,6 +456,10 @@ struct VMRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var haPolicy: String = "restart-in-cluster"
     /// high, medium or low.
     var haPriority: String = "medium"
+    /// The snapshot the VM's current state descends from (nil: before any).
+    var currentSnapshot: String?
+    /// A task working on the VM without changing its power state (a snapshot); others wait for it.
+    var operationTask: String?
 
     var lifecycle: VMLifecycle {
         get { VMLifecycle(name: state, task: stateTask, reason: stateReason, since: runningSince, migrationTarget: migrationTarget) }

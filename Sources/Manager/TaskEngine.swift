@@ -39,6 +39,14 @@ final class TaskEngine: Sendable {
         }
     }
 
+    /// The task holding something (a disk, a VM's operation lock) when it has not finished; a
+    /// task a previous manager process left behind was failed at start, so it holds nothing.
+    static func holding(_ db: Database, _ taskID: String?) throws -> TaskRecord? {
+        guard let taskID, let task = try TaskRecord.fetchOne(db, key: taskID),
+              !(TaskState(rawValue: task.state)?.isFinished ?? true) else { return nil }
+        return task
+    }
+
     /// Is this task running in this manager process?
     func isLive(_ taskID: String?) async -> Bool {
         guard let taskID else { return false }

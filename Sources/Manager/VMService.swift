@@ -317,7 +317,11 @@ final class VMService: Sendable {
             }
             // Its QEMU and root disk are gone: from here on the VM is deleted even if one of its data disks is not.
             var disksNote = ""
+            let snapshotImages = Set((try? await store.db.read { db in
+                try SnapshotService.snapshots(db, vmID: vm.id).flatMap { $0.imageMap.values }
+            }) ?? [])
             do {
+                for image in snapshotImages { try await agents.deleteDisk(Inventory.endpoint(host), path: image) }
                 let deleted = try await disks.deleteDisks(of: vm, host: host)
                 if !deleted.isEmpty { disksNote = " with its data disks " + deleted.map { "'\($0)'" }.joined(separator: ", ") }
             } catch {
@@ -350,6 +354,7 @@ final class VMService: Sendable {
     ) async throws -> (VMRecord, TaskRecord, HostRecord, VMLifecycle) {
         try await store.db.write { [tasks] db in
             var vm = try Inventory.vm(db, reference)
+            try Self.checkNoOperation(db, vm)
             let host = try Inventory.host(db, vm.hostId)
             let task = tasks.newTask(kind: kind, targetType: "vm", targetId: vm.id, targetName: vm.name)
             let previous = vm.lifecycle
@@ -358,6 +363,12 @@ final class VMService: Sendable {
             try vm.update(db)
             return (vm, task, host, previous)
         }
+    }
+
+    /// Refuses while a task works on the VM without changing its power state (a snapshot).
+    static func checkNoOperation(_ db: Database, _ vm: VMRecord) throws {
+        guard let task = try TaskEngine.holding(db, vm.operationTask) else { return }
+        throw ShepherdError(.illegalState, "VM '\(vm.name)' is busy with task \(task.id) (\(task.kind), \(task.progress)%: \(task.message))")
     }
 
     func definitionFor(_ vm: VMRecord) async throws -> AgentWire.VMDefinition {

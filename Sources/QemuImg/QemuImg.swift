@@ -9,12 +9,14 @@ public enum QemuImg {
         public let virtualSize: UInt64
         public let actualSize: UInt64?
         public let backingFilename: String?
+        public let backingFormat: String?
 
         enum CodingKeys: String, CodingKey {
             case format
             case virtualSize = "virtual-size"
             case actualSize = "actual-size"
             case backingFilename = "backing-filename"
+            case backingFormat = "backing-filename-format"
         }
     }
 
@@ -35,6 +37,14 @@ public enum QemuImg {
     /// Creates a qcow2 overlay whose reads fall through to `backing` (a differencing disk).
     public static func createOverlay(path: String, backing: String, backingFormat: String, timeout: Duration = .seconds(60)) async throws {
         try await Command.check("qemu-img", ["create", "-q", "-f", "qcow2", "-b", backing, "-F", backingFormat, path], timeout: timeout)
+    }
+
+    /// Makes `path` back onto `backing` (nil: onto nothing, standalone), first copying into it
+    /// every cluster that reads differently through the new backing (qemu-img's safe mode).
+    public static func rebase(path: String, backing: String?, backingFormat: String?, timeout: Duration = .seconds(600)) async throws {
+        var arguments = ["rebase", "-q", "-f", "qcow2", "-b", backing ?? ""]
+        if backing != nil, let backingFormat { arguments += ["-F", backingFormat] }
+        try await Command.check("qemu-img", arguments + [path], timeout: timeout)
     }
 
     /// Grows an image that no running QEMU has open.

@@ -14,6 +14,6 @@ struct Shepherd: AsyncParsableCommand {
         subcommands: [
             VMCommand.self, HostCommand.self, ClusterCommand.self, DatastoreCommand.self, TemplateCommand.self,
             TaskCommand.self, EventCommand.self, ManagerCommand.self, AgentCommand.self, DemoCommand.self,
-            DRSCommand.self, RuleCommand.self, SimulateCommand.self, BMCCommand.self, DiskCommand.self,
+            DRSCommand.self, RuleCommand.self, SimulateCommand.self, BMCCommand.self, DiskCommand.self, SnapshotCommand.self,
         ])
 }

@@ -55,3 +55,34 @@ extension TestCluster {
         }
     }
 }
+
+/// Snapshot conveniences.
+extension TestCluster {
+    public func snapshot(_ vm: String, _ name: String, quiesce: Bool = false) async throws -> Components.Schemas.Task {
+        switch try await client().createSnapshot(path: .init(vm: vm), body: .json(.init(name: name, quiesce: quiesce))) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json)
+        case .default(let status, let error): throw HarnessError("snapshot \(vm) \(name): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func revert(_ vm: String, to snapshot: String) async throws -> Components.Schemas.Task {
+        switch try await client().revertSnapshot(path: .init(vm: vm, snapshot: snapshot)) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json)
+        case .default(let status, let error): throw HarnessError("revert \(vm) to \(snapshot): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func deleteSnapshot(_ vm: String, _ snapshot: String) async throws -> Components.Schemas.Task {
+        switch try await client().deleteSnapshot(path: .init(vm: vm, snapshot: snapshot)) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json)
+        case .default(let status, let error): throw HarnessError("delete snapshot \(snapshot) of \(vm): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func snapshots(_ vm: String) async throws -> Components.Schemas.SnapshotTree {
+        switch try await client().listSnapshots(path: .init(vm: vm)) {
+        case .ok(let ok): return try ok.body.json
+        case .default(let status, let error): throw HarnessError("list snapshots of \(vm): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+}

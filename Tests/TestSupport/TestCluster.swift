@@ -439,7 +439,7 @@ public final class TestCluster: @unchecked Sendable {
         configuration.busyMode = .timeout(10)
         let queue = try DatabaseQueue(path: stateDirectory + "/shepherd.sqlite", configuration: configuration)
         return try queue.read { db in
-            try ["cluster", "template", "vm", "disk", "diskAttachment", "task", "event"].map { table in
+            try ["cluster", "template", "vm", "disk", "diskAttachment", "snapshot", "task", "event"].map { table in
                 "\(table): " + (try Row.fetchAll(db, sql: "SELECT * FROM \(table) ORDER BY rowid")).map(\.description).joined(separator: "; ")
             }.joined(separator: "\n")
         }

@@ -1,0 +1,152 @@
+import Foundation
+import HostKit
+import QMP
+import QemuImg
+import ShepherdCore
+
+/// External snapshots on one host: freeze the active images under new overlays (one QMP
+/// transaction for all disks of a running VM), revert by a fresh overlay on a snapshot's image,
+/// and merge a deleted snapshot's image into the images above it (block-stream live, qemu-img
+/// rebase offline).
+extension GuestSupervisor {
+    func snapshot(_ request: AgentWire.SnapshotRequest) async throws -> AgentWire.SnapshotAnswer {
+        try await exclusive { me in
+            if me.livePid() != nil {
+                let frozen = try await me.liveSnapshot(request)
+                try me.repoint(Dictionary(uniqueKeysWithValues: request.layers.map { ($0.active, $0.overlay) }))
+                return AgentWire.SnapshotAnswer(live: true, frozenFileSystems: frozen)
+            }
+            var created: [String] = []
+            do {
+                for layer in request.layers {
+                    let format = try await QemuImg.info(path: layer.active).format
+                    try await QemuImg.createOverlay(path: layer.overlay, backing: layer.active, backingFormat: format)
+                    created.append(layer.overlay)
+                }
+            } catch {
+                for path in created { try? FileManager.default.removeItem(atPath: path) }
+                throw error
+            }
+            try me.repoint(Dictionary(uniqueKeysWithValues: request.layers.map { ($0.active, $0.overlay) }))
+            return AgentWire.SnapshotAnswer(live: false, frozenFileSystems: nil)
+        }
+    }
+
+    /// All disks in one transaction, so the snapshot is one moment for every disk; with quiesce
+    /// the guest's file systems are frozen around it (and always thawed).
+    private func liveSnapshot(_ request: AgentWire.SnapshotRequest) async throws -> Int? {
+        var actions: [JSONValue] = []
+        for (index, layer) in request.layers.enumerated() {
+            let node = try await formatNode(file: layer.active)
+            actions.append(["type": "blockdev-snapshot-sync", "data": [
+                "node-name": .string(node), "snapshot-file": .string(layer.overlay), "format": "qcow2",
+                "snapshot-node-name": .string("s\(UInt32.random(in: 0...UInt32.max))x\(index)"),
+            ]])
+        }
+        var frozen: Int?
+        if request.quiesce {
+            let answer = try await guestAgentCommand("guest-fsfreeze-freeze", timeout: .seconds(20))
+            frozen = answer.intValue ?? 0
+        }
+        do {
+            _ = try await qmp("transaction", ["actions": .array(actions)], timeout: .seconds(30))
+        } catch {
+            if frozen != nil { _ = try? await guestAgentCommand("guest-fsfreeze-thaw", timeout: .seconds(20)) }
+            for layer in request.layers { try? FileManager.default.removeItem(atPath: layer.overlay) }
+            throw error
+        }
+        if frozen != nil { _ = try await guestAgentCommand("guest-fsfreeze-thaw", timeout: .seconds(20)) }
+        return frozen
+    }
+
+    /// Revert of a VM that is off: new overlays over the snapshot's images first, then the
+    /// definition points at them, then the discarded active images go.
+    func revert(_ request: AgentWire.RevertRequest) async throws {
+        try await exclusive { me in
+            if let pid = me.livePid() {
+                throw ShepherdError(.illegalState, "VM '\(me.definition.name)' runs here (QEMU pid \(pid)); a revert needs it off")
+            }
+            var created: [String] = []
+            do {
+                for layer in request.layers {
+                    let format = try await QemuImg.info(path: layer.base).format
+                    try await QemuImg.createOverlay(path: layer.overlay, backing: layer.base, backingFormat: format)
+                    created.append(layer.overlay)
+                }
+            } catch {
+                for path in created { try? FileManager.default.removeItem(atPath: path) }
+                throw error
+            }
+            try me.repoint(Dictionary(uniqueKeysWithValues: request.layers.map { ($0.active, $0.overlay) }))
+            for layer in request.layers { try? FileManager.default.removeItem(atPath: layer.active) }
+        }
+    }
+
+    /// Pulls `from`'s data into `into`, which then backs onto `from`'s backing file. Live
+    /// (block-stream) when this VM's QEMU has `into` open; qemu-img rebase otherwise.
+    func merge(_ request: AgentWire.MergeRequest, timeout: Duration = .seconds(900)) async throws {
+        let source = try await QemuImg.info(path: request.from)
+        let newBacking = source.backingFilename
+        try await exclusive { me in
+            if me.livePid() != nil, let node = try? await me.formatNode(file: request.into) {
+                var base: String?
+                if let newBacking { base = try await me.formatNode(file: newBacking) }
+                try await me.stream(into: node, base: base, timeout: timeout)
+            } else {
+                try await QemuImg.rebase(path: request.into, backing: newBacking,
+                                         backingFormat: source.backingFormat ?? newBacking.map { _ in "qcow2" }, timeout: timeout)
+            }
+        }
+    }
+
+    private func stream(into node: String, base: String?, timeout: Duration) async throws {
+        let job = "stream-\(UInt32.random(in: 0...UInt32.max))"
+        var arguments: [String: JSONValue] = ["job-id": .string(job), "device": .string(node), "auto-dismiss": false]
+        if let base { arguments["base-node"] = .string(base) }
+        _ = try await qmp("block-stream", arguments)
+        let started = ContinuousClock.now
+        while true {
+            let jobs = try await qmp("query-jobs").arrayValue ?? []
+            guard let entry = jobs.first(where: { $0["id"]?.stringValue == job }) else {
+                throw ShepherdError(.agentFailed, "the block-stream job \(job) of '\(definition.name)' vanished")
+            }
+            if entry["status"]?.stringValue == "concluded" {
+                _ = try? await qmp("job-dismiss", ["id": .string(job)])
+                if let error = entry["error"]?.stringValue {
+                    throw ShepherdError(.agentFailed, "merging into '\(node)' of '\(definition.name)' failed: \(error)")
+                }
+                return
+            }
+            if ContinuousClock.now - started > timeout {
+                _ = try? await qmp("job-cancel", ["id": .string(job)])
+                throw ShepherdError(.timedOut, "merging into '\(node)' of '\(definition.name)' did not finish within \(timeout.inSeconds) s; cancelled, nothing lost")
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+    }
+
+    /// The format node (qcow2/raw, not the file protocol node) QEMU has open for `file`.
+    func formatNode(file: String) async throws -> String {
+        let nodes = try await qmp("query-named-block-nodes", ["flat": true]).arrayValue ?? []
+        guard let node = nodes.first(where: { $0["file"]?.stringValue == file && $0["drv"]?.stringValue != "file" })?["node-name"]?.stringValue else {
+            throw ShepherdError(.agentFailed, "QEMU of '\(definition.name)' has no block node for '\(file)'")
+        }
+        return node
+    }
+
+    /// The definition's disk paths after a layer change: each old active path → its new image.
+    func repoint(_ mapping: [String: String]) throws {
+        var changed = definition
+        changed.disk = mapping[changed.disk] ?? changed.disk
+        for index in changed.disks.indices { changed.disks[index].path = mapping[changed.disks[index].path] ?? changed.disks[index].path }
+        try redefine(changed)
+    }
+}
+
+extension QEMUDriver {
+    public func snapshot(_ vm: String, _ request: AgentWire.SnapshotRequest) async throws -> AgentWire.SnapshotAnswer {
+        try await supervisor(vm).snapshot(request)
+    }
+    public func revert(_ vm: String, _ request: AgentWire.RevertRequest) async throws { try await supervisor(vm).revert(request) }
+    public func merge(_ vm: String, _ request: AgentWire.MergeRequest) async throws { try await supervisor(vm).merge(request) }
+}

@@ -1,0 +1,255 @@
+import Foundation
+import GRDB
+import ShepherdCore
+
+/// A VM's snapshot tree as the API shows it.
+struct SnapshotList: Sendable {
+    var vm: VMRecord
+    var snapshots: [SnapshotRecord]
+}
+
+/// External snapshots of a VM's root disk and persistent data disks (non-persistent and shared
+/// disks are independent of snapshots, as in vSphere). Each operation is a task holding the
+/// VM's operation lock, so no power change, migration or disk change interleaves with it.
+final class SnapshotService: Sendable {
+    let store: Store
+    let agents: AgentClient
+    let tasks: TaskEngine
+    let events: EventLog
+    let vms: VMService
+
+    init(store: Store, agents: AgentClient, tasks: TaskEngine, events: EventLog, vms: VMService) {
+        self.store = store; self.agents = agents; self.tasks = tasks; self.events = events; self.vms = vms
+    }
+
+    /// The key of the root disk in a snapshot's images.
+    static let rootKey = "root"
+
+    /// Disk key → the image the VM writes now, for every disk snapshots cover.
+    static func activeImages(_ db: Database, _ vm: VMRecord) throws -> [String: String] {
+        var images = [rootKey: vm.diskPath]
+        for disk in try DiskService.attached(db, vmID: vm.id) where disk.diskMode == .persistent { images[disk.id] = disk.path }
+        return images
+    }
+
+    static func snapshots(_ db: Database, vmID: String) throws -> [SnapshotRecord] {
+        try SnapshotRecord.filter(Column("vmId") == vmID).order(Column("createdAt")).fetchAll(db)
+    }
+
+    static func snapshot(_ db: Database, vm: VMRecord, _ reference: String) throws -> SnapshotRecord {
+        guard let found = try SnapshotRecord.filter(Column("vmId") == vm.id && (Column("name") == reference || Column("id") == reference)).fetchOne(db) else {
+            throw ShepherdError.notFound("snapshot", "\(reference)' of VM '\(vm.name)")
+        }
+        return found
+    }
+
+    /// Snapshots whose images include this data disk (a disk in a snapshot stays attached).
+    static func holding(_ db: Database, diskID: String) throws -> [SnapshotRecord] {
+        try SnapshotRecord.fetchAll(db).filter { $0.imageMap[diskID] != nil }
+    }
+
+    func list(_ reference: String) async throws -> SnapshotList {
+        try await store.db.read { db in
+            let vm = try Inventory.vm(db, reference)
+            return SnapshotList(vm: vm, snapshots: try Self.snapshots(db, vmID: vm.id))
+        }
+    }
+
+    // MARK: create
+
+    func create(_ reference: String, name: String, description: String?, quiesce: Bool) async throws -> TaskRecord {
+        let (vm, host, task, _) = try await begin(reference, kind: "vm.snapshot.create") { db, vm in
+            try SnapshotTree.checkName(name, taken: try Self.snapshots(db, vmID: vm.id).map(\.name))
+            switch vm.lifecycle {
+            case .stopped:
+                if quiesce { throw ShepherdError.invalidField("quiesce", "VM '\(vm.name)' is off: its file systems are at rest already") }
+            case .running:
+                // The seed: a live snapshot needs the tools (they freeze the file systems and report the guest's state).
+                guard vm.toolsRunning else {
+                    throw ShepherdError(.toolsNotRunning, "a live snapshot of '\(vm.name)' needs its tools running; they do not answer (stop the VM to snapshot it off)")
+                }
+            default:
+                throw ShepherdError(.illegalState, "VM '\(vm.name)' is \(vm.state); a snapshot is taken of a VM that is off or running")
+            }
+        }
+        tasks.run(task) { [self] progress in
+            do {
+                let id = newID()
+                let active = try await store.db.read { db in try Self.activeImages(db, vm) }
+                let layers = active.keys.sorted().map { key in
+                    AgentWire.SnapshotLayer(active: active[key]!, overlay: Self.overlayPath(for: active[key]!, snapshot: id))
+                }
+                await progress.update(20, vm.lifecycle.consumesHostResources
+                                      ? "freezing \(layers.count) disk(s) of '\(vm.name)' in one transaction\(quiesce ? " with the guest's file systems frozen" : "")"
+                                      : "adding an overlay to \(layers.count) disk(s)")
+                _ = try await agents.define(Inventory.endpoint(host), try await vms.definitionFor(vm))
+                let answer = try await agents.snapshot(Inventory.endpoint(host), vm: vm.id, .init(layers: layers, quiesce: quiesce))
+                let overlays = Dictionary(uniqueKeysWithValues: active.keys.map { key in (key, Self.overlayPath(for: active[key]!, snapshot: id)) })
+                try await store.db.write { db in
+                    guard var row = try VMRecord.fetchOne(db, key: vm.id) else { return }
+                    try SnapshotRecord(id: id, vmId: vm.id, name: name, parentId: row.currentSnapshot, description: description ?? "",
+                                       images: SnapshotRecord.encode(active), live: answer.live, quiesced: answer.frozenFileSystems != nil,
+                                       createdAt: Date()).insert(db)
+                    try Self.repoint(db, &row, overlays)
+                    row.currentSnapshot = id
+                    row.operationTask = nil
+                    try row.update(db)
+                }
+                let how = answer.live ? "live\(answer.frozenFileSystems.map { ", \($0) guest file system(s) frozen" } ?? "")" : "with the VM off"
+                await events.record(.info, "vm.snapshot.created", targetType: "vm", targetId: vm.id, targetName: vm.name,
+                                    "snapshot '\(name)' of \(layers.count) disk(s) taken \(how)")
+                return "snapshot '\(name)' of \(layers.count) disk(s) taken \(how)"
+            } catch {
+                await unlock(vm.id)
+                throw failure(error, rolledBack: "no snapshot was taken")
+            }
+        }
+        return task
+    }
+
+    // MARK: revert
+
+    func revert(_ reference: String, to snapshotReference: String) async throws -> TaskRecord {
+        let (vm, host, task, snapshot) = try await begin(reference, kind: "vm.snapshot.revert") { db, vm in
+            let target = try Self.snapshot(db, vm: vm, snapshotReference)
+            guard case .stopped = vm.lifecycle else {
+                throw ShepherdError(.illegalState, "VM '\(vm.name)' is \(vm.state); a revert discards its current state and needs it off ('shepherd vm stop \(vm.name)')")
+            }
+            return target
+        }
+        tasks.run(task) { [self] progress in
+            do {
+                let active = try await store.db.read { db in try Self.activeImages(db, vm) }
+                let images = snapshot.imageMap
+                let marker = newID()
+                let layers = images.keys.sorted().compactMap { key -> AgentWire.RevertLayer? in
+                    guard let current = active[key] else { return nil }
+                    return AgentWire.RevertLayer(active: current, base: images[key]!, overlay: Self.overlayPath(for: current, snapshot: marker))
+                }
+                await progress.update(20, "returning \(layers.count) disk(s) of '\(vm.name)' to '\(snapshot.name)'")
+                _ = try await agents.define(Inventory.endpoint(host), try await vms.definitionFor(vm))
+                try await agents.revert(Inventory.endpoint(host), vm: vm.id, .init(layers: layers))
+                try await store.db.write { db in
+                    guard var row = try VMRecord.fetchOne(db, key: vm.id) else { return }
+                    try Self.repoint(db, &row, Dictionary(uniqueKeysWithValues: layers.compactMap { layer in
+                        active.first { $0.value == layer.active }.map { ($0.key, layer.overlay) }
+                    }))
+                    row.currentSnapshot = snapshot.id
+                    row.operationTask = nil
+                    try row.update(db)
+                }
+                let untouched = active.keys.filter { images[$0] == nil }.count
+                let note = untouched > 0 ? "; \(untouched) disk(s) attached after the snapshot keep their content" : ""
+                await events.record(.info, "vm.snapshot.reverted", targetType: "vm", targetId: vm.id, targetName: vm.name,
+                                    "returned to snapshot '\(snapshot.name)'\(note)")
+                return "'\(vm.name)' returned to snapshot '\(snapshot.name)' (\(layers.count) disk(s))\(note)"
+            } catch {
+                await unlock(vm.id)
+                throw failure(error, rolledBack: "'\(vm.name)' keeps its state from before the revert")
+            }
+        }
+        return task
+    }
+
+    // MARK: delete
+
+    func delete(_ reference: String, snapshot snapshotReference: String) async throws -> TaskRecord {
+        let (vm, host, task, plan) = try await begin(reference, kind: "vm.snapshot.delete") { db, vm in
+            let snapshot = try Self.snapshot(db, vm: vm, snapshotReference)
+            switch vm.lifecycle {
+            case .stopped, .running: break
+            default: throw ShepherdError(.illegalState, "VM '\(vm.name)' is \(vm.state); snapshots are deleted while it is off or running")
+            }
+            let nodes = try Self.snapshots(db, vmID: vm.id).map(\.node)
+            return (snapshot, try SnapshotTree.deletion(of: snapshot.id, nodes: nodes, current: vm.currentSnapshot, active: try Self.activeImages(db, vm)))
+        }
+        let (snapshot, deletion) = plan
+        tasks.run(task) { [self] progress in
+            do {
+                _ = try await agents.define(Inventory.endpoint(host), try await vms.definitionFor(vm))
+                for (index, merge) in deletion.merges.enumerated() {
+                    await progress.update(10 + 80 * index / max(1, deletion.merges.count),
+                                          "merging '\(snapshot.name)' into \(merge.active ? "the current state" : "a later snapshot") (\(merge.disk == Self.rootKey ? "root disk" : "disk \(merge.disk.prefix(8))"), \(index + 1) of \(deletion.merges.count))")
+                    try await agents.merge(Inventory.endpoint(host), vm: vm.id, .init(into: merge.into, from: merge.from))
+                }
+            } catch {
+                await unlock(vm.id)
+                throw failure(error, rolledBack: "snapshot '\(snapshot.name)' stays: the merges done so far only copied data")
+            }
+            // Every later image now holds the data: the snapshot's own images can go.
+            var leftovers: [String] = []
+            for image in deletion.removed {
+                do { try await agents.deleteDisk(Inventory.endpoint(host), path: image) } catch { leftovers.append(image) }
+            }
+            try await store.db.write { db in
+                for var child in try SnapshotRecord.filter(deletion.reparented.contains(Column("id"))).fetchAll(db) {
+                    child.parentId = snapshot.parentId
+                    try child.update(db)
+                }
+                _ = try SnapshotRecord.deleteOne(db, key: snapshot.id)
+                guard var row = try VMRecord.fetchOne(db, key: vm.id) else { return }
+                row.currentSnapshot = deletion.current
+                row.operationTask = nil
+                try row.update(db)
+            }
+            let note = leftovers.isEmpty ? "" : "; could not delete \(leftovers.joined(separator: ", ")) (no longer used)"
+            await events.record(.info, "vm.snapshot.deleted", targetType: "vm", targetId: vm.id, targetName: vm.name,
+                                "snapshot '\(snapshot.name)' deleted; its data merged into \(deletion.merges.count) later image(s)\(note)")
+            return "snapshot '\(snapshot.name)' deleted; its data merged into \(deletion.merges.count) later image(s)\(note)"
+        }
+        return task
+    }
+
+    // MARK: helpers
+
+    /// In one transaction: the VM at rest, its host connected, its disks idle; then its
+    /// operation lock and the task.
+    private func begin<Checked: Sendable>(_ reference: String, kind: String,
+                                          _ check: @escaping @Sendable (Database, VMRecord) throws -> Checked) async throws -> (VMRecord, HostRecord, TaskRecord, Checked) {
+        try await store.db.write { [tasks] db in
+            var vm = try Inventory.vm(db, reference)
+            try VMService.checkNoOperation(db, vm)
+            try DiskService.checkDisksAtRest(db, vm: vm)
+            let checked = try check(db, vm)
+            let host = try Inventory.host(db, vm.hostId)
+            guard host.hostState == .connected || (host.hostState == .maintenance && !vm.lifecycle.consumesHostResources) else {
+                throw ShepherdError(.hostNotConnected, "the host of VM '\(vm.name)', '\(host.name)', is \(host.state)")
+            }
+            if let datastore = try DatastoreRecord.filter(Column("name") == vm.datastore).fetchOne(db), datastore.kind == "block" {
+                throw ShepherdError(.preflightFailed, "VM '\(vm.name)' is on block datastore '\(datastore.name)': snapshots need a virtualized (file) datastore")
+            }
+            let task = tasks.newTask(kind: kind, targetType: "vm", targetId: vm.id, targetName: vm.name)
+            try task.insert(db)
+            vm.operationTask = task.id
+            try vm.update(db)
+            return (vm, host, task, checked)
+        }
+    }
+
+    private func unlock(_ vmID: String) async {
+        _ = try? await store.db.write { db in
+            guard var row = try VMRecord.fetchOne(db, key: vmID) else { return }
+            row.operationTask = nil
+            try row.update(db)
+        }
+    }
+
+    /// `root-<8>.qcow2` next to the image it covers.
+    static func overlayPath(for image: String, snapshot id: String) -> String {
+        let directory = (image as NSString).deletingLastPathComponent
+        var base = ((image as NSString).lastPathComponent as NSString).deletingPathExtension
+        // An overlay of an overlay keeps the disk's own name, not a growing chain of ids.
+        if let dash = base.range(of: "~", options: .backwards) { base = String(base[..<dash.lowerBound]) }
+        return "\(directory)/\(base)~\(id.prefix(8)).qcow2"
+    }
+
+    /// Points the VM's root disk and data disks at their new active images.
+    static func repoint(_ db: Database, _ vm: inout VMRecord, _ images: [String: String]) throws {
+        if let root = images[rootKey] { vm.diskPath = root }
+        for (key, path) in images where key != rootKey {
+            guard var disk = try DiskRecord.fetchOne(db, key: key) else { continue }
+            disk.path = path
+            try disk.update(db)
+        }
+    }
+}
