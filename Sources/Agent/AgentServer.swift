@@ -262,6 +262,27 @@ struct AgentRoutes: Sendable {
             try await driver.merge(context.parameters.require("id"), body)
             return JSONResponse.make(AgentWire.Done())
         }
+        vms.post(":id/mirrors") { request, context in
+            let body = try await request.decode(as: AgentWire.MirrorRequest.self, context: context)
+            try checkOnDatastore(body.source, field: "source"); try checkOnDatastore(body.target, field: "target")
+            return JSONResponse.make(try await driver.startMirror(context.parameters.require("id"), body))
+        }
+        vms.get(":id/mirrors/:job") { _, context in
+            JSONResponse.make(try await driver.mirrorStatus(context.parameters.require("id"), job: context.parameters.require("job")))
+        }
+        for (action, run) in [("complete", driver.completeMirror), ("cancel", driver.cancelMirror)] as [(String, @Sendable (String, String, AgentWire.MirrorRequest) async throws -> Void)] {
+            vms.post(RouterPath(":id/mirrors/:job/" + action)) { request, context in
+                let body = try await request.decode(as: AgentWire.MirrorRequest.self, context: context)
+                try checkOnDatastore(body.source, field: "source"); try checkOnDatastore(body.target, field: "target")
+                try await run(context.parameters.require("id"), context.parameters.require("job"), body)
+                return JSONResponse.make(AgentWire.Done())
+            }
+        }
+        disks.post("convert") { request, context in
+            let body = try await request.decode(as: AgentWire.ConvertRequest.self, context: context)
+            try checkOnDatastore(body.source, field: "source"); try checkOnDatastore(body.target, field: "target")
+            return JSONResponse.make(try await driver.convertDisk(body))
+        }
         vms.post(":id/exec") { request, context in
             let body = try await request.decode(as: AgentWire.ExecRequest.self, context: context)
             try Validate.execCommand(body.command, timeoutSeconds: body.timeoutSeconds)

@@ -58,4 +58,16 @@ public protocol HypervisorDriver: Sendable {
     func revert(_ vm: String, _ request: AgentWire.RevertRequest) async throws
     /// Pulls a deleted snapshot's image into an image above it (live when the VM has it open).
     func merge(_ vm: String, _ request: AgentWire.MergeRequest) async throws
+
+    // MARK: storage migration
+
+    /// Starts copying a running VM's disk to a new image; writes land on both once it is ready.
+    func startMirror(_ vm: String, _ request: AgentWire.MirrorRequest) async throws -> AgentWire.MirrorStatus
+    func mirrorStatus(_ vm: String, job: String) async throws -> AgentWire.MirrorStatus
+    /// Switches the guest to the mirror's target.
+    func completeMirror(_ vm: String, job: String, _ request: AgentWire.MirrorRequest) async throws
+    /// Stops the mirror; the guest stays on its source, the target is deleted.
+    func cancelMirror(_ vm: String, job: String, _ request: AgentWire.MirrorRequest) async throws
+    /// Copies an image no VM writes into a new one of the given type (cold migration).
+    func convertDisk(_ request: AgentWire.ConvertRequest) async throws -> AgentWire.DiskImage
 }

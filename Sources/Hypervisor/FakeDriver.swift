@@ -16,6 +16,11 @@ public actor FakeDriver: HypervisorDriver {
 
     public func define(_ definition: AgentWire.VMDefinition) async throws -> AgentWire.GuestStatus {
         definitions[definition.id] = definition
+        // The root disk "copied from the template": 1 GiB, 64 MiB of it used.
+        if images[definition.disk] == nil {
+            images[definition.disk] = AgentWire.DiskImage(path: definition.disk, format: "qcow2", virtualBytes: 1 << 30,
+                                                          allocatedBytes: 64 << 20, backing: nil)
+        }
         return try status(definition.id)
     }
 
@@ -166,6 +171,33 @@ public actor FakeDriver: HypervisorDriver {
         definition.disk = mapping[definition.disk] ?? definition.disk
         for index in definition.disks.indices { definition.disks[index].path = mapping[definition.disks[index].path] ?? definition.disks[index].path }
         definitions[vm] = definition
+    }
+
+    // Fake mirrors are ready at once.
+    public func startMirror(_ vm: String, _ request: AgentWire.MirrorRequest) async throws -> AgentWire.MirrorStatus {
+        guard running.contains(vm) else { throw ShepherdError(.illegalState, "VM \(vm) does not run here") }
+        let size = images[request.source]?.virtualBytes ?? 0
+        images[request.target] = AgentWire.DiskImage(path: request.target, format: "qcow2", virtualBytes: size,
+                                                     allocatedBytes: request.type == .thin ? 196_608 : size, backing: nil)
+        return AgentWire.MirrorStatus(job: "mirror-1", status: "ready", copiedBytes: size, totalBytes: size, error: nil)
+    }
+
+    public func mirrorStatus(_ vm: String, job: String) async throws -> AgentWire.MirrorStatus {
+        AgentWire.MirrorStatus(job: job, status: "ready", copiedBytes: 1, totalBytes: 1, error: nil)
+    }
+
+    public func completeMirror(_ vm: String, job: String, _ request: AgentWire.MirrorRequest) async throws {
+        try repoint(vm, [(request.source, request.target)])
+    }
+
+    public func cancelMirror(_ vm: String, job: String, _ request: AgentWire.MirrorRequest) async throws { images[request.target] = nil }
+
+    public func convertDisk(_ request: AgentWire.ConvertRequest) async throws -> AgentWire.DiskImage {
+        guard let source = images[request.source] else { throw ShepherdError(.notFound, "disk image '\(request.source)' is not on this host") }
+        let image = AgentWire.DiskImage(path: request.target, format: "qcow2", virtualBytes: source.virtualBytes,
+                                        allocatedBytes: request.type == .thin ? 196_608 : source.virtualBytes, backing: nil)
+        images[request.target] = image
+        return image
     }
 
     /// The data disks the VM's definition on this host lists (what its QEMU would open).

@@ -20,6 +20,7 @@ struct API: APIProtocol {
     let ha: HAService
     let power: PowerService
     let snapshots: SnapshotService
+    let storage: StorageMigrationService
     let tasks: TaskEngine
     let version: String
 
@@ -401,6 +402,24 @@ struct API: APIProtocol {
                                                 refusals: check.refusals.map { .init(check: $0.check.rawValue, message: $0.message) }))))
         }
         let task = try await guarded { try await migrations.migrate(input.path.vm, target: body.target) }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
+    func migrateVMStorage(_ input: Operations.MigrateVMStorage.Input) async throws -> Operations.MigrateVMStorage.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let type = body._type.flatMap { DiskType(rawValue: $0.rawValue) }
+        if body.dryRun == true {
+            let plan = try await guarded {
+                try await storage.plan(input.path.vm, datastore: body.datastore, disks: body.disks, type: type, maxBytesPerSecond: body.maxBytesPerSecond)
+            }
+            return .ok(.init(body: .json(.init(
+                vm: plan.vm.name, datastore: plan.target.name, ok: plan.refusals.isEmpty, disks: plan.moves.map(\.name),
+                bytes: plan.moves.reduce(0) { $0 + StorageMigration.bytesNeeded($1.check, as: plan.type) },
+                refusals: plan.refusals.map { .init(check: $0.check.rawValue, message: $0.message) }))))
+        }
+        let task = try await guarded {
+            try await storage.migrate(input.path.vm, datastore: body.datastore, disks: body.disks, type: type, maxBytesPerSecond: body.maxBytesPerSecond)
+        }
         return .accepted(.init(body: .json(Self.task(task))))
     }
 

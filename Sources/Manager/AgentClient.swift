@@ -132,6 +132,28 @@ final class AgentClient: Sendable {
         let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/merge", body: request, timeout: .seconds(960))
     }
 
+    // MARK: storage migration
+
+    func startMirror(_ endpoint: Endpoint, vm: String, _ request: AgentWire.MirrorRequest) async throws -> AgentWire.MirrorStatus {
+        try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/mirrors", body: request, timeout: .seconds(120))
+    }
+
+    func mirrorStatus(_ endpoint: Endpoint, vm: String, job: String) async throws -> AgentWire.MirrorStatus {
+        try await call(endpoint, .GET, "/agent/v1/vms/\(vm)/mirrors/\(job)", body: Optional<AgentWire.Done>.none, timeout: .seconds(10))
+    }
+
+    func completeMirror(_ endpoint: Endpoint, vm: String, job: String, _ request: AgentWire.MirrorRequest) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/mirrors/\(job)/complete", body: request, timeout: .seconds(90))
+    }
+
+    func cancelMirror(_ endpoint: Endpoint, vm: String, job: String, _ request: AgentWire.MirrorRequest) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/mirrors/\(job)/cancel", body: request, timeout: .seconds(90))
+    }
+
+    func convertDisk(_ endpoint: Endpoint, _ request: AgentWire.ConvertRequest) async throws -> AgentWire.DiskImage {
+        try await call(endpoint, .POST, "/agent/v1/disks/convert", body: request, timeout: .seconds(1800))
+    }
+
     private func call<Body: Encodable, Answer: Decodable>(
         _ endpoint: Endpoint, _ method: HTTPMethod, _ path: String, body: Body?, timeout: TimeAmount
     ) async throws -> Answer {

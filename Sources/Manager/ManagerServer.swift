@@ -62,7 +62,8 @@ public enum ManagerServer {
         let ha = HAService(store: store, events: events, vms: vms, agents: agents, power: power, hostReserveMiB: configuration.hostReserveMiB)
         let snapshots = SnapshotService(store: store, agents: agents, tasks: tasks, events: events, vms: vms)
         let api = API(store: store, vms: vms, hosts: hosts, migrations: migrations, maintenance: maintenance, drs: drs, ha: ha, power: power,
-                      snapshots: snapshots, tasks: tasks, version: version)
+                      snapshots: snapshots, storage: StorageMigrationService(store: store, agents: agents, tasks: tasks, events: events, vms: vms),
+                      tasks: tasks, version: version)
 
         let router = Router()
         router.middlewares.add(ErrorMiddleware())

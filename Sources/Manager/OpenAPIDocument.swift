@@ -547,6 +547,35 @@ paths:
             application/json:
               schema: { $ref: "#/components/schemas/Task" }
         default: { $ref: "#/components/responses/Error" }
+  /api/v1/vms/{vm}/migrate-storage:
+    post:
+      operationId: migrateVMStorage
+      description: |
+        Storage migration. A running VM's disks (all, or those named) are mirrored to the target
+        datastore while the guest keeps writing (new writes land on both), then switched over; the
+        source images are deleted only after the switch. A VM that is off has its disks converted.
+        The disk type can change on the way. With dryRun the answer is the check (200); otherwise
+        202 with the task (cancellable: the VM stays on its source disks), or 409 preflight_failed
+        naming every failed check.
+      parameters:
+        - { $ref: "#/components/parameters/VMRef" }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/StorageMigrateRequest" }
+      responses:
+        "200":
+          description: The check's result (dryRun).
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/StorageMigrationCheck" }
+        "202":
+          description: The move started; follow the task (bytes copied, rate, the switch).
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/vms/{vm}/exec:
     post:
       operationId: execInVM
@@ -1199,6 +1228,25 @@ components:
         source: { type: string }
         target: { type: string }
         ok: { type: boolean }
+        refusals: { type: array, items: { $ref: "#/components/schemas/MigrationRefusal" } }
+    StorageMigrateRequest:
+      type: object
+      required: [datastore]
+      properties:
+        datastore: { type: string, description: "The target datastore." }
+        disks: { type: array, items: { type: string }, description: "Disks to move by name (\"root\" is the root disk); default all." }
+        type: { $ref: "#/components/schemas/DiskType" }
+        maxBytesPerSecond: { type: integer, format: int64, description: "Caps the copy's rate (at least 1 MiB/s), leaving the storage to the guests." }
+        dryRun: { type: boolean }
+    StorageMigrationCheck:
+      type: object
+      required: [vm, datastore, ok, disks, bytes, refusals]
+      properties:
+        vm: { type: string }
+        datastore: { type: string }
+        ok: { type: boolean }
+        disks: { type: array, items: { type: string }, description: "The disks that would move." }
+        bytes: { type: integer, format: int64, description: "Bytes the copies take on the target." }
         refusals: { type: array, items: { $ref: "#/components/schemas/MigrationRefusal" } }
     PowerRequest:
       type: object

@@ -100,7 +100,7 @@ final class SnapshotService: Sendable {
                                     "snapshot '\(name)' of \(layers.count) disk(s) taken \(how)")
                 return "snapshot '\(name)' of \(layers.count) disk(s) taken \(how)"
             } catch {
-                await unlock(vm.id)
+                await vms.releaseOperation(vm.id)
                 throw failure(error, rolledBack: "no snapshot was taken")
             }
         }
@@ -144,7 +144,7 @@ final class SnapshotService: Sendable {
                                     "returned to snapshot '\(snapshot.name)'\(note)")
                 return "'\(vm.name)' returned to snapshot '\(snapshot.name)' (\(layers.count) disk(s))\(note)"
             } catch {
-                await unlock(vm.id)
+                await vms.releaseOperation(vm.id)
                 throw failure(error, rolledBack: "'\(vm.name)' keeps its state from before the revert")
             }
         }
@@ -173,7 +173,7 @@ final class SnapshotService: Sendable {
                     try await agents.merge(Inventory.endpoint(host), vm: vm.id, .init(into: merge.into, from: merge.from))
                 }
             } catch {
-                await unlock(vm.id)
+                await vms.releaseOperation(vm.id)
                 throw failure(error, rolledBack: "snapshot '\(snapshot.name)' stays: the merges done so far only copied data")
             }
             // Every later image now holds the data: the snapshot's own images can go.
@@ -223,14 +223,6 @@ final class SnapshotService: Sendable {
             vm.operationTask = task.id
             try vm.update(db)
             return (vm, host, task, checked)
-        }
-    }
-
-    private func unlock(_ vmID: String) async {
-        _ = try? await store.db.write { db in
-            guard var row = try VMRecord.fetchOne(db, key: vmID) else { return }
-            row.operationTask = nil
-            try row.update(db)
         }
     }
 

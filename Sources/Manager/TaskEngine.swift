@@ -54,7 +54,7 @@ final class TaskEngine: Sendable {
     }
 
     /// Task kinds a user may cancel: their workflows undo what they did.
-    static let cancellable: Set<String> = ["vm.migrate", "host.maintenance.enter"]
+    static let cancellable: Set<String> = ["vm.migrate", "host.maintenance.enter", "vm.storage.migrate"]
 
     /// Starts `body` in the background; its returned text becomes the final message.
     func run(_ task: TaskRecord, _ body: @escaping @Sendable (Progress) async throws -> String) {

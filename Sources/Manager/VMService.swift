@@ -371,6 +371,15 @@ final class VMService: Sendable {
         throw ShepherdError(.illegalState, "VM '\(vm.name)' is busy with task \(task.id) (\(task.kind), \(task.progress)%: \(task.message))")
     }
 
+    /// Ends the operation lock a snapshot or storage task held on the VM.
+    func releaseOperation(_ vmID: String) async {
+        _ = try? await store.db.write { db in
+            guard var row = try VMRecord.fetchOne(db, key: vmID) else { return }
+            row.operationTask = nil
+            try row.update(db)
+        }
+    }
+
     func definitionFor(_ vm: VMRecord) async throws -> AgentWire.VMDefinition {
         let template = try await store.db.read { db in
             try TemplateRecord.filter(Column("name") == vm.template).fetchOne(db)

@@ -19,8 +19,12 @@ public enum QMP {
 
     /// Reads the greeting and leaves capabilities negotiation mode.
     static func negotiate(_ socket: SocketConnection) throws {
-        let greeting = try socket.readMessage(
+        var greeting = try socket.readMessage(
             activity: "waiting for the QMP greeting (is another client connected to this socket?)")
+        // An event QEMU queued while the previous client was leaving can arrive first; skip it.
+        for _ in 0..<16 where greeting["event"] != nil {
+            greeting = try socket.readMessage(activity: "waiting for the QMP greeting after an event")
+        }
         guard greeting["QMP"] != nil else {
             throw QMPError(kind: .protocolError, message: "expected the QMP greeting on \(socket.socketPath), got \(greeting.jsonString.prefix(200))")
         }

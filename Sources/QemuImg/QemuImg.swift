@@ -21,9 +21,10 @@ public enum QemuImg {
     }
 
     /// Copies `source` into a new standalone image (no backing file) at `destination`.
-    public static func convert(source: String, destination: String, format: String = "qcow2",
+    public static func convert(source: String, destination: String, format: String = "qcow2", preallocation: String? = nil,
                                timeout: Duration = .seconds(600)) async throws {
-        try await Command.check("qemu-img", ["convert", "-O", format, source, destination], timeout: timeout)
+        let options = preallocation.map { ["-o", "preallocation=\($0)"] } ?? []
+        try await Command.check("qemu-img", ["convert", "-O", format] + options + [source, destination], timeout: timeout)
     }
 
     /// Creates an empty image of `bytes`. `preallocation` is qemu-img's: off (grows with

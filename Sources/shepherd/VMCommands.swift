@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ShepherdAPI
+import ShepherdCore
 
 typealias APIVM = Components.Schemas.Vm
 
@@ -25,7 +26,8 @@ struct TaskFlags: ParsableArguments {
 struct VMCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vm", abstract: "Create, run and remove virtual machines.",
-        subcommands: [List.self, Show.self, Create.self, Start.self, Stop.self, Reboot.self, Delete.self, Exec.self, Migrate.self, Set.self])
+        subcommands: [List.self, Show.self, Create.self, Start.self, Stop.self, Reboot.self, Delete.self, Exec.self, Migrate.self,
+                       MigrateStorage.self, Set.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List VMs.")
@@ -179,6 +181,46 @@ struct VMCommand: AsyncParsableCommand {
                         print("\(check.vm) can migrate from \(check.source) to \(check.target): every check passed")
                     } else {
                         print("\(check.vm) cannot migrate from \(check.source) to \(check.target):")
+                        for refusal in check.refusals { print("  \(refusal.check): \(refusal.message)") }
+                    }
+                    if !check.ok { throw ExitCode(2) }
+                case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+        }
+    }
+
+    struct MigrateStorage: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "migrate-storage",
+            abstract: "Move a VM's disks to another datastore: live by mirroring while it runs, by conversion while it is off.",
+            discussion: "--disk picks disks by name (root is the root disk); --type converts them on the way. --dry-run lists every failed check. A cancel ('shepherd task cancel ID') leaves the VM on its source disks.")
+        @OptionGroup var options: ClientOptions
+        @OptionGroup var flags: TaskFlags
+        @Option(help: "The target datastore.") var to: String
+        @Option(name: .customLong("disk"), help: "A disk to move (repeatable; default all).") var disks: [String] = []
+        @Option(help: "thin, thick or thick-lazy (default thin).") var type: String?
+        @Option(help: "Cap the copy's rate per second, e.g. 50M (at least 1M).") var bwlimit: String?
+        @Flag(help: "Only run the checks.") var dryRun = false
+        @Argument(help: "The VM's name or id.") var vm: String
+
+        func run() async throws {
+            let diskType = try type.map { value in
+                guard let parsed = Components.Schemas.DiskType(rawValue: value) else { throw ValidationError("--type: '\(value)' must be thin, thick or thick-lazy") }
+                return parsed
+            }
+            let rate = try bwlimit.map { try DiskRules.parseSize($0, field: "--bwlimit") }
+            try await calling(options) { client in
+                let body = Components.Schemas.StorageMigrateRequest(datastore: to, disks: disks.isEmpty ? nil : disks, _type: diskType,
+                                                                    maxBytesPerSecond: rate, dryRun: dryRun)
+                switch try await client.migrateVMStorage(path: .init(vm: vm), body: .json(body)) {
+                case .ok(let ok):
+                    let check = try ok.body.json
+                    if flags.json { try printJSON(check) } else if check.ok {
+                        print("\(check.vm): \(check.disks.joined(separator: ", ")) can move to \(check.datastore) (\(formatBytes(check.bytes)) there): every check passed")
+                    } else {
+                        print("\(check.vm) cannot move its storage to \(check.datastore):")
                         for refusal in check.refusals { print("  \(refusal.check): \(refusal.message)") }
                     }
                     if !check.ok { throw ExitCode(2) }

@@ -86,3 +86,20 @@ extension TestCluster {
         }
     }
 }
+
+/// Storage migration conveniences.
+extension TestCluster {
+    public func startStorageMigration(_ vm: String, to datastore: String, disks: [String]? = nil, type: Components.Schemas.DiskType? = nil,
+                                      maxBytesPerSecond: Int64? = nil) async throws -> Components.Schemas.Task {
+        let body = Components.Schemas.StorageMigrateRequest(datastore: datastore, disks: disks, _type: type, maxBytesPerSecond: maxBytesPerSecond)
+        switch try await client().migrateVMStorage(path: .init(vm: vm), body: .json(body)) {
+        case .accepted(let accepted): return try accepted.body.json
+        case .ok(let ok): throw HarnessError("storage migration of \(vm) answered a check: \(try ok.body.json)")
+        case .default(let status, let error): throw HarnessError("storage migration of \(vm): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func migrateStorage(_ vm: String, to datastore: String, disks: [String]? = nil, type: Components.Schemas.DiskType? = nil) async throws -> Components.Schemas.Task {
+        try await wait(try await startStorageMigration(vm, to: datastore, disks: disks, type: type))
+    }
+}
