@@ -283,6 +283,12 @@ struct AgentRoutes: Sendable {
             try checkOnDatastore(body.source, field: "source"); try checkOnDatastore(body.target, field: "target")
             return JSONResponse.make(try await driver.convertDisk(body))
         }
+        vms.post(":id/trim") { _, context in JSONResponse.make(try await driver.trim(context.parameters.require("id"))) }
+        disks.post("compact") { request, context in
+            let body = try await request.decode(as: AgentWire.DiskPathRequest.self, context: context)
+            try checkOnDatastore(body.path)
+            return JSONResponse.make(try await driver.compactDisk(path: body.path))
+        }
         vms.post(":id/exec") { request, context in
             let body = try await request.decode(as: AgentWire.ExecRequest.self, context: context)
             try Validate.execCommand(body.command, timeoutSeconds: body.timeoutSeconds)

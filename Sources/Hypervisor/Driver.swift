@@ -70,4 +70,11 @@ public protocol HypervisorDriver: Sendable {
     func cancelMirror(_ vm: String, job: String, _ request: AgentWire.MirrorRequest) async throws
     /// Copies an image no VM writes into a new one of the given type (cold migration).
     func convertDisk(_ request: AgentWire.ConvertRequest) async throws -> AgentWire.DiskImage
+
+    // MARK: space reclamation
+
+    /// Asks the guest to trim its file systems; with discard=unmap the images give the space back.
+    func trim(_ vm: String) async throws -> AgentWire.TrimAnswer
+    /// Rewrites an image no VM has open without its unused clusters.
+    func compactDisk(path: String) async throws -> AgentWire.DiskImage
 }

@@ -200,6 +200,21 @@ public actor FakeDriver: HypervisorDriver {
         return image
     }
 
+    /// A fake trim halves what every image of the VM takes.
+    public func trim(_ vm: String) async throws -> AgentWire.TrimAnswer {
+        guard running.contains(vm) else { throw ShepherdError(.illegalState, "VM \(vm) does not run here") }
+        let definition = try known(vm)
+        for path in [definition.disk] + definition.disks.map(\.path) { images[path]?.allocatedBytes /= 2 }
+        return AgentWire.TrimAnswer(fileSystems: 1, trimmedBytes: nil)
+    }
+
+    public func compactDisk(path: String) async throws -> AgentWire.DiskImage {
+        guard var image = images[path] else { throw ShepherdError(.notFound, "disk image '\(path)' is not on this host") }
+        image.allocatedBytes /= 2
+        images[path] = image
+        return image
+    }
+
     /// The data disks the VM's definition on this host lists (what its QEMU would open).
     public func attachedDisks(_ vm: String) -> [AgentWire.DiskDefinition] { definitions[vm]?.disks ?? [] }
 

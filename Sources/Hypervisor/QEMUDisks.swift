@@ -21,7 +21,7 @@ enum DiskNodes {
 
     static func blockdevOption(_ disk: AgentWire.DiskDefinition, vmID: String) -> String {
         let (path, format) = opened(disk, vmID: vmID)
-        return "driver=\(format.rawValue),node-name=\(node(disk)),file.driver=file,file.filename=\(path.replacingOccurrences(of: ",", with: ",,"))"
+        return "driver=\(format.rawValue),node-name=\(node(disk)),discard=unmap,file.driver=file,file.discard=unmap,file.filename=\(path.replacingOccurrences(of: ",", with: ",,"))"
     }
 
     static func deviceOption(_ disk: AgentWire.DiskDefinition) -> String {
@@ -30,8 +30,9 @@ enum DiskNodes {
 
     static func blockdevArguments(_ disk: AgentWire.DiskDefinition, vmID: String) -> [String: JSONValue] {
         let (path, format) = opened(disk, vmID: vmID)
-        return ["driver": .string(format.rawValue), "node-name": .string(node(disk)),
-                "file": ["driver": "file", "filename": .string(path)]]
+        // discard=unmap down to the file: what the guest trims gives its space back (reclaim).
+        return ["driver": .string(format.rawValue), "node-name": .string(node(disk)), "discard": "unmap",
+                "file": ["driver": "file", "filename": .string(path), "discard": "unmap"]]
     }
 
     static func deviceArguments(_ disk: AgentWire.DiskDefinition) -> [String: JSONValue] {
@@ -129,7 +130,44 @@ extension GuestSupervisor {
     }
 }
 
+extension GuestSupervisor {
+    func trim() async throws -> AgentWire.TrimAnswer {
+        guard livePid() != nil else { throw ShepherdError(.illegalState, "VM '\(definition.name)' does not run here") }
+        let answer = try await guestAgentCommand("guest-fstrim", timeout: .seconds(120))
+        let paths = answer["paths"]?.arrayValue ?? []
+        let failures = paths.compactMap { path in path["error"]?.stringValue.map { "\(path["path"]?.stringValue ?? "?"): \($0)" } }
+        if !failures.isEmpty, failures.count == paths.count {
+            throw ShepherdError(.agentFailed, "the guest of '\(definition.name)' could not trim: \(failures.joined(separator: "; "))")
+        }
+        let trimmed = paths.compactMap { $0["trimmed"]?.doubleValue }
+        return AgentWire.TrimAnswer(fileSystems: paths.count - failures.count, trimmedBytes: trimmed.isEmpty ? nil : Int64(trimmed.reduce(0, +)))
+    }
+}
+
 extension QEMUDriver {
+    public func trim(_ vm: String) async throws -> AgentWire.TrimAnswer { try await supervisor(vm).trim() }
+
+    public func compactDisk(path: String) async throws -> AgentWire.DiskImage {
+        let info = try await QemuImg.info(path: path)
+        guard info.backingFilename == nil else {
+            throw ShepherdError(.illegalState, "'\(path)' is an overlay over '\(info.backingFilename!)': compacting it offline would copy its backing chain into it")
+        }
+        let compacted = path + ".compact"
+        try? FileManager.default.removeItem(atPath: compacted)
+        do {
+            // convert writes only clusters that hold data, and no zeros.
+            try await QemuImg.convert(source: path, destination: compacted, format: info.format)
+            // rename(2) swaps the files atomically: the image is never missing.
+            guard rename(compacted, path) == 0 else {
+                throw ShepherdError(.agentFailed, "could not replace '\(path)' by its compacted copy: \(String(cString: strerror(errno)))")
+            }
+        } catch {
+            try? FileManager.default.removeItem(atPath: compacted)
+            throw error
+        }
+        return try await diskImage(path: path)
+    }
+
     public func createDisk(_ request: AgentWire.DiskCreateRequest) async throws -> AgentWire.DiskImage {
         guard !FileManager.default.fileExists(atPath: request.path) else {
             throw ShepherdError(.alreadyExists, "disk image '\(request.path)' already exists on this host")

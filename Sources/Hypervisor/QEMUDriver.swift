@@ -506,7 +506,7 @@ public struct QEMUCommandLine: Sendable {
             "-m", "\(definition.memoryMiB)", "-smp", "\(definition.cpus)",
             "-nodefaults", "-no-user-config", "-display", "none",
             "-kernel", definition.kernel, "-initrd", definition.initrd, "-append", definition.cmdline,
-            "-blockdev", "driver=qcow2,node-name=disk0,file.driver=file,file.filename=\(definition.disk.replacingOccurrences(of: ",", with: ",,"))",
+            "-blockdev", "driver=qcow2,node-name=disk0,discard=unmap,file.driver=file,file.discard=unmap,file.filename=\(definition.disk.replacingOccurrences(of: ",", with: ",,"))",
             "-device", "virtio-blk-pci,drive=disk0",
         ] + definition.disks.flatMap { disk in
             ["-blockdev", DiskNodes.blockdevOption(disk, vmID: definition.id), "-device", DiskNodes.deviceOption(disk)]

@@ -475,6 +475,12 @@ struct API: APIProtocol {
         return .accepted(.init(body: .json(Self.task(task))))
     }
 
+    func reclaimDiskSpace(_ input: Operations.ReclaimDiskSpace.Input) async throws -> Operations.ReclaimDiskSpace.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let task = try await guarded { try await vms.disks.reclaim(input.path.vm, disk: body.disk) }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
     static func disk(_ view: DiskView) -> Schemas.Disk {
         let disk = view.disk
         return Schemas.Disk(id: disk.id, name: disk.name, datastore: disk.datastore, path: disk.path, format: disk.format,

@@ -117,6 +117,14 @@ final class AgentClient: Sendable {
                                                body: AgentWire.DiskResizeRequest(sizeBytes: sizeBytes), timeout: .seconds(60))
     }
 
+    func trim(_ endpoint: Endpoint, vm: String) async throws -> AgentWire.TrimAnswer {
+        try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/trim", body: Optional<AgentWire.Done>.none, timeout: .seconds(150))
+    }
+
+    func compactDisk(_ endpoint: Endpoint, path: String) async throws -> AgentWire.DiskImage {
+        try await call(endpoint, .POST, "/agent/v1/disks/compact", body: AgentWire.DiskPathRequest(path: path), timeout: .seconds(660))
+    }
+
     // MARK: snapshots
 
     func snapshot(_ endpoint: Endpoint, vm: String, _ request: AgentWire.SnapshotRequest) async throws -> AgentWire.SnapshotAnswer {

@@ -298,6 +298,67 @@ final class DiskService: Sendable {
         return task
     }
 
+    // MARK: reclaim
+
+    /// Gives a thin disk's unused space back: a running guest trims its file systems through
+    /// the tools (the images take discards down to the file); off, the image is rewritten
+    /// without its unused clusters. Reports the bytes returned, measured on the image.
+    func reclaim(_ vmReference: String, disk name: String) async throws -> TaskRecord {
+        let (vm, host, path, label, task) = try await store.db.write { [tasks] db -> (VMRecord, HostRecord, String, String, TaskRecord) in
+            var vm = try Inventory.vm(db, vmReference)
+            let host = try Self.checkVMAcceptsChange(db, vm)
+            let path: String
+            if name == "root" {
+                path = vm.diskPath
+            } else {
+                guard let disk = try Self.attached(db, vmID: vm.id).first(where: { $0.name == name || $0.id == name }) else {
+                    throw ShepherdError.invalidField("disk", "VM '\(vm.name)' has no disk '\(name)' (root or one of its data disks)")
+                }
+                guard disk.type == DiskType.thin.rawValue else {
+                    throw ShepherdError(.illegalState, "disk '\(disk.name)' is \(disk.type): its space is allocated by design; only thin disks give space back")
+                }
+                guard disk.diskMode == .persistent else {
+                    throw ShepherdError(.illegalState, "disk '\(disk.name)' is \(disk.mode); reclaim applies to persistent disks")
+                }
+                try Self.checkNotBusy(db, disk)
+                path = disk.path
+            }
+            if vm.lifecycle.consumesHostResources, !vm.toolsRunning {
+                throw ShepherdError(.toolsNotRunning, "reclaiming space on a running VM needs its tools (they trim the guest's file systems); '\(vm.name)''s do not answer")
+            }
+            let task = tasks.newTask(kind: "disk.reclaim", targetType: "vm", targetId: vm.id, targetName: vm.name)
+            try task.insert(db)
+            vm.operationTask = task.id
+            try vm.update(db)
+            return (vm, host, path, name, task)
+        }
+        tasks.run(task) { [self] progress in
+            do {
+                let endpoint = Inventory.endpoint(host)
+                let before = try await agents.diskImage(endpoint, path: path).allocatedBytes
+                let how: String
+                if vm.lifecycle.consumesHostResources {
+                    await progress.update(20, "asking the guest of '\(vm.name)' to trim its file systems")
+                    let trim = try await agents.trim(endpoint, vm: vm.id)
+                    how = "the guest trimmed \(trim.fileSystems) file system(s)"
+                } else {
+                    await progress.update(20, "rewriting '\(label)' without its unused clusters (VM off)")
+                    _ = try await agents.compactDisk(endpoint, path: path)
+                    how = "compacted with the VM off"
+                }
+                let after = try await agents.diskImage(endpoint, path: path).allocatedBytes
+                await VMService.releaseOperation(in: store, vm.id)
+                let message = "'\(label)' of '\(vm.name)': \(DiskRules.formatBytes(max(0, before - after))) returned (\(DiskRules.formatBytes(before)) → \(DiskRules.formatBytes(after)) allocated; \(how))"
+                await events.record(.info, "disk.reclaimed", targetType: "vm", targetId: vm.id, targetName: vm.name, message)
+                return message
+            } catch {
+                await VMService.releaseOperation(in: store, vm.id)
+                throw failure(error, rolledBack: "the disk is as it was")
+            }
+        }
+        return task
+    }
+
     /// When a VM is deleted its own disks go with it; a shared disk another VM still uses stays.
     /// Returns what it did, for the VM's task message.
     func deleteDisks(of vm: VMRecord, host: HostRecord) async throws -> [String] {

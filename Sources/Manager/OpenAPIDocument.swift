@@ -576,6 +576,27 @@ paths:
             application/json:
               schema: { $ref: "#/components/schemas/Task" }
         default: { $ref: "#/components/responses/Error" }
+  /api/v1/vms/{vm}/reclaim:
+    post:
+      operationId: reclaimDiskSpace
+      description: |
+        Gives a thin disk's unused space back. Running: the guest trims its file systems through
+        the tools and the images pass the discards down to the file. Off: the image is rewritten
+        without its unused clusters. The task reports the bytes returned, measured on the image.
+      parameters:
+        - { $ref: "#/components/parameters/VMRef" }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/ReclaimRequest" }
+      responses:
+        "202":
+          description: Reclaiming; follow the task.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/vms/{vm}/exec:
     post:
       operationId: execInVM
@@ -1248,6 +1269,11 @@ components:
         disks: { type: array, items: { type: string }, description: "The disks that would move." }
         bytes: { type: integer, format: int64, description: "Bytes the copies take on the target." }
         refusals: { type: array, items: { $ref: "#/components/schemas/MigrationRefusal" } }
+    ReclaimRequest:
+      type: object
+      required: [disk]
+      properties:
+        disk: { type: string, description: "root, or a data disk's name." }
     PowerRequest:
       type: object
       properties:

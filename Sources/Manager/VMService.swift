@@ -371,8 +371,10 @@ final class VMService: Sendable {
         throw ShepherdError(.illegalState, "VM '\(vm.name)' is busy with task \(task.id) (\(task.kind), \(task.progress)%: \(task.message))")
     }
 
-    /// Ends the operation lock a snapshot or storage task held on the VM.
-    func releaseOperation(_ vmID: String) async {
+    /// Ends the operation lock a snapshot, storage or reclaim task held on the VM.
+    func releaseOperation(_ vmID: String) async { await Self.releaseOperation(in: store, vmID) }
+
+    static func releaseOperation(in store: Store, _ vmID: String) async {
         _ = try? await store.db.write { db in
             guard var row = try VMRecord.fetchOne(db, key: vmID) else { return }
             row.operationTask = nil

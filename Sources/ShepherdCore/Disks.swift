@@ -176,4 +176,12 @@ extension AgentWire {
         public var sizeBytes: Int64
         public init(sizeBytes: Int64) { self.sizeBytes = sizeBytes }
     }
+
+    /// The guest trimmed its file systems (guest-fstrim through the tools).
+    public struct TrimAnswer: Codable, Sendable {
+        public var fileSystems: Int
+        /// What the guest says it trimmed, when it says.
+        public var trimmedBytes: Int64?
+        public init(fileSystems: Int, trimmedBytes: Int64?) { self.fileSystems = fileSystems; self.trimmedBytes = trimmedBytes }
+    }
 }

@@ -8,7 +8,7 @@ typealias APIDisk = Components.Schemas.Disk
 struct DiskCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "disk", abstract: "Data disks: create (thin, thick, thick-lazy), attach, detach, grow, delete.",
-        subcommands: [List.self, Show.self, Create.self, Attach.self, Detach.self, Resize.self, Delete.self])
+        subcommands: [List.self, Show.self, Create.self, Attach.self, Detach.self, Resize.self, Reclaim.self, Delete.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List every data disk, or one VM's in the order its guest sees them.")
@@ -131,6 +131,25 @@ struct DiskCommand: AsyncParsableCommand {
             let bytes = try DiskRules.parseSize(size, field: "--size")
             try await calling(options) { client in
                 switch try await client.resizeDisk(path: .init(disk: disk), body: .json(.init(sizeBytes: bytes))) {
+                case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+        }
+    }
+
+    struct Reclaim: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Give a thin disk's unused space back and say how much came back.",
+            discussion: "Running: the guest trims its file systems through the tools. Off: the image is rewritten without unused clusters.")
+        @OptionGroup var options: ClientOptions
+        @OptionGroup var flags: TaskFlags
+        @Argument(help: "The VM.") var vm: String
+        @Argument(help: "root, or a data disk's name.") var disk: String
+
+        func run() async throws {
+            try await calling(options) { client in
+                switch try await client.reclaimDiskSpace(path: .init(vm: vm), body: .json(.init(disk: disk))) {
                 case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
                 case .default(let status, let error): throw CLIError.api(status, error)
                 }

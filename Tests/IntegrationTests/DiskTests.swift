@@ -73,6 +73,37 @@ struct DiskTests {
         }
     }
 
+    @Test("reclaim gives back what the guest deleted: trimmed live through the tools, compacted with the VM off")
+    func reclaimReturnsDeletedSpace() async throws {
+        try await TestCluster.with(driver: "qemu") { cluster in
+            _ = try await cluster.createVM("rc1")
+            try #require(try await cluster.start("rc1").state == .succeeded)
+            let root = try await cluster.vm("rc1").diskPath
+            func allocated() throws -> Int64 {
+                var stats = stat()
+                guard stat(root, &stats) == 0 else { throw HarnessError("cannot stat \(root)") }
+                return Int64(stats.st_blocks) * 512
+            }
+            let empty = try allocated()
+            #expect(try await cluster.exec("rc1", ["sh", "-c", "dd if=/dev/urandom of=/root/big bs=1M count=24 conv=fsync 2>/dev/null && sync"]).exitCode == 0)
+            let full = try allocated()
+            #expect(full > empty + (20 << 20), "24 MiB written: \(empty) → \(full) bytes")
+            #expect(try await cluster.exec("rc1", ["sh", "-c", "rm /root/big && sync"]).exitCode == 0)
+            let live = try await cluster.wait(try await cluster.reclaim("rc1", disk: "root"))
+            #expect(live.state == .succeeded && live.message.contains("the guest trimmed"), "\(live.message) \(live.error?.message ?? "")")
+            let trimmed = try allocated()
+            #expect(trimmed < full - (16 << 20), "the deleted 24 MiB come back: \(full) → \(trimmed) bytes (\(live.message))")
+
+            #expect(try await cluster.stop("rc1").state == .succeeded)
+            let off = try await cluster.wait(try await cluster.reclaim("rc1", disk: "root"))
+            #expect(off.state == .succeeded && off.message.contains("compacted with the VM off"), "\(off.message) \(off.error?.message ?? "")")
+            print("reclaim: \(live.message) | \(off.message)")
+            try #require(try await cluster.start("rc1").state == .succeeded)
+            #expect(try await cluster.exec("rc1", ["uname", "-s"]).stdout == "Linux\n", "the compacted disk boots")
+            #expect(try await cluster.stop("rc1", force: true).state == .succeeded)
+        }
+    }
+
     @Test("a shared disk shows one guest's writes to another; a non-persistent disk forgets its writes at power-off; a deleted VM takes its own disks along")
     func sharedAndNonPersistent() async throws {
         try await TestCluster.with(driver: "qemu") { cluster in

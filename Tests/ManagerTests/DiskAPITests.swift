@@ -21,6 +21,11 @@ struct DiskAPITests {
             #expect(try await cluster.disks(of: "a").map(\.name) == ["a-disk1"])
             #expect(try await cluster.disks(of: "b").isEmpty)
 
+            let (thick, why) = try await cluster.raw("POST", "/api/v1/vms/a/reclaim", token: cluster.adminToken, body: #"{"disk":"a-disk1"}"#)
+            #expect(thick == 409 && why.contains("disk 'a-disk1' is thick-lazy: its space is allocated by design"), "\(why)")
+            let reclaimed = try await cluster.wait(try await cluster.reclaim("a", disk: "root"))
+            #expect(reclaimed.state == .succeeded && reclaimed.message.contains("'root' of 'a': 32 MiB returned (64 MiB → 32 MiB allocated; the guest trimmed 1 file system(s))"),
+                    "\(reclaimed.message) \(reclaimed.error?.message ?? "")")
             let grown = try await cluster.resizeDisk("a-disk1", sizeMiB: 128)
             #expect(grown.state == .succeeded && grown.message.contains("grown from 64 MiB to 128 MiB (live"), "\(grown.message)")
             #expect(try await cluster.disk("a-disk1").sizeBytes == 128 << 20)
@@ -63,6 +68,7 @@ struct DiskAPITests {
                 ("POST", "/api/v1/disks/data/resize", #"{"sizeBytes":8388608}"#, 400, "disk 'data' is 16 MiB; a resize must grow it (asked 8 MiB)"),
                 ("DELETE", "/api/v1/disks/data", "", 409, "disk 'data' is attached to 'a'; detach it first"),
                 ("GET", "/api/v1/disks/nodisk", "", 404, "disk 'nodisk' does not exist"),
+                ("POST", "/api/v1/vms/a/reclaim", #"{"disk":"nope"}"#, 400, "disk: VM 'a' has no disk 'nope' (root or one of its data disks)"),
             ]
             for (method, path, body, status, message) in cases {
                 let (code, answer) = try await cluster.raw(method, path, token: token, body: body.isEmpty ? nil : body)

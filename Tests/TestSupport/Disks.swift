@@ -41,6 +41,14 @@ extension TestCluster {
         }
     }
 
+    /// Starts a reclaim (the caller waits: tests look at the task).
+    public func reclaim(_ vm: String, disk: String) async throws -> Components.Schemas.Task {
+        switch try await client().reclaimDiskSpace(path: .init(vm: vm), body: .json(.init(disk: disk))) {
+        case .accepted(let accepted): return try accepted.body.json
+        case .default(let status, let error): throw HarnessError("reclaim \(disk) of \(vm): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
     public func disk(_ name: String) async throws -> Components.Schemas.Disk {
         switch try await client().getDisk(path: .init(disk: name)) {
         case .ok(let ok): return try ok.body.json
