@@ -175,7 +175,12 @@ actor GuestSupervisor {
                 try Files.ensureDirectory(diskDirectory, mode: 0o755)
                 let partial = definition.disk + ".partial"
                 try? FileManager.default.removeItem(atPath: partial)
-                try await QemuImg.convert(source: source, destination: partial)
+                if definition.linkedClone {
+                    // A differencing disk over the template's image: the template is never written.
+                    try await QemuImg.createOverlay(path: partial, backing: source, backingFormat: try await QemuImg.info(path: source).format)
+                } else {
+                    try await QemuImg.convert(source: source, destination: partial)
+                }
                 try FileManager.default.moveItem(atPath: partial, toPath: definition.disk)
             }
             try save()

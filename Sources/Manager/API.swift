@@ -343,7 +343,7 @@ struct API: APIProtocol {
                    memoryMiB: row.memoryMiB, state: Schemas.VMState(rawValue: row.state) ?? .unknown, stateReason: row.stateReason,
                    toolsStatus: row.toolsRunning ? .running : .notRunning, datastore: row.datastore, diskPath: row.diskPath,
                    pid: row.pid, createdAt: row.createdAt, haPolicy: Schemas.HAPolicy(rawValue: row.haPolicy),
-                   haPriority: Schemas.HAPriority(rawValue: row.haPriority), drsExcluded: row.drsExcluded)
+                   haPriority: Schemas.HAPriority(rawValue: row.haPriority), drsExcluded: row.drsExcluded, linkedTemplate: row.linkedTemplate)
     }
 
     func updateVM(_ input: Operations.UpdateVM.Input) async throws -> Operations.UpdateVM.Output {
@@ -365,7 +365,8 @@ struct API: APIProtocol {
         guard case .json(let body) = input.body else { throw unsupportedBody }
         let task = try await guarded {
             try await vms.create(VMCreateRequest(name: body.name, cpus: body.cpus, memoryMiB: body.memoryMiB,
-                                                 template: body.template, host: body.host, datastore: body.datastore))
+                                                 template: body.template, host: body.host, datastore: body.datastore,
+                                                 linked: body.linked ?? false))
         }
         return .accepted(.init(body: .json(Self.task(task))))
     }
@@ -421,6 +422,33 @@ struct API: APIProtocol {
             try await storage.migrate(input.path.vm, datastore: body.datastore, disks: body.disks, type: type, maxBytesPerSecond: body.maxBytesPerSecond)
         }
         return .accepted(.init(body: .json(Self.task(task))))
+    }
+
+    func cloneVM(_ input: Operations.CloneVM.Input) async throws -> Operations.CloneVM.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let task = try await guarded { () -> TaskRecord in
+            let (isVM, isTemplate) = try await store.db.read { db in
+                (try VMRecord.filter(Column("name") == input.path.vm || Column("id") == input.path.vm).fetchCount(db) > 0,
+                 try TemplateRecord.filter(Column("name") == input.path.vm).fetchCount(db) > 0)
+            }
+            if isVM {
+                if body.linked == true {
+                    throw ShepherdError(.illegalState, "linked clones are made from templates; make '\(input.path.vm)' one first ('shepherd vm to-template \(input.path.vm)') or drop --linked for a full clone")
+                }
+                return try await vms.clone(input.path.vm, name: body.name, datastore: body.datastore)
+            }
+            guard isTemplate else { throw ShepherdError.notFound("VM or template", input.path.vm) }
+            return try await vms.create(VMCreateRequest(name: body.name, cpus: body.cpus ?? 1, memoryMiB: body.memoryMiB ?? 128,
+                                                        template: input.path.vm, datastore: body.datastore, linked: body.linked ?? false))
+        }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
+    func convertVMToTemplate(_ input: Operations.ConvertVMToTemplate.Input) async throws -> Operations.ConvertVMToTemplate.Output {
+        var name: String?, description: String?
+        if case .json(let body)? = input.body { name = body.name; description = body.description }
+        let template = try await guarded { [name, description] in try await vms.toTemplate(input.path.vm, name: name, description: description) }
+        return .created(.init(body: .json(Self.template(template))))
     }
 
     func execInVM(_ input: Operations.ExecInVM.Input) async throws -> Operations.ExecInVM.Output {

@@ -597,6 +597,46 @@ paths:
             application/json:
               schema: { $ref: "#/components/schemas/Task" }
         default: { $ref: "#/components/responses/Error" }
+  /api/v1/vms/{vm}/clone:
+    post:
+      operationId: cloneVM
+      description: |
+        Clones. From a VM that is off: a full clone (every disk copied, snapshot chains flattened;
+        a shared disk is attached to the clone too). From a template (the path names the template):
+        a new VM, its root disk copied, or with linked a differencing disk over the template's image
+        (a linked clone: created in a moment, taking only what it writes).
+      parameters:
+        - { $ref: "#/components/parameters/VMRef" }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/CloneRequest" }
+      responses:
+        "202":
+          description: Cloning; follow the task.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/vms/{vm}/to-template:
+    post:
+      operationId: convertVMToTemplate
+      description: Turns a VM that is off (no snapshots, no data disks) into a template; its root disk becomes the template's image and the VM leaves the inventory.
+      parameters:
+        - { $ref: "#/components/parameters/VMRef" }
+      requestBody:
+        required: false
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/ToTemplateRequest" }
+      responses:
+        "201":
+          description: The new template.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Template" }
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/vms/{vm}/exec:
     post:
       operationId: execInVM
@@ -1212,6 +1252,7 @@ components:
         haPolicy: { $ref: "#/components/schemas/HAPolicy" }
         haPriority: { $ref: "#/components/schemas/HAPriority" }
         drsExcluded: { type: boolean, description: "DRS and DPM leave this VM where it is." }
+        linkedTemplate: { type: string, description: "The template whose image its root disk is a differencing disk over (a linked clone)." }
     VMCreate:
       type: object
       required: [name, cpus, memoryMiB]
@@ -1222,6 +1263,7 @@ components:
         template: { type: string, description: "Template name; default tiny." }
         host: { type: string, description: "Host name or id; placed by the scheduler when absent." }
         datastore: { type: string, description: "Datastore for the disk; default the template's." }
+        linked: { type: boolean, description: "A linked clone: the root disk is a differencing disk over the template's image." }
     MaintenanceRequest:
       type: object
       required: [action]
@@ -1274,6 +1316,20 @@ components:
       required: [disk]
       properties:
         disk: { type: string, description: "root, or a data disk's name." }
+    CloneRequest:
+      type: object
+      required: [name]
+      properties:
+        name: { type: string, description: "The new VM's name." }
+        linked: { type: boolean, description: "A linked clone (the source must be a template)." }
+        datastore: { type: string, description: "Where the new disks go; default the source's." }
+        cpus: { type: integer, description: "From a template: vCPUs (default 1)." }
+        memoryMiB: { type: integer, description: "From a template: memory (default 128)." }
+    ToTemplateRequest:
+      type: object
+      properties:
+        name: { type: string, description: "The template's name; default the VM's." }
+        description: { type: string }
     PowerRequest:
       type: object
       properties:

@@ -50,13 +50,13 @@ final class StorageMigrationService: Sendable {
             let mounted = try Inventory.datastoresByHost(db)[host.id]?.contains(target.name) ?? false
             let snapshots = try SnapshotService.snapshots(db, vmID: vm.id)
             func holding(_ key: String) -> [String] { snapshots.filter { $0.imageMap[key] != nil }.map(\.name) }
-            var candidates: [(key: String, name: String, mode: DiskMode, datastore: String, path: String, target: String, snapshots: [String])] = [
+            var candidates: [(key: String, name: String, mode: DiskMode, datastore: String, path: String, target: String, snapshots: [String], linked: Bool)] = [
                 (SnapshotService.rootKey, "root", .persistent, vm.datastore, vm.diskPath,
-                 "\(target.path)/vms/\(vm.name)-\(vm.id.prefix(8))/root.qcow2", holding(SnapshotService.rootKey)),
+                 "\(target.path)/vms/\(vm.name)-\(vm.id.prefix(8))/root.qcow2", holding(SnapshotService.rootKey), vm.linkedTemplate != nil),
             ]
             for disk in try DiskService.attached(db, vmID: vm.id) {
                 candidates.append((disk.id, disk.name, disk.diskMode, disk.datastore, disk.path,
-                                   "\(target.path)/disks/\(disk.name)-\(disk.id.prefix(8)).qcow2", holding(disk.id)))
+                                   "\(target.path)/disks/\(disk.name)-\(disk.id.prefix(8)).qcow2", holding(disk.id), false))
             }
             return (vm, host, target, mounted, candidates)
         }
@@ -72,7 +72,7 @@ final class StorageMigrationService: Sendable {
             moves.append(Move(key: candidate.key, name: candidate.name, source: candidate.path, target: candidate.target,
                               check: .init(name: candidate.name, mode: candidate.mode, datastore: candidate.datastore,
                                            virtualBytes: image.virtualBytes, allocatedBytes: image.allocatedBytes,
-                                           linkedClone: false, snapshots: candidate.snapshots)))
+                                           linkedClone: candidate.linked, snapshots: candidate.snapshots)))
         }
         let chosenType = type ?? .thin
         let live = vm.lifecycle.consumesHostResources

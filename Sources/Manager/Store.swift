@@ -243,6 +243,9 @@ public final class Store: Sendable {
                 t.add(column: "operationTask", .text)
             }
         }
+        migrator.registerMigration("v12: linked clones") { db in
+            try db.alter(table: "vm") { t in t.add(column: "linkedTemplate", .text) }
+        }
         return migrator
     }
 }
@@ -460,6 +463,8 @@ struct VMRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var currentSnapshot: String?
     /// A task working on the VM without changing its power state (a snapshot); others wait for it.
     var operationTask: String?
+    /// The template whose image its root disk is a differencing disk over (a linked clone).
+    var linkedTemplate: String?
 
     var lifecycle: VMLifecycle {
         get { VMLifecycle(name: state, task: stateTask, reason: stateReason, since: runningSince, migrationTarget: migrationTarget) }

@@ -12,9 +12,12 @@ public struct VMCreateRequest: Sendable {
     public var template: String?
     public var host: String?
     public var datastore: String?
-    public init(name: String, cpus: Int, memoryMiB: Int, template: String? = nil, host: String? = nil, datastore: String? = nil) {
+    /// A linked clone: the root disk is a differencing disk over the template's image, not a copy.
+    public var linked: Bool
+    public init(name: String, cpus: Int, memoryMiB: Int, template: String? = nil, host: String? = nil, datastore: String? = nil,
+                linked: Bool = false) {
         self.name = name; self.cpus = cpus; self.memoryMiB = memoryMiB
-        self.template = template; self.host = host; self.datastore = datastore
+        self.template = template; self.host = host; self.datastore = datastore; self.linked = linked
     }
 }
 
@@ -70,7 +73,7 @@ final class VMService: Sendable {
                 memoryMiB: request.memoryMiB, state: "creating", stateTask: task.id, stateReason: nil, runningSince: nil,
                 toolsRunning: false, datastore: datastore.name,
                 diskPath: "\(datastore.path)/vms/\(request.name)-\(id.prefix(8))/root.qcow2", pid: nil, createdAt: Date(),
-                migrationTarget: nil, cpuModel: nil)
+                migrationTarget: nil, cpuModel: nil, linkedTemplate: request.linked ? template.name : nil)
             try task.insert(db)
             try vm.insert(db)
             return (vm, task, template, host)
@@ -83,7 +86,7 @@ final class VMService: Sendable {
                 await rollback.add("remove VM '\(vm.name)' from the inventory") { [store] in
                     _ = try await store.db.write { db in try VMRecord.deleteOne(db, key: vm.id) }
                 }
-                await progress.update(10, "copying the \(template.name) disk on \(host.name)")
+                await progress.update(10, request.linked ? "making a linked clone of \(template.name) on \(host.name)" : "copying the \(template.name) disk on \(host.name)")
                 await rollback.add("delete its files on \(host.name)") { [agents] in
                     try await agents.delete(Inventory.endpoint(host), vm: vm.id)
                 }
@@ -94,8 +97,8 @@ final class VMService: Sendable {
                 throw failure(error, rolledBack: await rollback.run())
             }
             await events.record(.info, "vm.created", targetType: "vm", targetId: vm.id, targetName: vm.name,
-                                "created on \(host.name) from template \(template.name) (\(vm.cpus) vCPU, \(vm.memoryMiB) MiB)")
-            return "created on \(host.name)"
+                                "created on \(host.name) from template \(template.name)\(request.linked ? " as a linked clone" : "") (\(vm.cpus) vCPU, \(vm.memoryMiB) MiB)")
+            return "created on \(host.name)\(request.linked ? " as a linked clone of \(template.name)" : "")"
         }
         return task
     }
@@ -109,7 +112,145 @@ final class VMService: Sendable {
         return AgentWire.VMDefinition(
             id: vm.id, name: vm.name, cpus: vm.cpus, memoryMiB: vm.memoryMiB,
             kernel: "\(base)/\(template.kernel)", initrd: "\(base)/\(template.initrd)", cmdline: template.cmdline,
-            disk: vm.diskPath, sourceDisk: "\(base)/\(template.disk)", disks: disks.map { $0.definition() })
+            disk: vm.diskPath, sourceDisk: "\(base)/\(template.disk)", disks: disks.map { $0.definition() },
+            linkedClone: vm.linkedTemplate != nil)
+    }
+
+    // MARK: clones and templates
+
+    /// A full clone of a VM that is off: its root disk (its snapshot chain flattened) and its
+    /// persistent and non-persistent data disks are copied; a shared disk is attached to the
+    /// clone as well. The source is locked meanwhile.
+    func clone(_ reference: String, name: String, datastore: String?) async throws -> TaskRecord {
+        try Validate.name(name)
+        if let datastore { try Validate.name(datastore, field: "datastore") }
+        let (source, clone, host, task, disks) = try await store.db.write { [tasks] db -> (VMRecord, VMRecord, HostRecord, TaskRecord, [DiskRecord]) in
+            var source = try Inventory.vm(db, reference)
+            try Self.checkNoOperation(db, source)
+            guard case .stopped = source.lifecycle else {
+                throw ShepherdError(.illegalState, "VM '\(source.name)' is \(source.state); a full clone copies its disks while it is off")
+            }
+            if try VMRecord.filter(Column("name") == name).fetchCount(db) > 0 {
+                throw ShepherdError(.alreadyExists, "name: a VM named '\(name)' already exists")
+            }
+            let host = try Inventory.host(db, source.hostId)
+            guard host.hostState == .connected else {
+                throw ShepherdError(.hostNotConnected, "the host of VM '\(source.name)', '\(host.name)', is \(host.state)")
+            }
+            let target = try Inventory.datastore(db, named: datastore ?? source.datastore, field: "datastore")
+            guard try Inventory.datastoresByHost(db)[host.id]?.contains(target.name) == true else {
+                throw ShepherdError(.preflightFailed, "datastore '\(target.name)' is not mounted by '\(host.name)', where '\(source.name)' is")
+            }
+            let id = newID()
+            let task = tasks.newTask(kind: "vm.clone", targetType: "vm", targetId: id, targetName: name)
+            let clone = VMRecord(
+                id: id, name: name, hostId: host.id, template: source.template, cpus: source.cpus, memoryMiB: source.memoryMiB,
+                state: "creating", stateTask: task.id, stateReason: nil, runningSince: nil, toolsRunning: false, datastore: target.name,
+                diskPath: "\(target.path)/vms/\(name)-\(id.prefix(8))/root.qcow2", pid: nil, createdAt: Date(), migrationTarget: nil,
+                cpuModel: nil, haPolicy: source.haPolicy, haPriority: source.haPriority)
+            try task.insert(db)
+            try clone.insert(db)
+            source.operationTask = task.id
+            try source.update(db)
+            return (source, clone, host, task, try DiskService.attached(db, vmID: source.id))
+        }
+        let targetPath = (try await store.db.read { db in try Inventory.datastore(db, named: clone.datastore, field: "datastore") }).path
+        tasks.run(task) { [self] progress in
+            let endpoint = Inventory.endpoint(host)
+            let rollback = Rollback()
+            await rollback.add("remove '\(name)' from the inventory") { [store] in _ = try await store.db.write { db in try VMRecord.deleteOne(db, key: clone.id) } }
+            do {
+                await progress.update(10, "copying the root disk of '\(source.name)'")
+                _ = try await agents.convertDisk(endpoint, .init(source: source.diskPath, target: clone.diskPath, type: .thin))
+                await rollback.add("delete the copied root disk") { [agents] in try await agents.deleteDisk(endpoint, path: clone.diskPath) }
+                var copied: [String] = []
+                for (index, disk) in disks.enumerated() {
+                    if disk.diskMode == .shared {
+                        try await store.db.write { db in try DiskAttachmentRecord(diskId: disk.id, vmId: clone.id, attachedAt: Date()).insert(db) }
+                        continue
+                    }
+                    await progress.update(30 + 60 * index / max(1, disks.count), "copying disk '\(disk.name)'")
+                    let id = newID()
+                    let copyName = try await freeDiskName("\(name)-\(disk.name)")
+                    let path = "\(targetPath)/disks/\(copyName)-\(id.prefix(8)).qcow2"
+                    _ = try await agents.convertDisk(endpoint, .init(source: disk.path, target: path, type: DiskType(rawValue: disk.type) ?? .thin))
+                    await rollback.add("delete the copy of '\(disk.name)'") { [agents] in try await agents.deleteDisk(endpoint, path: path) }
+                    try await store.db.write { db in
+                        try DiskRecord(id: id, name: copyName, datastore: clone.datastore, path: path, format: DiskFormat.qcow2.rawValue, type: disk.type,
+                                       mode: disk.mode, sizeBytes: disk.sizeBytes, busyTask: nil, createdAt: Date()).insert(db)
+                        try DiskAttachmentRecord(diskId: id, vmId: clone.id, attachedAt: Date()).insert(db)
+                    }
+                    copied.append(copyName)
+                }
+                _ = try await agents.define(endpoint, try await definitionFor(try await store.db.read { db in try Inventory.vm(db, clone.id) }))
+                await rollback.add("forget '\(name)' on \(host.name)") { [agents] in try await agents.release(endpoint, vm: clone.id) }
+                try await setLifecycle(clone.id, .stopped)
+                await releaseOperation(source.id)
+                let note = copied.isEmpty ? "" : " with copies of its data disks (\(copied.joined(separator: ", ")))"
+                await events.record(.info, "vm.cloned", targetType: "vm", targetId: clone.id, targetName: name, "full clone of '\(source.name)'\(note)")
+                return "full clone of '\(source.name)' on \(host.name)\(note)"
+            } catch {
+                await releaseOperation(source.id)
+                throw failure(error, rolledBack: await rollback.run())
+            }
+        }
+        return task
+    }
+
+    private func freeDiskName(_ base: String) async throws -> String {
+        try await store.db.read { db in
+            var candidate = base
+            var number = 2
+            while try DiskRecord.filter(Column("name") == candidate).fetchCount(db) > 0 { candidate = "\(base)-\(number)"; number += 1 }
+            return candidate
+        }
+    }
+
+    /// Turns a VM that is off into a template: its root disk becomes the template's image (never
+    /// written again) and the VM leaves the inventory. New VMs copy it, or (linked clones) write
+    /// differencing disks over it.
+    func toTemplate(_ reference: String, name: String?, description: String?) async throws -> TemplateRecord {
+        let (vm, host, template) = try await store.db.write { db -> (VMRecord, HostRecord, TemplateRecord) in
+            let vm = try Inventory.vm(db, reference)
+            try Self.checkNoOperation(db, vm)
+            let templateName = name ?? vm.name
+            try Validate.name(templateName)
+            guard case .stopped = vm.lifecycle else {
+                throw ShepherdError(.illegalState, "VM '\(vm.name)' is \(vm.state); only a VM that is off becomes a template")
+            }
+            let snapshots = try SnapshotService.snapshots(db, vmID: vm.id)
+            guard snapshots.isEmpty else {
+                throw ShepherdError(.illegalState, "VM '\(vm.name)' has snapshot(s) \(snapshots.map { "'\($0.name)'" }.joined(separator: ", ")); delete them first (a template is one image)")
+            }
+            let disks = try DiskService.attached(db, vmID: vm.id)
+            guard disks.isEmpty else {
+                throw ShepherdError(.illegalState, "VM '\(vm.name)' has data disk(s) \(disks.map { "'\($0.name)'" }.joined(separator: ", ")); a template holds the root disk only: detach them first")
+            }
+            if try TemplateRecord.filter(Column("name") == templateName).fetchCount(db) > 0 {
+                throw ShepherdError(.alreadyExists, "name: a template named '\(templateName)' already exists")
+            }
+            guard let base = try TemplateRecord.filter(Column("name") == vm.template).fetchOne(db) else {
+                throw ShepherdError(.notFound, "template '\(vm.template)' of VM '\(vm.name)' no longer exists: its kernel cannot be found")
+            }
+            guard base.datastore == vm.datastore else {
+                throw ShepherdError(.preflightFailed, "VM '\(vm.name)' is on '\(vm.datastore)' but its kernel lives with template '\(base.name)' on '\(base.datastore)'; move its storage there first")
+            }
+            let datastore = try Inventory.datastore(db, named: vm.datastore, field: "datastore")
+            guard vm.diskPath.hasPrefix(datastore.path + "/") else {
+                throw ShepherdError(.internal, "the disk '\(vm.diskPath)' of '\(vm.name)' is not under its datastore '\(datastore.path)'")
+            }
+            let template = TemplateRecord(id: newID(), name: templateName, description: description ?? "from VM '\(vm.name)'",
+                                          datastore: vm.datastore, kernel: base.kernel, initrd: base.initrd,
+                                          disk: String(vm.diskPath.dropFirst(datastore.path.count + 1)), cmdline: base.cmdline, createdAt: Date())
+            try template.insert(db)
+            _ = try VMRecord.deleteOne(db, key: vm.id)
+            return (vm, try Inventory.host(db, vm.hostId), template)
+        }
+        // The host forgets the VM but keeps the image, which now belongs to the template.
+        try? await agents.release(Inventory.endpoint(host), vm: vm.id)
+        await events.record(.info, "vm.templated", targetType: "template", targetId: template.id, targetName: template.name,
+                            "VM '\(vm.name)' became template '\(template.name)' (its image: \(vm.diskPath))")
+        return template
     }
 
     // MARK: power

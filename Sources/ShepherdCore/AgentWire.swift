@@ -18,17 +18,21 @@ public enum AgentWire {
         public var cpuModel: String?
         /// Data disks in the order the guest sees them (vdb, vdc, …).
         public var disks: [DiskDefinition]
+        /// The root disk is made as a differencing disk over `sourceDisk` (a linked clone) rather than a copy.
+        public var linkedClone: Bool
 
         public init(id: String, name: String, cpus: Int, memoryMiB: Int, kernel: String, initrd: String,
-                    cmdline: String, disk: String, sourceDisk: String?, cpuModel: String? = nil, disks: [DiskDefinition] = []) {
+                    cmdline: String, disk: String, sourceDisk: String?, cpuModel: String? = nil, disks: [DiskDefinition] = [],
+                    linkedClone: Bool = false) {
             self.cpuModel = cpuModel
             self.disks = disks
+            self.linkedClone = linkedClone
             self.id = id; self.name = name; self.cpus = cpus; self.memoryMiB = memoryMiB
             self.kernel = kernel; self.initrd = initrd; self.cmdline = cmdline
             self.disk = disk; self.sourceDisk = sourceDisk
         }
 
-        private enum CodingKeys: String, CodingKey { case id, name, cpus, memoryMiB, kernel, initrd, cmdline, disk, sourceDisk, cpuModel, disks }
+        private enum CodingKeys: String, CodingKey { case id, name, cpus, memoryMiB, kernel, initrd, cmdline, disk, sourceDisk, cpuModel, disks, linkedClone }
 
         /// A definition saved before data disks existed has none.
         public init(from decoder: any Decoder) throws {
@@ -39,7 +43,8 @@ public enum AgentWire {
                       cmdline: try c.decode(String.self, forKey: .cmdline), disk: try c.decode(String.self, forKey: .disk),
                       sourceDisk: try c.decodeIfPresent(String.self, forKey: .sourceDisk),
                       cpuModel: try c.decodeIfPresent(String.self, forKey: .cpuModel),
-                      disks: try c.decodeIfPresent([DiskDefinition].self, forKey: .disks) ?? [])
+                      disks: try c.decodeIfPresent([DiskDefinition].self, forKey: .disks) ?? [],
+                      linkedClone: try c.decodeIfPresent(Bool.self, forKey: .linkedClone) ?? false)
         }
     }
 

@@ -27,7 +27,7 @@ struct VMCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vm", abstract: "Create, run and remove virtual machines.",
         subcommands: [List.self, Show.self, Create.self, Start.self, Stop.self, Reboot.self, Delete.self, Exec.self, Migrate.self,
-                       MigrateStorage.self, Set.self])
+                       MigrateStorage.self, Clone.self, ToTemplate.self, Set.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List VMs.")
@@ -67,7 +67,7 @@ struct VMCommand: AsyncParsableCommand {
                 ("host", found.hostName), ("cpus", "\(found.cpus)"), ("memory", formatMiB(found.memoryMiB)),
                 ("tools", found.toolsStatus.rawValue), ("template", found.template), ("datastore", found.datastore),
                 ("disk", found.diskPath), ("pid", found.pid.map(String.init) ?? "-"), ("created", formatDate(found.createdAt)),
-            ]
+            ] + (found.linkedTemplate.map { [("linked to", "template \($0) (a linked clone)")] } ?? [])
             for (key, value) in rows { print(key.padding(toLength: 11, withPad: " ", startingAt: 0) + value) }
         }
     }
@@ -82,11 +82,12 @@ struct VMCommand: AsyncParsableCommand {
         @Option(help: "Template (default tiny).") var template: String?
         @Option(help: "Host name; placed by the scheduler when absent.") var host: String?
         @Option(help: "Datastore for the disk (default: the template's).") var datastore: String?
+        @Flag(help: "A linked clone: a differencing disk over the template's image instead of a copy.") var linked = false
 
         func run() async throws {
             try await calling(options) { client in
                 let response = try await client.createVM(body: .json(.init(
-                    name: name, cpus: cpus, memoryMiB: memory, template: template, host: host, datastore: datastore)))
+                    name: name, cpus: cpus, memoryMiB: memory, template: template, host: host, datastore: datastore, linked: linked)))
                 switch response {
                 case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
                 case .default(let status, let error): throw CLIError.api(status, error)
@@ -188,6 +189,50 @@ struct VMCommand: AsyncParsableCommand {
                 case .default(let status, let error): throw CLIError.api(status, error)
                 }
             }
+        }
+    }
+
+    struct Clone: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Clone a VM that is off (a full copy) or a template (a copy, or with --linked a differencing disk over it).")
+        @OptionGroup var options: ClientOptions
+        @OptionGroup var flags: TaskFlags
+        @Argument(help: "The VM (off) or template to clone.") var source: String
+        @Argument(help: "The new VM's name.") var name: String
+        @Flag(help: "A linked clone of a template.") var linked = false
+        @Option(help: "Datastore for the new disks (default: the source's).") var datastore: String?
+        @Option(help: "From a template: virtual CPUs (default 1).") var cpus: Int?
+        @Option(help: "From a template: memory in MiB (default 128).") var memory: Int?
+
+        func run() async throws {
+            try await calling(options) { client in
+                let body = Components.Schemas.CloneRequest(name: name, linked: linked, datastore: datastore, cpus: cpus, memoryMiB: memory)
+                switch try await client.cloneVM(path: .init(vm: source), body: .json(body)) {
+                case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+        }
+    }
+
+    struct ToTemplate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "to-template", abstract: "Turn a VM that is off into a template (its root disk becomes the template's image).")
+        @OptionGroup var options: ClientOptions
+        @Flag(help: "Print JSON.") var json = false
+        @Argument(help: "The VM.") var vm: String
+        @Option(help: "The template's name (default: the VM's).") var name: String?
+        @Option(help: "A description.") var description: String?
+
+        func run() async throws {
+            let template = try await calling(options) { client in
+                switch try await client.convertVMToTemplate(path: .init(vm: vm), body: .json(.init(name: name, description: description))) {
+                case .created(let created): return try created.body.json
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+            if json { return try printJSON(template) }
+            print("template \(template.name) on \(template.datastore): \(template.disk)")
         }
     }
 

@@ -111,3 +111,20 @@ extension TestCluster {
         try await wait(try await startStorageMigration(vm, to: datastore, disks: disks, type: type))
     }
 }
+
+/// Clone and template conveniences.
+extension TestCluster {
+    public func clone(_ source: String, _ name: String, linked: Bool = false) async throws -> Components.Schemas.Task {
+        switch try await client().cloneVM(path: .init(vm: source), body: .json(.init(name: name, linked: linked))) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json)
+        case .default(let status, let error): throw HarnessError("clone \(source) as \(name): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
+    public func toTemplate(_ vm: String, name: String? = nil) async throws -> Components.Schemas.Template {
+        switch try await client().convertVMToTemplate(path: .init(vm: vm), body: .json(.init(name: name))) {
+        case .created(let created): return try created.body.json
+        case .default(let status, let error): throw HarnessError("to-template \(vm): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+}
