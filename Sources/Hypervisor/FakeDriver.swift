@@ -154,6 +154,7 @@ public actor FakeDriver: HypervisorDriver {
             images[layer.active] = nil
         }
         try repoint(vm, request.layers.map { ($0.active, $0.overlay) })
+        if request.memoryFile != nil { running.insert(vm) }
     }
 
     /// Records every merge it was asked for, in order (tests read them).

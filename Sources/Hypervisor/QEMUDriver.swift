@@ -263,7 +263,7 @@ actor GuestSupervisor {
     }
 
     /// Starts this VM's QEMU (daemonized) and returns its pid.
-    private func launch(extraArguments: [String]) async throws -> Int32 {
+    func launch(extraArguments: [String]) async throws -> Int32 {
         if let pid = livePid() {
             throw ShepherdError(.illegalState, "VM '\(definition.name)' already runs here (QEMU pid \(pid))")
         }

@@ -12,7 +12,13 @@ extension GuestSupervisor {
     func snapshot(_ request: AgentWire.SnapshotRequest) async throws -> AgentWire.SnapshotAnswer {
         try await exclusive { me in
             if me.livePid() != nil {
-                let frozen = try await me.liveSnapshot(request)
+                let frozen: Int?
+                if let memory = request.memoryFile {
+                    try await me.pausedSnapshot(request, memoryFile: memory)
+                    frozen = nil
+                } else {
+                    frozen = try await me.liveSnapshot(request)
+                }
                 try me.repoint(Dictionary(uniqueKeysWithValues: request.layers.map { ($0.active, $0.overlay) }))
                 return AgentWire.SnapshotAnswer(live: true, frozenFileSystems: frozen)
             }
@@ -59,6 +65,88 @@ extension GuestSupervisor {
         return frozen
     }
 
+    /// A memory snapshot: the guest pauses, its disks freeze in one transaction, its RAM and
+    /// device state go to `memoryFile`, and it runs on. Nothing is written to the disks while
+    /// paused, so the saved state and the frozen images are the same moment.
+    private func pausedSnapshot(_ request: AgentWire.SnapshotRequest, memoryFile: String) async throws {
+        try SnapshotTree.checkMemoryPath(memoryFile)
+        var actions: [JSONValue] = []
+        for (index, layer) in request.layers.enumerated() {
+            let node = try await formatNode(file: layer.active)
+            actions.append(["type": "blockdev-snapshot-sync", "data": [
+                "node-name": .string(node), "snapshot-file": .string(layer.overlay), "format": "qcow2",
+                "snapshot-node-name": .string("s\(UInt32.random(in: 0...UInt32.max))x\(index)"),
+            ]])
+        }
+        _ = try await qmp("stop")
+        do {
+            _ = try await qmp("transaction", ["actions": .array(actions)], timeout: .seconds(30))
+        } catch {
+            for layer in request.layers { try? FileManager.default.removeItem(atPath: layer.overlay) }
+            _ = try? await qmp("cont")
+            throw error
+        }
+        do {
+            try await saveState(to: memoryFile)
+        } catch {
+            // The disks are frozen already: the snapshot stands without its memory; the caller
+            // reports the failure and the guest runs on.
+            try? FileManager.default.removeItem(atPath: memoryFile)
+            _ = try? await qmp("cont")
+            throw error
+        }
+        // cont re-activates the block devices the completed save handed over.
+        _ = try await qmp("cont")
+    }
+
+    /// Saves the paused guest's state with QEMU's migration stream into a file.
+    private func saveState(to file: String, timeout: Duration = .seconds(300)) async throws {
+        // A previous live migration's capabilities stay set in this QEMU; a file takes none of them.
+        _ = try await qmp("migrate-set-capabilities", ["capabilities": [
+            ["capability": "xbzrle", "state": false], ["capability": "auto-converge", "state": false],
+            ["capability": "postcopy-ram", "state": false],
+        ]])
+        _ = try await qmp("migrate-set-parameters", ["max-bandwidth": .number(Double(Int64(8) << 30))])
+        _ = try await qmp("migrate", ["uri": .string("exec:cat > '\(file)'")])
+        let started = ContinuousClock.now
+        while true {
+            let info = try await qmp("query-migrate")
+            switch info["status"]?.stringValue {
+            case "completed": return
+            case "failed", "cancelled":
+                throw ShepherdError(.agentFailed, "saving the memory of '\(definition.name)' failed: \(info["error-desc"]?.stringValue ?? "no reason given")")
+            default:
+                guard ContinuousClock.now - started < timeout else {
+                    _ = try? await qmp("migrate_cancel")
+                    throw ShepherdError(.timedOut, "saving the memory of '\(definition.name)' took over \(timeout.inSeconds) s")
+                }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+    }
+
+    /// Starts QEMU from a saved state; returns once the guest runs.
+    private func resume(from file: String, timeout: Duration = .seconds(180)) async throws {
+        try SnapshotTree.checkMemoryPath(file)
+        guard FileManager.default.fileExists(atPath: file) else {
+            throw ShepherdError(.notFound, "the saved memory '\(file)' is not on this host")
+        }
+        _ = try await launch(extraArguments: ["-incoming", "exec:cat '\(file)'"])
+        let started = ContinuousClock.now
+        while true {
+            let status = try await qmp("query-status")["status"]?.stringValue
+            if status == "running" { return }
+            if status == "postmigrate" || status == "paused" || status == "prelaunch" {
+                // Loaded but not started (QEMU leaves it paused when the state was saved paused).
+                if (try? await qmp("query-migrate"))?["status"]?.stringValue == "completed" { _ = try await qmp("cont"); return }
+            }
+            guard ContinuousClock.now - started < timeout else {
+                throw ShepherdError(.timedOut, "'\(definition.name)' did not resume from '\(file)' within \(timeout.inSeconds) s (it is \(status ?? "unknown"))")
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+    }
+
     /// Revert of a VM that is off: new overlays over the snapshot's images first, then the
     /// definition points at them, then the discarded active images go.
     func revert(_ request: AgentWire.RevertRequest) async throws {
@@ -79,6 +167,7 @@ extension GuestSupervisor {
             }
             try me.repoint(Dictionary(uniqueKeysWithValues: request.layers.map { ($0.active, $0.overlay) }))
             for layer in request.layers { try? FileManager.default.removeItem(atPath: layer.active) }
+            if let memory = request.memoryFile { try await me.resume(from: memory) }
         }
     }
 

@@ -526,14 +526,16 @@ struct API: APIProtocol {
             vm: list.vm.name, current: list.vm.currentSnapshot.flatMap { names[$0] },
             snapshots: list.snapshots.map { snapshot in
                 .init(id: snapshot.id, name: snapshot.name, parent: snapshot.parentId.flatMap { names[$0] }, description: snapshot.description,
-                      live: snapshot.live, quiesced: snapshot.quiesced, disks: snapshot.imageMap.count, createdAt: snapshot.createdAt)
+                      live: snapshot.live, quiesced: snapshot.quiesced, memory: snapshot.memoryFile != nil, disks: snapshot.imageMap.count,
+                      createdAt: snapshot.createdAt)
             }))))
     }
 
     func createSnapshot(_ input: Operations.CreateSnapshot.Input) async throws -> Operations.CreateSnapshot.Output {
         guard case .json(let body) = input.body else { throw unsupportedBody }
         let task = try await guarded {
-            try await snapshots.create(input.path.vm, name: body.name, description: body.description, quiesce: body.quiesce ?? false)
+            try await snapshots.create(input.path.vm, name: body.name, description: body.description, quiesce: body.quiesce ?? false,
+                                       memory: body.memory ?? false)
         }
         return .accepted(.init(body: .json(Self.task(task))))
     }

@@ -708,7 +708,7 @@ paths:
   /api/v1/vms/{vm}/snapshots/{snapshot}/revert:
     post:
       operationId: revertSnapshot
-      description: Returns the VM's disks to the snapshot (the VM must be off); the current state is discarded. Any number of times.
+      description: Returns the VM's disks to the snapshot (the VM must be off); the current state is discarded. A memory snapshot resumes the guest where it was. Any number of times.
       parameters:
         - { $ref: "#/components/parameters/VMRef" }
         - { $ref: "#/components/parameters/SnapshotRef" }
@@ -1185,6 +1185,7 @@ components:
         description: { type: string }
         live: { type: boolean, description: "Taken while the VM ran." }
         quiesced: { type: boolean, description: "The guest's file systems were frozen for it." }
+        memory: { type: boolean, description: "It holds the guest's memory (a revert resumes the guest)." }
         disks: { type: integer, description: "Disks it covers." }
         createdAt: { type: string, format: date-time }
     SnapshotTree:
@@ -1201,6 +1202,7 @@ components:
         name: { type: string }
         description: { type: string }
         quiesce: { type: boolean, description: "Freeze the guest's file systems through the tools for the moment of the snapshot." }
+        memory: { type: boolean, description: "Save the running guest's memory too: a revert resumes it where it was. The guest pauses for the save." }
     Template:
       type: object
       required: [id, name, datastore, kernel, initrd, disk, cmdline, createdAt]

@@ -57,12 +57,16 @@ final class SnapshotService: Sendable {
 
     // MARK: create
 
-    func create(_ reference: String, name: String, description: String?, quiesce: Bool) async throws -> TaskRecord {
+    func create(_ reference: String, name: String, description: String?, quiesce: Bool, memory: Bool = false) async throws -> TaskRecord {
         let (vm, host, task, _) = try await begin(reference, kind: "vm.snapshot.create") { db, vm in
             try SnapshotTree.checkName(name, taken: try Self.snapshots(db, vmID: vm.id).map(\.name))
+            if memory, quiesce {
+                throw ShepherdError.invalidField("quiesce", "a memory snapshot holds the guest's whole state, writes in flight included; quiesce is for disk-only snapshots")
+            }
             switch vm.lifecycle {
             case .stopped:
                 if quiesce { throw ShepherdError.invalidField("quiesce", "VM '\(vm.name)' is off: its file systems are at rest already") }
+                if memory { throw ShepherdError.invalidField("memory", "VM '\(vm.name)' is off: there is no memory to save") }
             case .running:
                 // The seed: a live snapshot needs the tools (they freeze the file systems and report the guest's state).
                 guard vm.toolsRunning else {
@@ -79,23 +83,28 @@ final class SnapshotService: Sendable {
                 let layers = active.keys.sorted().map { key in
                     AgentWire.SnapshotLayer(active: active[key]!, overlay: Self.overlayPath(for: active[key]!, snapshot: id))
                 }
+                let memoryFile = memory ? "\((vm.diskPath as NSString).deletingLastPathComponent)/memory~\(id.prefix(8)).state" : nil
                 await progress.update(20, vm.lifecycle.consumesHostResources
-                                      ? "freezing \(layers.count) disk(s) of '\(vm.name)' in one transaction\(quiesce ? " with the guest's file systems frozen" : "")"
+                                      ? (memory ? "pausing '\(vm.name)': freezing \(layers.count) disk(s) and saving its memory"
+                                                : "freezing \(layers.count) disk(s) of '\(vm.name)' in one transaction\(quiesce ? " with the guest's file systems frozen" : "")")
                                       : "adding an overlay to \(layers.count) disk(s)")
                 _ = try await agents.define(Inventory.endpoint(host), try await vms.definitionFor(vm))
-                let answer = try await agents.snapshot(Inventory.endpoint(host), vm: vm.id, .init(layers: layers, quiesce: quiesce))
+                let started = ContinuousClock.now
+                let answer = try await agents.snapshot(Inventory.endpoint(host), vm: vm.id, .init(layers: layers, quiesce: quiesce, memoryFile: memoryFile))
+                let took = (ContinuousClock.now - started).inSeconds
                 let overlays = Dictionary(uniqueKeysWithValues: active.keys.map { key in (key, Self.overlayPath(for: active[key]!, snapshot: id)) })
                 try await store.db.write { db in
                     guard var row = try VMRecord.fetchOne(db, key: vm.id) else { return }
                     try SnapshotRecord(id: id, vmId: vm.id, name: name, parentId: row.currentSnapshot, description: description ?? "",
                                        images: SnapshotRecord.encode(active), live: answer.live, quiesced: answer.frozenFileSystems != nil,
-                                       createdAt: Date()).insert(db)
+                                       createdAt: Date(), memoryFile: memoryFile).insert(db)
                     try Self.repoint(db, &row, overlays)
                     row.currentSnapshot = id
                     row.operationTask = nil
                     try row.update(db)
                 }
-                let how = answer.live ? "live\(answer.frozenFileSystems.map { ", \($0) guest file system(s) frozen" } ?? "")" : "with the VM off"
+                let how = memoryFile != nil ? "with its memory (the guest paused \(String(format: "%.1f", took)) s)"
+                    : answer.live ? "live\(answer.frozenFileSystems.map { ", \($0) guest file system(s) frozen" } ?? "")" : "with the VM off"
                 await events.record(.info, "vm.snapshot.created", targetType: "vm", targetId: vm.id, targetName: vm.name,
                                     "snapshot '\(name)' of \(layers.count) disk(s) taken \(how)")
                 return "snapshot '\(name)' of \(layers.count) disk(s) taken \(how)"
@@ -128,7 +137,9 @@ final class SnapshotService: Sendable {
                 }
                 await progress.update(20, "returning \(layers.count) disk(s) of '\(vm.name)' to '\(snapshot.name)'")
                 _ = try await agents.define(Inventory.endpoint(host), try await vms.definitionFor(vm))
-                try await agents.revert(Inventory.endpoint(host), vm: vm.id, .init(layers: layers))
+                if snapshot.memoryFile != nil { await progress.update(50, "resuming '\(vm.name)' from the memory saved with '\(snapshot.name)'") }
+                try await agents.revert(Inventory.endpoint(host), vm: vm.id, .init(layers: layers, memoryFile: snapshot.memoryFile))
+                let status = snapshot.memoryFile != nil ? try await agents.status(Inventory.endpoint(host), vm: vm.id) : nil
                 try await store.db.write { db in
                     guard var row = try VMRecord.fetchOne(db, key: vm.id) else { return }
                     try Self.repoint(db, &row, Dictionary(uniqueKeysWithValues: layers.compactMap { layer in
@@ -136,13 +147,19 @@ final class SnapshotService: Sendable {
                     }))
                     row.currentSnapshot = snapshot.id
                     row.operationTask = nil
+                    if let status {
+                        row.lifecycle = .running(since: Date())
+                        row.pid = status.pid.map(Int.init)
+                    }
                     try row.update(db)
                 }
+                // The guest's clock stood still in the saved state: set it from the host's.
+                if status != nil { try? await agents.syncClock(Inventory.endpoint(host), vm: vm.id) }
                 let untouched = active.keys.filter { images[$0] == nil }.count
                 let note = untouched > 0 ? "; \(untouched) disk(s) attached after the snapshot keep their content" : ""
                 await events.record(.info, "vm.snapshot.reverted", targetType: "vm", targetId: vm.id, targetName: vm.name,
                                     "returned to snapshot '\(snapshot.name)'\(note)")
-                return "'\(vm.name)' returned to snapshot '\(snapshot.name)' (\(layers.count) disk(s))\(note)"
+                return "'\(vm.name)' returned to snapshot '\(snapshot.name)' (\(layers.count) disk(s)\(status != nil ? "; running again from its saved memory" : ""))\(note)"
             } catch {
                 await vms.releaseOperation(vm.id)
                 throw failure(error, rolledBack: "'\(vm.name)' keeps its state from before the revert")
@@ -178,7 +195,7 @@ final class SnapshotService: Sendable {
             }
             // Every later image now holds the data: the snapshot's own images can go.
             var leftovers: [String] = []
-            for image in deletion.removed {
+            for image in deletion.removed + [snapshot.memoryFile].compactMap({ $0 }) {
                 do { try await agents.deleteDisk(Inventory.endpoint(host), path: image) } catch { leftovers.append(image) }
             }
             try await store.db.write { db in

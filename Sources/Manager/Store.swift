@@ -246,6 +246,9 @@ public final class Store: Sendable {
         migrator.registerMigration("v12: linked clones") { db in
             try db.alter(table: "vm") { t in t.add(column: "linkedTemplate", .text) }
         }
+        migrator.registerMigration("v13: memory snapshots") { db in
+            try db.alter(table: "snapshot") { t in t.add(column: "memoryFile", .text) }
+        }
         return migrator
     }
 }
@@ -408,6 +411,8 @@ struct SnapshotRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var live: Bool
     var quiesced: Bool
     var createdAt: Date
+    /// The guest's saved RAM and device state (a memory snapshot).
+    var memoryFile: String?
 
     var imageMap: [String: String] { (try? JSONDecoder().decode([String: String].self, from: Data(images.utf8))) ?? [:] }
 

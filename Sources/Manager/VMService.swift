@@ -459,7 +459,7 @@ final class VMService: Sendable {
             // Its QEMU and root disk are gone: from here on the VM is deleted even if one of its data disks is not.
             var disksNote = ""
             let snapshotImages = Set((try? await store.db.read { db in
-                try SnapshotService.snapshots(db, vmID: vm.id).flatMap { $0.imageMap.values }
+                try SnapshotService.snapshots(db, vmID: vm.id).flatMap { Array($0.imageMap.values) + [$0.memoryFile].compactMap { $0 } }
             }) ?? [])
             do {
                 for image in snapshotImages { try await agents.deleteDisk(Inventory.endpoint(host), path: image) }

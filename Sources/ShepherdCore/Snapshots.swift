@@ -86,6 +86,14 @@ public enum SnapshotTree {
     }
 
     /// Names: the same rules as every name, unique per VM.
+    /// A memory file's path reaches QEMU's exec: migration URI (a shell): only plain characters.
+    public static func checkMemoryPath(_ path: String) throws {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-~")
+        guard path.hasPrefix("/"), path.allSatisfy({ allowed.contains($0) }) else {
+            throw ShepherdError.invalidField("memoryFile", "'\(path)' must be an absolute path of letters, digits and / . _ - ~")
+        }
+    }
+
     public static func checkName(_ name: String, taken: [String]) throws {
         try Validate.name(name)
         if taken.contains(name) { throw ShepherdError(.alreadyExists, "name: the VM already has a snapshot named '\(name)'") }
@@ -106,7 +114,11 @@ extension AgentWire {
         public var layers: [SnapshotLayer]
         /// Freeze the guest's file systems through the tools for the moment of the snapshot.
         public var quiesce: Bool
-        public init(layers: [SnapshotLayer], quiesce: Bool) { self.layers = layers; self.quiesce = quiesce }
+        /// Save the guest's RAM and device state here too (the VM pauses for it).
+        public var memoryFile: String?
+        public init(layers: [SnapshotLayer], quiesce: Bool, memoryFile: String? = nil) {
+            self.layers = layers; self.quiesce = quiesce; self.memoryFile = memoryFile
+        }
     }
 
     public struct SnapshotAnswer: Codable, Sendable {
@@ -127,7 +139,9 @@ extension AgentWire {
 
     public struct RevertRequest: Codable, Sendable {
         public var layers: [RevertLayer]
-        public init(layers: [RevertLayer]) { self.layers = layers }
+        /// Resume the guest from this saved state once the disks are back (a memory snapshot).
+        public var memoryFile: String?
+        public init(layers: [RevertLayer], memoryFile: String? = nil) { self.layers = layers; self.memoryFile = memoryFile }
     }
 
     /// Pull `from`'s data into `into` and make `into` back onto `from`'s own backing file.

@@ -25,7 +25,7 @@ struct SnapshotCommand: AsyncParsableCommand {
             if tree.snapshots.isEmpty { return print("'\(tree.vm)' has no snapshots") }
             let nodes = tree.snapshots.map { SnapshotTree.Node(id: $0.name, name: $0.name, parent: $0.parent, images: [:]) }
             let details = Dictionary(uniqueKeysWithValues: tree.snapshots.map { snapshot in
-                (snapshot.name, "\(formatDate(snapshot.createdAt))  \(snapshot.live ? "live" : "off")\(snapshot.quiesced ? ", quiesced" : "")  \(snapshot.disks) disk(s)\(snapshot.description.isEmpty ? "" : "  \(snapshot.description)")")
+                (snapshot.name, "\(formatDate(snapshot.createdAt))  \(snapshot.live ? "live" : "off")\(snapshot.quiesced ? ", quiesced" : "")\(snapshot.memory == true ? ", with memory" : "")  \(snapshot.disks) disk(s)\(snapshot.description.isEmpty ? "" : "  \(snapshot.description)")")
             })
             for line in SnapshotTree.render(nodes, current: tree.current) {
                 let name = line.trimmingCharacters(in: .whitespaces)
@@ -37,17 +37,18 @@ struct SnapshotCommand: AsyncParsableCommand {
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Take a snapshot of the root disk and every persistent data disk.",
-            discussion: "On a running VM (its tools must answer) every disk freezes at the same moment; --quiesce also freezes the guest's file systems for it.")
+            discussion: "On a running VM (its tools must answer) every disk freezes at the same moment; --quiesce also freezes the guest's file systems for it; --memory saves the guest's memory too (it pauses for that).")
         @OptionGroup var options: ClientOptions
         @OptionGroup var flags: TaskFlags
         @Argument(help: "The VM's name or id.") var vm: String
         @Argument(help: "The snapshot's name.") var name: String
         @Option(help: "A description.") var description: String?
         @Flag(help: "Freeze the guest's file systems through the tools for the moment of the snapshot.") var quiesce = false
+        @Flag(help: "Save the running guest's memory too: a revert resumes it where it was.") var memory = false
 
         func run() async throws {
             try await calling(options) { client in
-                switch try await client.createSnapshot(path: .init(vm: vm), body: .json(.init(name: name, description: description, quiesce: quiesce))) {
+                switch try await client.createSnapshot(path: .init(vm: vm), body: .json(.init(name: name, description: description, quiesce: quiesce, memory: memory))) {
                 case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
                 case .default(let status, let error): throw CLIError.api(status, error)
                 }

@@ -19,6 +19,40 @@ struct SnapshotTests {
         return (value, try await DiskTests.checksum(cluster, vm, device, mib: 2))
     }
 
+    @Test("a memory snapshot brings the running guest back where it was: same boot, its RAM-only counter continues from the snapshot's value")
+    func memorySnapshot() async throws {
+        try await TestCluster.with(driver: "qemu") { cluster in
+            _ = try await cluster.createVM("mem1")
+            try #require(try await cluster.start("mem1").state == .succeeded)
+            // /run is a tmpfs: the counter lives in RAM only.
+            #expect(try await cluster.exec("mem1", ["sh", "-c", "(i=0; while :; do i=$((i+1)); echo $i > /run/counter; usleep 200000 || sleep 1; done) >/dev/null 2>&1 &"]).exitCode == 0)
+            try await Task.sleep(for: .seconds(2))
+            let boot = try await cluster.exec("mem1", ["cat", "/proc/sys/kernel/random/boot_id"]).stdout
+            let taken = try await cluster.snapshot("mem1", "m1", memory: true)
+            #expect(taken.state == .succeeded && taken.message.contains("with its memory"), "\(taken.message) \(taken.error?.message ?? "") \(cluster.log("agent-host-1.log"))")
+            let atSnapshot = Int(try await cluster.exec("mem1", ["cat", "/run/counter"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+            try await Task.sleep(for: .seconds(3))
+            let later = Int(try await cluster.exec("mem1", ["cat", "/run/counter"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+            #expect(later > atSnapshot + 5, "the guest ran on after the snapshot: \(atSnapshot) → \(later)")
+            #expect(try await cluster.snapshots("mem1").snapshots.first?.memory == true)
+
+            #expect(try await cluster.stop("mem1", force: true).state == .succeeded)
+            let reverted = try await cluster.revert("mem1", to: "m1")
+            #expect(reverted.state == .succeeded && reverted.message.contains("running again from its saved memory"),
+                    "\(reverted.message) \(reverted.error?.message ?? "") \(cluster.log("agent-host-1.log"))")
+            #expect(try await cluster.vm("mem1").state == .running)
+            let resumed = Int(try await cluster.exec("mem1", ["cat", "/run/counter"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+            #expect(try await cluster.exec("mem1", ["cat", "/proc/sys/kernel/random/boot_id"]).stdout == boot, "the same boot, not a fresh one")
+            #expect(resumed >= atSnapshot - 3 && resumed < later, "the counter is back near its snapshot value \(atSnapshot), not \(later): \(resumed)")
+            try await Task.sleep(for: .seconds(2))
+            let goingOn = Int(try await cluster.exec("mem1", ["cat", "/run/counter"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+            #expect(goingOn > resumed, "and it keeps counting: \(resumed) → \(goingOn)")
+            print("memory snapshot: \(taken.message); counter at snapshot \(atSnapshot), later \(later), after revert \(resumed) → \(goingOn)")
+            #expect(try await cluster.deleteSnapshot("mem1", "m1").state == .succeeded)
+            #expect(try await cluster.stop("mem1", force: true).state == .succeeded)
+        }
+    }
+
     @Test("live snapshots freeze root and data disk together; deleting middle and current-parent snapshots live keeps the latest state; revert returns to a snapshot any number of times; an offline delete merges into a later snapshot")
     func snapshotTree() async throws {
         try await TestCluster.with(driver: "qemu") { cluster in

@@ -53,6 +53,7 @@ struct SnapshotAPITests {
                 ("POST", "/api/v1/vms/r/snapshots/nosuch/revert", "", 404, "snapshot 'nosuch' of VM 'r' does not exist"),
                 ("DELETE", "/api/v1/vms/r/snapshots/nosuch", "", 404, "snapshot 'nosuch' of VM 'r' does not exist"),
                 ("POST", "/api/v1/disks/rdata/detach", #"{"vm":"r"}"#, 409, "disk 'rdata' is in snapshot(s) 's1' of VM 'r'; it stays attached"),
+                ("POST", "/api/v1/vms/r/snapshots", #"{"name":"mq","memory":true,"quiesce":true}"#, 400, "quiesce: a memory snapshot holds the guest's whole state"),
             ]
             for (method, path, body, status, message) in cases {
                 let (code, answer) = try await cluster.raw(method, path, token: token, body: body.isEmpty ? nil : body)
@@ -63,6 +64,8 @@ struct SnapshotAPITests {
             _ = try await cluster.stop("r", force: true)
             let (offQuiesce, answer) = try await cluster.raw("POST", "/api/v1/vms/r/snapshots", token: token, body: #"{"name":"q","quiesce":true}"#)
             #expect(offQuiesce == 400 && answer.contains("quiesce: VM 'r' is off"), "\(answer)")
+            let (offMemory, why) = try await cluster.raw("POST", "/api/v1/vms/r/snapshots", token: token, body: #"{"name":"m","memory":true}"#)
+            #expect(offMemory == 400 && why.contains("memory: VM 'r' is off: there is no memory to save"), "\(why)")
         }
     }
 }

@@ -66,8 +66,8 @@ extension TestCluster {
 
 /// Snapshot conveniences.
 extension TestCluster {
-    public func snapshot(_ vm: String, _ name: String, quiesce: Bool = false) async throws -> Components.Schemas.Task {
-        switch try await client().createSnapshot(path: .init(vm: vm), body: .json(.init(name: name, quiesce: quiesce))) {
+    public func snapshot(_ vm: String, _ name: String, quiesce: Bool = false, memory: Bool = false) async throws -> Components.Schemas.Task {
+        switch try await client().createSnapshot(path: .init(vm: vm), body: .json(.init(name: name, quiesce: quiesce, memory: memory))) {
         case .accepted(let accepted): return try await wait(try accepted.body.json)
         case .default(let status, let error): throw HarnessError("snapshot \(vm) \(name): HTTP \(status) \(String(describing: try? error.body.json))")
         }
