@@ -8,7 +8,7 @@ STATE_DIR ?= /var/lib/shepherd
 GUEST ?= guest/tiny
 SWIFT_BUILD_FLAGS ?=
 
-.PHONY: all deps build guest install demo test bench faults openapi clean
+.PHONY: all deps build guest install demo test bench bench-storage faults openapi clean
 
 all: build
 
@@ -32,11 +32,18 @@ demo: install guest
 test: deps guest
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
 	SHEPHERD_GUEST_IMAGE=$(abspath $(GUEST)) SHEPHERD_BINARY=$(abspath .build/debug/shepherd) \
-	  swift test --skip-build --skip FaultCampaign $(SWIFT_BUILD_FLAGS)
+	  swift test --skip-build --skip FaultCampaign --skip Benchmarks $(SWIFT_BUILD_FLAGS)
 
 bench: build guest
 	bench/boot-to-tools.sh
 	bench/planetlab.sh
+	$(MAKE) bench-storage
+
+# Storage migration next to qemu-img convert, and the guest's write latency during the mirror.
+bench-storage: deps guest
+	swift build --build-tests $(SWIFT_BUILD_FLAGS)
+	SHEPHERD_GUEST_IMAGE=$(abspath $(GUEST)) SHEPHERD_BINARY=$(abspath .build/debug/shepherd) \
+	  swift test --skip-build --filter Benchmarks $(SWIFT_BUILD_FLAGS)
 
 # The randomized HA fault campaign (FAULT_ROUNDS rounds, FAULT_SEED to replay); results in bench/results/.
 FAULT_ROUNDS ?= 20

@@ -142,6 +142,7 @@ let package = Package(
         .testTarget(name: "ManagerTests", dependencies: ["TestSupport", "Manager", "ServerKit"]),
         // The randomized HA fault campaign: `make faults`, not part of `make test`.
         .testTarget(name: "FaultCampaign", dependencies: ["TestSupport", "HostKit", "ShepherdAPI", "Redfish"]),
+        .testTarget(name: "Benchmarks", dependencies: ["TestSupport", "HostKit", "ShepherdAPI"]),
         .testTarget(name: "IntegrationTests", dependencies: ["TestSupport", "QMP", "HostKit", "ShepherdAPI", "Simulation"]),
     ]
 )

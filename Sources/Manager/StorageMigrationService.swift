@@ -13,7 +13,7 @@ final class StorageMigrationService: Sendable {
     let vms: VMService
     let pollInterval: Duration
 
-    init(store: Store, agents: AgentClient, tasks: TaskEngine, events: EventLog, vms: VMService, pollInterval: Duration = .milliseconds(250)) {
+    init(store: Store, agents: AgentClient, tasks: TaskEngine, events: EventLog, vms: VMService, pollInterval: Duration = .milliseconds(100)) {
         self.store = store; self.agents = agents; self.tasks = tasks; self.events = events; self.vms = vms; self.pollInterval = pollInterval
     }
 

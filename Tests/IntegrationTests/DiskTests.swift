@@ -6,32 +6,9 @@ extension RealGuests {
 /// Data disks on real guests: what the guest sees (serial, size, content), what the images take.
 @Suite("Data disks")
 struct DiskTests {
-    /// The guest's block device whose virtio serial is `serial`, e.g. "vdb"; nil when none has it.
-    static func device(_ cluster: TestCluster, _ vm: String, serial: String) async throws -> String? {
-        let found = try await cluster.exec(vm, ["sh", "-c", "for d in /sys/block/vd*; do [ \"$(cat $d/serial 2>/dev/null)\" = \"\(serial)\" ] && basename $d; done; true"])
-        let name = found.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-        return name.isEmpty ? nil : name
-    }
-
-    static func waitForDevice(_ cluster: TestCluster, _ vm: String, serial: String, present: Bool) async throws -> String? {
-        let started = ContinuousClock.now
-        while ContinuousClock.now - started < .seconds(30) {
-            let device = try await device(cluster, vm, serial: serial)
-            if (device != nil) == present { return device }
-            try await Task.sleep(for: .milliseconds(500))
-        }
-        throw HarnessError("disk with serial \(serial) \(present ? "did not appear" : "did not go away") in \(vm) within 30 s")
-    }
-
     static func sizeBytes(_ cluster: TestCluster, _ vm: String, _ device: String) async throws -> Int64 {
         let sectors = try await cluster.exec(vm, ["cat", "/sys/block/\(device)/size"]).stdout
         return (Int64(sectors.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1) * 512
-    }
-
-    /// md5 of the first `mib` MiB of the device, read past the guest's page cache.
-    static func checksum(_ cluster: TestCluster, _ vm: String, _ device: String, mib: Int) async throws -> String {
-        let result = try await cluster.exec(vm, ["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/\(device) bs=1M count=\(mib) 2>/dev/null | md5sum"])
-        return String(result.stdout.prefix(32))
     }
 
     @Test("a disk hot-plugged into a running guest appears with its serial, keeps its data through detach and re-attach, and grows live; thin < thick-lazy ≤ thick")
@@ -43,19 +20,19 @@ struct DiskTests {
             let created = try await cluster.createDisk("d1", sizeMiB: 64, name: "data")
             #expect(created.state == .succeeded, "\(created.error?.message ?? "") \(cluster.log("agent-host-1.log"))")
             let serial = try #require(try await cluster.disk("data").serial)
-            let device = try #require(try await Self.waitForDevice(cluster, "d1", serial: serial, present: true))
+            let device = try #require(try await cluster.guestDevice("d1", serial: serial, present: true))
             #expect(try await Self.sizeBytes(cluster, "d1", device) == 64 << 20)
 
             let wrote = try await cluster.exec("d1", ["sh", "-c", "dd if=/dev/urandom of=/dev/\(device) bs=1M count=4 conv=fsync 2>&1"])
             #expect(wrote.exitCode == 0, "\(wrote.stdout)")
-            let written = try await Self.checksum(cluster, "d1", device, mib: 4)
+            let written = try await cluster.guestChecksum("d1", device, mib: 4)
 
             let detached = try await cluster.detachDisk("data", from: "d1")
             #expect(detached.state == .succeeded, "\(detached.error?.message ?? "")")
-            #expect(try await Self.waitForDevice(cluster, "d1", serial: serial, present: false) == nil)
+            #expect(try await cluster.guestDevice("d1", serial: serial, present: false) == nil)
             #expect(try await cluster.attachDisk("data", to: "d1").state == .succeeded)
-            let again = try #require(try await Self.waitForDevice(cluster, "d1", serial: serial, present: true))
-            #expect(try await Self.checksum(cluster, "d1", again, mib: 4) == written, "the data written before the detach must be there after re-attaching")
+            let again = try #require(try await cluster.guestDevice("d1", serial: serial, present: true))
+            #expect(try await cluster.guestChecksum("d1", again, mib: 4) == written, "the data written before the detach must be there after re-attaching")
 
             let grown = try await cluster.resizeDisk("data", sizeMiB: 96)
             #expect(grown.state == .succeeded, "\(grown.error?.message ?? "")")
@@ -116,29 +93,29 @@ struct DiskTests {
             let attached = try await cluster.attachDisk("quorum", to: "s2")
             #expect(attached.state == .succeeded, "\(attached.error?.message ?? "") \(cluster.log("agent-host-1.log"))")
             let serial = try #require(try await cluster.disk("quorum").serial)
-            let one = try #require(try await Self.waitForDevice(cluster, "s1", serial: serial, present: true))
-            let two = try #require(try await Self.waitForDevice(cluster, "s2", serial: serial, present: true))
+            let one = try #require(try await cluster.guestDevice("s1", serial: serial, present: true))
+            let two = try #require(try await cluster.guestDevice("s2", serial: serial, present: true))
             _ = try await cluster.exec("s1", ["sh", "-c", "dd if=/dev/urandom of=/dev/\(one) bs=1M count=2 conv=fsync 2>/dev/null"])
-            let fromOne = try await Self.checksum(cluster, "s1", one, mib: 2)
-            #expect(try await Self.checksum(cluster, "s2", two, mib: 2) == fromOne, "s2 reads what s1 wrote")
+            let fromOne = try await cluster.guestChecksum("s1", one, mib: 2)
+            #expect(try await cluster.guestChecksum("s2", two, mib: 2) == fromOne, "s2 reads what s1 wrote")
 
             #expect(try await cluster.createDisk("s1", sizeMiB: 16, mode: .nonPersistent, name: "scratch").state == .succeeded)
             let scratchSerial = try #require(try await cluster.disk("scratch").serial)
-            let scratch = try #require(try await Self.waitForDevice(cluster, "s1", serial: scratchSerial, present: true))
-            let zeros = try await Self.checksum(cluster, "s1", scratch, mib: 1)
+            let scratch = try #require(try await cluster.guestDevice("s1", serial: scratchSerial, present: true))
+            let zeros = try await cluster.guestChecksum("s1", scratch, mib: 1)
             _ = try await cluster.exec("s1", ["sh", "-c", "dd if=/dev/urandom of=/dev/\(scratch) bs=1M count=1 conv=fsync 2>/dev/null"])
-            #expect(try await Self.checksum(cluster, "s1", scratch, mib: 1) != zeros, "the write lands while the VM runs")
+            #expect(try await cluster.guestChecksum("s1", scratch, mib: 1) != zeros, "the write lands while the VM runs")
             #expect(try await cluster.stop("s1", force: true).state == .succeeded)
             try #require(try await cluster.start("s1").state == .succeeded)
-            let back = try #require(try await Self.waitForDevice(cluster, "s1", serial: scratchSerial, present: true))
-            #expect(try await Self.checksum(cluster, "s1", back, mib: 1) == zeros, "after a power cycle the non-persistent disk is as it was created")
+            let back = try #require(try await cluster.guestDevice("s1", serial: scratchSerial, present: true))
+            #expect(try await cluster.guestChecksum("s1", back, mib: 1) == zeros, "after a power cycle the non-persistent disk is as it was created")
 
             let scratchPath = try await cluster.disk("scratch").path
             #expect(try await cluster.delete("s1", force: true).state == .succeeded)
             #expect(!FileManager.default.fileExists(atPath: scratchPath))
             #expect(try await cluster.disk("quorum").attachedTo == ["s2"])
-            let stillTwo = try #require(try await Self.waitForDevice(cluster, "s2", serial: serial, present: true))
-            #expect(try await Self.checksum(cluster, "s2", stillTwo, mib: 2) == fromOne)
+            let stillTwo = try #require(try await cluster.guestDevice("s2", serial: serial, present: true))
+            #expect(try await cluster.guestChecksum("s2", stillTwo, mib: 2) == fromOne)
             #expect(try await cluster.stop("s2", force: true).state == .succeeded)
         }
     }

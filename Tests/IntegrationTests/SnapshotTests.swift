@@ -10,13 +10,13 @@ struct SnapshotTests {
     static func write(_ cluster: TestCluster, _ vm: String, _ value: Int, device: String) async throws -> String {
         let result = try await cluster.exec(vm, ["sh", "-c", "echo \(value) > /root/state && dd if=/dev/urandom of=/dev/\(device) bs=1M count=2 conv=fsync 2>/dev/null && sync"])
         #expect(result.exitCode == 0, "\(result.stderr)")
-        return try await DiskTests.checksum(cluster, vm, device, mib: 2)
+        return try await cluster.guestChecksum(vm, device, mib: 2)
     }
 
     static func state(_ cluster: TestCluster, _ vm: String, serial: String) async throws -> (Int, String) {
         let value = Int(try await cluster.exec(vm, ["cat", "/root/state"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
-        let device = try #require(try await DiskTests.waitForDevice(cluster, vm, serial: serial, present: true))
-        return (value, try await DiskTests.checksum(cluster, vm, device, mib: 2))
+        let device = try #require(try await cluster.guestDevice(vm, serial: serial, present: true))
+        return (value, try await cluster.guestChecksum(vm, device, mib: 2))
     }
 
     @Test("a memory snapshot brings the running guest back where it was: same boot, its RAM-only counter continues from the snapshot's value")
@@ -60,7 +60,7 @@ struct SnapshotTests {
             try #require(try await cluster.start("snap1").state == .succeeded)
             try #require(try await cluster.createDisk("snap1", sizeMiB: 16, name: "snapdata").state == .succeeded)
             let serial = try #require(try await cluster.disk("snapdata").serial)
-            let device = try #require(try await DiskTests.waitForDevice(cluster, "snap1", serial: serial, present: true))
+            let device = try #require(try await cluster.guestDevice("snap1", serial: serial, present: true))
 
             _ = try await Self.write(cluster, "snap1", 1, device: device)
             let s1 = try await cluster.snapshot("snap1", "s1", quiesce: true)
@@ -96,7 +96,7 @@ struct SnapshotTests {
             // Off: s4 under s3, a new state after it, then s3 (now in the middle) deleted — merged into s4's images by qemu-img.
             #expect(try await cluster.snapshot("snap1", "s4").state == .succeeded)
             try #require(try await cluster.start("snap1").state == .succeeded)
-            let sixth = try await Self.write(cluster, "snap1", 6, device: try #require(try await DiskTests.waitForDevice(cluster, "snap1", serial: serial, present: true)))
+            let sixth = try await Self.write(cluster, "snap1", 6, device: try #require(try await cluster.guestDevice("snap1", serial: serial, present: true)))
             #expect(try await cluster.stop("snap1").state == .succeeded)
             let offline = try await cluster.deleteSnapshot("snap1", "s3")
             #expect(offline.state == .succeeded && offline.message.contains("merged into 2 later image(s)"), "\(offline.message) \(offline.error?.message ?? "")")

@@ -28,9 +28,9 @@ struct StorageMigrationTests {
             try #require(try await cluster.start("sm1").state == .succeeded)
             try #require(try await cluster.createDisk("sm1", sizeMiB: 64, name: "smdata").state == .succeeded)
             let serial = try #require(try await cluster.disk("smdata").serial)
-            let device = try #require(try await DiskTests.waitForDevice(cluster, "sm1", serial: serial, present: true))
+            let device = try #require(try await cluster.guestDevice("sm1", serial: serial, present: true))
             _ = try await cluster.exec("sm1", ["sh", "-c", "dd if=/dev/urandom of=/dev/\(device) bs=1M count=16 conv=fsync 2>/dev/null"])
-            let data = try await DiskTests.checksum(cluster, "sm1", device, mib: 16)
+            let data = try await cluster.guestChecksum("sm1", device, mib: 16)
             let sources = (root: try await cluster.vm("sm1").diskPath, data: try await cluster.disk("smdata").path)
             #expect(try await cluster.exec("sm1", ["sh", "-c", Self.writer]).exitCode == 0)
             try await Task.sleep(for: .seconds(1))
@@ -49,7 +49,7 @@ struct StorageMigrationTests {
             #expect(try await cluster.vm("sm1").datastore == "shared")
             #expect(try await cluster.disk("smdata").datastore == "shared")
             #expect(Self.files(under: local).isEmpty, "the cancelled copies are gone: \(Self.files(under: local))")
-            #expect(try await DiskTests.checksum(cluster, "sm1", device, mib: 16) == data)
+            #expect(try await cluster.guestChecksum("sm1", device, mib: 16) == data)
 
             let moved = try await cluster.migrateStorage("sm1", to: "local-1", type: .thickLazy)
             #expect(moved.state == .succeeded && moved.message.contains("live; switch"), "\(moved.message) \(moved.error?.message ?? "") \(cluster.log("agent-host-1.log"))")
@@ -63,14 +63,14 @@ struct StorageMigrationTests {
             #expect(check.hasPrefix("OK "), "\(check)")
             let records = Int(check.dropFirst(3).trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
             #expect(records > 40, "the writer ran through both migrations: \(records) records")
-            #expect(try await DiskTests.checksum(cluster, "sm1", device, mib: 16) == data)
+            #expect(try await cluster.guestChecksum("sm1", device, mib: 16) == data)
 
             // A new QEMU opens the moved images.
             #expect(try await cluster.stop("sm1").state == .succeeded)
             try #require(try await cluster.start("sm1").state == .succeeded)
             #expect(try await cluster.exec("sm1", ["sh", "-c", Self.verify]).stdout == "OK \(records)\n")
-            let again = try #require(try await DiskTests.waitForDevice(cluster, "sm1", serial: serial, present: true))
-            #expect(try await DiskTests.checksum(cluster, "sm1", again, mib: 16) == data)
+            let again = try #require(try await cluster.guestDevice("sm1", serial: serial, present: true))
+            #expect(try await cluster.guestChecksum("sm1", again, mib: 16) == data)
             #expect(try await cluster.stop("sm1", force: true).state == .succeeded)
         }
     }

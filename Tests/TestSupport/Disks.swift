@@ -128,3 +128,25 @@ extension TestCluster {
         }
     }
 }
+
+/// Finding a disk inside the guest.
+extension TestCluster {
+    /// The guest's block device (e.g. "vdb") whose virtio serial is `serial`, waiting up to 30 s
+    /// for it to appear (`present`) or to go (then nil).
+    public func guestDevice(_ vm: String, serial: String, present: Bool = true) async throws -> String? {
+        let started = ContinuousClock.now
+        while ContinuousClock.now - started < .seconds(30) {
+            let found = try await exec(vm, ["sh", "-c", "for d in /sys/block/vd*; do [ \"$(cat $d/serial 2>/dev/null)\" = \"\(serial)\" ] && basename $d; done; true"])
+            let name = found.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            if name.isEmpty != present { return name.isEmpty ? nil : name }
+            try await Task.sleep(for: .milliseconds(500))
+        }
+        throw HarnessError("disk with serial \(serial) \(present ? "did not appear" : "did not go away") in \(vm) within 30 s")
+    }
+
+    /// md5 of the first `mib` MiB of a guest block device, read past the guest's page cache.
+    public func guestChecksum(_ vm: String, _ device: String, mib: Int) async throws -> String {
+        let result = try await exec(vm, ["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/\(device) bs=1M count=\(mib) 2>/dev/null | md5sum"])
+        return String(result.stdout.prefix(32))
+    }
+}
