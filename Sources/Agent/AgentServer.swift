@@ -194,6 +194,7 @@ struct AgentRoutes: Sendable {
         }
         router.post("/agent/v1/incoming") { request, context in
             let body = try await request.decode(as: AgentWire.IncomingRequest.self, context: context)
+            for disk in body.storage ?? [] { try checkOnDatastore(disk.path) }
             return JSONResponse.make(try await driver.prepareIncoming(body))
         }
         router.post("/agent/v1/probe") { request, context in
@@ -277,6 +278,19 @@ struct AgentRoutes: Sendable {
                 try await run(context.parameters.require("id"), context.parameters.require("job"), body)
                 return JSONResponse.make(AgentWire.Done())
             }
+        }
+        vms.post(":id/nbd-mirrors") { request, context in
+            let body = try await request.decode(as: AgentWire.NBDMirrorRequest.self, context: context)
+            try checkOnDatastore(body.source, field: "source")
+            return JSONResponse.make(try await driver.startNBDMirror(context.parameters.require("id"), body))
+        }
+        vms.post(":id/nbd-mirrors/:job/end") { _, context in
+            try await driver.endNBDMirror(context.parameters.require("id"), job: context.parameters.require("job"))
+            return JSONResponse.make(AgentWire.Done())
+        }
+        vms.post(":id/incoming/resume") { _, context in
+            try await driver.resumeIncoming(context.parameters.require("id"))
+            return JSONResponse.make(AgentWire.Done())
         }
         disks.post("convert") { request, context in
             let body = try await request.decode(as: AgentWire.ConvertRequest.self, context: context)

@@ -77,4 +77,13 @@ public protocol HypervisorDriver: Sendable {
     func trim(_ vm: String) async throws -> AgentWire.TrimAnswer
     /// Rewrites an image no VM has open without its unused clusters.
     func compactDisk(path: String) async throws -> AgentWire.DiskImage
+
+    // MARK: whole-VM migration
+
+    /// Source: mirrors a running disk into the target's NBD export (write-blocking).
+    func startNBDMirror(_ vm: String, _ request: AgentWire.NBDMirrorRequest) async throws -> AgentWire.MirrorStatus
+    /// Source: ends an NBD mirror without switching (after the switch-over, or to give up).
+    func endNBDMirror(_ vm: String, job: String) async throws
+    /// Target: the disks are complete; stop the NBD server and run the guest.
+    func resumeIncoming(_ vm: String) async throws
 }

@@ -66,8 +66,11 @@ public actor FakeDriver: HypervisorDriver {
 
     public func prepareIncoming(_ request: AgentWire.IncomingRequest) async throws -> AgentWire.IncomingAnswer {
         definitions[request.definition.id] = request.definition
+        for disk in request.storage ?? [] {
+            images[disk.path] = AgentWire.DiskImage(path: disk.path, format: "qcow2", virtualBytes: disk.sizeBytes, allocatedBytes: 196_608, backing: nil)
+        }
         running.insert(request.definition.id)
-        return AgentWire.IncomingAnswer(uri: "tcp:\(request.address):1", pid: nextPid)
+        return AgentWire.IncomingAnswer(uri: "tcp:\(request.address):1", pid: nextPid, nbd: request.storage == nil ? nil : "\(request.address):2")
     }
 
     /// Fake migrations complete at once.
@@ -215,6 +218,13 @@ public actor FakeDriver: HypervisorDriver {
         images[path] = image
         return image
     }
+
+    public func startNBDMirror(_ vm: String, _ request: AgentWire.NBDMirrorRequest) async throws -> AgentWire.MirrorStatus {
+        guard running.contains(vm) else { throw ShepherdError(.illegalState, "VM \(vm) does not run here") }
+        return AgentWire.MirrorStatus(job: "mirror-\(request.export)", status: "ready", copiedBytes: 1, totalBytes: 1, error: nil)
+    }
+    public func endNBDMirror(_ vm: String, job: String) async throws {}
+    public func resumeIncoming(_ vm: String) async throws {}
 
     /// The data disks the VM's definition on this host lists (what its QEMU would open).
     public func attachedDisks(_ vm: String) -> [AgentWire.DiskDefinition] { definitions[vm]?.disks ?? [] }

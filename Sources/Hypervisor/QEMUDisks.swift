@@ -26,6 +26,7 @@ enum DiskNodes {
 
     static func deviceOption(_ disk: AgentWire.DiskDefinition) -> String {
         "virtio-blk-pci,drive=\(node(disk)),id=\(device(disk)),serial=\(disk.serial)" + (disk.mode == .shared ? ",share-rw=on" : "")
+            + (disk.slot.map { ",addr=0x" + String($0, radix: 16) } ?? "")
     }
 
     static func blockdevArguments(_ disk: AgentWire.DiskDefinition, vmID: String) -> [String: JSONValue] {
@@ -39,6 +40,7 @@ enum DiskNodes {
         var arguments: [String: JSONValue] = ["driver": "virtio-blk-pci", "drive": .string(node(disk)), "id": .string(device(disk)),
                                               "serial": .string(disk.serial)]
         if disk.mode == .shared { arguments["share-rw"] = .bool(true) }
+        if let slot = disk.slot { arguments["addr"] = .string("0x" + String(slot, radix: 16)) }
         return arguments
     }
 }

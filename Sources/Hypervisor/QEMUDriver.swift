@@ -80,18 +80,30 @@ public final class QEMUDriver: HypervisorDriver {
         }
         let supervisor = GuestSupervisor(definition: definition, directory: "\(stateDirectory)/vms/\(definition.id)",
                                          accelerator: accelerator, qemuBinary: qemuBinary)
-        try await supervisor.create()
-        await supervisors.insert(supervisor)
+        // Whole-VM migration: the disks arrive over NBD into empty images made here first.
+        var created: [String] = []
         do {
-            return try await supervisor.startIncoming(address: request.address, postcopy: request.postcopy)
+            for disk in request.storage ?? [] {
+                guard !FileManager.default.fileExists(atPath: disk.path) else {
+                    throw ShepherdError(.alreadyExists, "'\(disk.path)' exists already on this host")
+                }
+                try Files.ensureDirectory((disk.path as NSString).deletingLastPathComponent, mode: 0o755)
+                try await QemuImg.create(path: disk.path, bytes: UInt64(disk.sizeBytes))
+                created.append(disk.path)
+            }
+            try await supervisor.create()
+            await supervisors.insert(supervisor)
+            return try await supervisor.startIncoming(address: request.address, postcopy: request.postcopy, storage: request.storage ?? [])
         } catch {
             try? await supervisor.forget()
             await supervisors.remove(definition.id)
+            for path in created { try? FileManager.default.removeItem(atPath: path) }
             throw error
         }
     }
 
     public func migrate(_ vm: String, _ request: AgentWire.MigrateRequest) async throws { try await supervisor(vm).migrate(request) }
+    public func resumeIncoming(_ vm: String) async throws { try await supervisor(vm).resumeIncoming() }
     public func migrationProgress(_ vm: String) async throws -> AgentWire.MigrationProgress { try await supervisor(vm).migrationProgress() }
     public func startPostcopy(_ vm: String) async throws { try await supervisor(vm).startPostcopy() }
     public func cancelMigration(_ vm: String) async throws { try await supervisor(vm).cancelMigration() }
@@ -250,7 +262,7 @@ actor GuestSupervisor {
         return AgentWire.GuestStatus(vmId: id, power: power, toolsRunning: tools, pid: pid)
     }
 
-    private func lastLogLine() -> String? {
+    func lastLogLine() -> String? {
         guard let text = try? String(contentsOfFile: logFile, encoding: .utf8) else { return nil }
         return text.split(separator: "\n").last.map(String.init)
     }
@@ -341,15 +353,49 @@ actor GuestSupervisor {
 
     /// Starts QEMU with `-incoming defer`, enables post-copy when asked (both sides need it),
     /// and listens on a free port of `address`.
-    func startIncoming(address: String, postcopy: Bool) async throws -> AgentWire.IncomingAnswer {
-        _ = try await exclusive { me in try await me.launch(extraArguments: ["-incoming", "defer"]) }
+    func startIncoming(address: String, postcopy: Bool, storage: [AgentWire.IncomingDisk] = []) async throws -> AgentWire.IncomingAnswer {
+        // With storage arriving over NBD the guest must not run before the last disk write is in:
+        // -S keeps it paused after the memory until the manager says resume.
+        _ = try await exclusive { me in try await me.launch(extraArguments: ["-incoming", "defer"] + (storage.isEmpty ? [] : ["-S"])) }
         if postcopy {
             _ = try await qmp("migrate-set-capabilities", ["capabilities": [["capability": "postcopy-ram", "state": true]]])
+        }
+        var nbd: String?
+        if !storage.isEmpty {
+            let port = try TCP.freePort(on: address)
+            _ = try await qmp("nbd-server-start", ["addr": ["type": "inet", "data": ["host": .string(address), "port": .string(String(port))]]])
+            for disk in storage {
+                let node = try await formatNode(file: disk.path)
+                _ = try await qmp("block-export-add", ["type": "nbd", "id": .string("export-" + disk.export), "node-name": .string(node),
+                                                       "name": .string(disk.export), "writable": true])
+            }
+            nbd = "\(address):\(port)"
         }
         let port = try TCP.freePort(on: address)
         let uri = "tcp:\(address):\(port)"
         _ = try await qmp("migrate-incoming", ["uri": .string(uri)])
-        return AgentWire.IncomingAnswer(uri: uri, pid: livePid())
+        return AgentWire.IncomingAnswer(uri: uri, pid: livePid(), nbd: nbd)
+    }
+
+    /// Whole-VM migration, target side: the disks are complete; stop serving them and run.
+    func resumeIncoming() async throws {
+        guard livePid() != nil else {
+            throw ShepherdError(.agentFailed, "the target QEMU of '\(definition.name)' ended\(lastLogLine().map { ": " + $0 } ?? "")")
+        }
+        _ = try? await qmp("nbd-server-stop")
+        let started = ContinuousClock.now
+        while true {
+            let status = try await qmp("query-status")["status"]?.stringValue
+            if status == "running" { return }
+            if status != "inmigrate" {
+                _ = try await qmp("cont")
+                return
+            }
+            guard ContinuousClock.now - started < .seconds(30) else {
+                throw ShepherdError(.timedOut, "the target QEMU of '\(definition.name)' is still receiving memory after 30 s")
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
     }
 
     func migrate(_ request: AgentWire.MigrateRequest) async throws {

@@ -46,6 +46,46 @@ extension GuestSupervisor {
         }
     }
 
+    /// Whole-VM migration, source side: mirror a disk into the target's NBD export. Write-blocking:
+    /// once in sync every guest write reaches both sides before it completes, so the target is
+    /// complete the moment the source stops.
+    func startNBDMirror(_ request: AgentWire.NBDMirrorRequest) async throws -> AgentWire.MirrorStatus {
+        try await exclusive { me in
+            guard me.livePid() != nil else { throw ShepherdError(.illegalState, "VM '\(me.definition.name)' does not run here") }
+            let parts = request.server.split(separator: ":")
+            guard parts.count == 2 else { throw ShepherdError.invalidField("server", "'\(request.server)' must be HOST:PORT") }
+            let sourceNode = try await me.formatNode(file: request.source)
+            let job = "mirror-\(UInt32.random(in: 0...UInt32.max))"
+            let targetNode = Self.mirrorTargetNode(job: job)
+            _ = try await me.qmp("blockdev-add", ["driver": "nbd", "node-name": .string(targetNode), "export": .string(request.export),
+                                                  "server": ["type": "inet", "host": .string(String(parts[0])), "port": .string(String(parts[1]))]],
+                                 timeout: .seconds(15))
+            do {
+                _ = try await me.qmp("blockdev-mirror", ["job-id": .string(job), "device": .string(sourceNode), "target": .string(targetNode),
+                                                         "sync": "full", "auto-dismiss": false, "copy-mode": "write-blocking",
+                                                         "buf-size": .number(Double(64 << 20))])
+            } catch {
+                _ = try? await me.qmp("blockdev-del", ["node-name": .string(targetNode)])
+                throw error
+            }
+            return try await me.mirrorStatus(job: job)
+        }
+    }
+
+    /// Ends an NBD mirror without switching (the target holds the copy); the source keeps its disk.
+    func endNBDMirror(job: String) async throws {
+        try await exclusive { me in
+            if (try? await me.mirrorStatus(job: job)) != nil {
+                _ = try? await me.qmp("job-cancel", ["id": .string(job)])
+                let outcome = try await me.waitConcluded(job: job)
+                if let error = outcome.error, !error.lowercased().contains("cancel") {
+                    throw ShepherdError(.agentFailed, "the disk mirror \(job) of '\(me.definition.name)' ended with an error: \(error)")
+                }
+            }
+            _ = try? await me.qmp("blockdev-del", ["node-name": .string(Self.mirrorTargetNode(job: job))])
+        }
+    }
+
     func mirrorStatus(job: String) async throws -> AgentWire.MirrorStatus {
         let jobs = try await qmp("query-jobs").arrayValue ?? []
         guard let entry = jobs.first(where: { $0["id"]?.stringValue == job }) else {
@@ -81,7 +121,7 @@ extension GuestSupervisor {
         }
     }
 
-    private func waitConcluded(job: String, timeout: Duration = .seconds(60)) async throws -> AgentWire.MirrorStatus {
+    func waitConcluded(job: String, timeout: Duration = .seconds(60)) async throws -> AgentWire.MirrorStatus {
         let started = ContinuousClock.now
         while true {
             let status = try await mirrorStatus(job: job)
@@ -108,6 +148,11 @@ extension QEMUDriver {
     public func cancelMirror(_ vm: String, job: String, _ request: AgentWire.MirrorRequest) async throws {
         try await supervisor(vm).cancelMirror(job: job, request)
     }
+
+    public func startNBDMirror(_ vm: String, _ request: AgentWire.NBDMirrorRequest) async throws -> AgentWire.MirrorStatus {
+        try await supervisor(vm).startNBDMirror(request)
+    }
+    public func endNBDMirror(_ vm: String, job: String) async throws { try await supervisor(vm).endNBDMirror(job: job) }
 
     public func convertDisk(_ request: AgentWire.ConvertRequest) async throws -> AgentWire.DiskImage {
         guard !FileManager.default.fileExists(atPath: request.target) else {

@@ -398,11 +398,11 @@ struct API: APIProtocol {
     func migrateVM(_ input: Operations.MigrateVM.Input) async throws -> Operations.MigrateVM.Output {
         guard case .json(let body) = input.body else { throw unsupportedBody }
         if body.dryRun == true {
-            let check = try await guarded { try await migrations.preflight(input.path.vm, target: body.target) }
+            let check = try await guarded { try await migrations.preflight(input.path.vm, target: body.target, datastore: body.datastore) }
             return .ok(.init(body: .json(.init(vm: check.vm, source: check.source, target: check.target, ok: check.refusals.isEmpty,
                                                 refusals: check.refusals.map { .init(check: $0.check.rawValue, message: $0.message) }))))
         }
-        let task = try await guarded { try await migrations.migrate(input.path.vm, target: body.target) }
+        let task = try await guarded { try await migrations.migrate(input.path.vm, target: body.target, datastore: body.datastore) }
         return .accepted(.init(body: .json(Self.task(task))))
     }
 

@@ -158,6 +158,18 @@ final class AgentClient: Sendable {
         let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/mirrors/\(job)/cancel", body: request, timeout: .seconds(90))
     }
 
+    func startNBDMirror(_ endpoint: Endpoint, vm: String, _ request: AgentWire.NBDMirrorRequest) async throws -> AgentWire.MirrorStatus {
+        try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/nbd-mirrors", body: request, timeout: .seconds(60))
+    }
+
+    func endNBDMirror(_ endpoint: Endpoint, vm: String, job: String) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/nbd-mirrors/\(job)/end", body: Optional<AgentWire.Done>.none, timeout: .seconds(90))
+    }
+
+    func resumeIncoming(_ endpoint: Endpoint, vm: String) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/incoming/resume", body: Optional<AgentWire.Done>.none, timeout: .seconds(45))
+    }
+
     func convertDisk(_ endpoint: Endpoint, _ request: AgentWire.ConvertRequest) async throws -> AgentWire.DiskImage {
         try await call(endpoint, .POST, "/agent/v1/disks/convert", body: request, timeout: .seconds(1800))
     }

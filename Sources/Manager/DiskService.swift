@@ -41,12 +41,18 @@ final class DiskService: Sendable {
         throw ShepherdError.notFound("disk", reference)
     }
 
-    /// The VM's data disks in the order its guest sees them (vdb, vdc, …: order of attachment).
+    /// The VM's data disks in the order its guest sees them at boot (vdb, vdc, …: by PCI slot).
     static func attached(_ db: Database, vmID: String) throws -> [DiskRecord] {
         try DiskRecord.fetchAll(db, sql: """
             SELECT disk.* FROM disk JOIN diskAttachment ON diskAttachment.diskId = disk.id
-            WHERE diskAttachment.vmId = ? ORDER BY diskAttachment.attachedAt, disk.name
+            WHERE diskAttachment.vmId = ? ORDER BY diskAttachment.slot, disk.name
             """, arguments: [vmID])
+    }
+
+    /// What the VM's QEMU opens: each data disk with its PCI slot.
+    static func definitions(_ db: Database, vmID: String) throws -> [AgentWire.DiskDefinition] {
+        let slots = Dictionary(uniqueKeysWithValues: try DiskAttachmentRecord.filter(Column("vmId") == vmID).fetchAll(db).map { ($0.diskId, $0.slot) })
+        return try attached(db, vmID: vmID).map { $0.definition(slot: slots[$0.id]) }
     }
 
     static func holders(_ db: Database, diskID: String) throws -> [VMRecord] {
@@ -105,7 +111,7 @@ final class DiskService: Sendable {
             held.busyTask = task.id
             try task.insert(db)
             try held.insert(db)
-            try DiskAttachmentRecord(diskId: disk.id, vmId: vm.id, attachedAt: Date()).insert(db)
+            try DiskAttachmentRecord.attach(db, disk: disk.id, vm: vm.id)
             return (disk, vm, host, task)
         }
         tasks.run(task) { [self] progress in
@@ -146,7 +152,7 @@ final class DiskService: Sendable {
                                       datastore: disk.datastore)
             let task = try Self.hold(db, disk, tasks.newTask(kind: "disk.attach", targetType: "disk", targetId: disk.id, targetName: disk.name))
             // Recorded now, so a migration or start beginning meanwhile takes the disk along.
-            try DiskAttachmentRecord(diskId: disk.id, vmId: vm.id, attachedAt: Date()).insert(db)
+            try DiskAttachmentRecord.attach(db, disk: disk.id, vm: vm.id)
             return (disk, vm, host, task)
         }
         tasks.run(task) { [self] progress in
@@ -168,7 +174,10 @@ final class DiskService: Sendable {
     /// hot-plugged. On failure the attachment is gone again.
     private func attachOnHost(_ disk: DiskRecord, to vm: VMRecord, host: HostRecord) async throws -> String {
         do {
-            try await agents.attachDisk(Inventory.endpoint(host), vm: vm.id, disk.definition())
+            let slot = try await store.db.read { db in
+                try DiskAttachmentRecord.fetchOne(db, key: ["diskId": disk.id, "vmId": vm.id])?.slot
+            }
+            try await agents.attachDisk(Inventory.endpoint(host), vm: vm.id, disk.definition(slot: slot))
         } catch {
             _ = try? await store.db.write { db in try DiskAttachmentRecord.deleteOne(db, key: ["diskId": disk.id, "vmId": vm.id]) }
             throw error

@@ -52,18 +52,38 @@ final class MigrationService: Sendable {
         var request: MigrationRequest
         var timeoutSeconds: Int
         var maxConcurrent: Int
+        /// Whole-VM migration: the disks move to this datastore of the target too.
+        var storage: StoragePlan?
+    }
+
+    /// The disks of a whole-VM migration: each from its image on the source to a new one on the
+    /// target's datastore, carried over NBD while the VM runs.
+    struct StoragePlan: Sendable {
+        struct Disk: Sendable {
+            var key: String
+            var source: String
+            var target: String
+            var virtualBytes: Int64
+            var check: StorageMigration.Disk
+        }
+        var datastore: DatastoreRecord
+        var mountedByTarget: Bool
+        var disks: [Disk]
+        /// The NBD export name of a disk.
+        func export(_ key: String) -> String { "disk-" + key.prefix(8) }
     }
 
     /// Every check of the seed, the network one for real.
-    func preflight(_ reference: String, target targetReference: String) async throws -> MigrationCheckResult {
-        let plan = try await self.plan(reference, target: targetReference)
+    func preflight(_ reference: String, target targetReference: String, datastore: String? = nil) async throws -> MigrationCheckResult {
+        let plan = try await self.plan(reference, target: targetReference, datastore: datastore)
         return MigrationCheckResult(vm: plan.vm.name, source: plan.source.name, target: plan.target.name,
                                     refusals: try await refusals(plan))
     }
 
-    private func plan(_ reference: String, target targetReference: String) async throws -> Plan {
+    private func plan(_ reference: String, target targetReference: String, datastore: String? = nil) async throws -> Plan {
         try Validate.name(targetReference, field: "target")
-        return try await store.db.read { [placement] db in
+        if let datastore { try Validate.name(datastore, field: "datastore") }
+        var plan = try await store.db.read { [placement] db in
             let vm = try Inventory.vm(db, reference)
             let source = try Inventory.host(db, vm.hostId)
             let target = try Inventory.host(db, targetReference, field: "target")
@@ -92,10 +112,52 @@ final class MigrationService: Sendable {
                         timeoutSeconds: cluster?.migrationTimeoutSeconds ?? 300,
                         maxConcurrent: cluster?.maxConcurrentMigrations ?? 2)
         }
+        if let datastore { plan.storage = try await storagePlan(plan.vm, source: plan.source, target: plan.target, datastore: datastore) }
+        return plan
+    }
+
+    /// Where each disk goes on the target's datastore, with what the checks need to know.
+    private func storagePlan(_ vm: VMRecord, source: HostRecord, target: HostRecord, datastore name: String) async throws -> StoragePlan {
+        let (datastore, mounted, candidates) = try await store.db.read { db in
+            let datastore = try Inventory.datastore(db, named: name, field: "datastore")
+            let mounted = try Inventory.datastoresByHost(db)[target.id]?.contains(datastore.name) ?? false
+            let snapshots = try SnapshotService.snapshots(db, vmID: vm.id)
+            func holding(_ key: String) -> [String] { snapshots.filter { $0.imageMap[key] != nil }.map(\.name) }
+            var candidates: [(String, String, DiskMode, String, String, String, [String], Bool)] = [
+                (SnapshotService.rootKey, "root", .persistent, vm.datastore, vm.diskPath, "\(datastore.path)/vms/\(vm.name)-\(vm.id.prefix(8))/root.qcow2",
+                 holding(SnapshotService.rootKey), vm.linkedTemplate != nil),
+            ]
+            for disk in try DiskService.attached(db, vmID: vm.id) {
+                candidates.append((disk.id, disk.name, disk.diskMode, disk.datastore, disk.path,
+                                   "\(datastore.path)/disks/\(disk.name)-\(disk.id.prefix(8)).qcow2", holding(disk.id), false))
+            }
+            return (datastore, mounted, candidates)
+        }
+        var disks: [StoragePlan.Disk] = []
+        for (key, diskName, mode, store, path, targetPath, snapshots, linked) in candidates {
+            let image = try await agents.diskImage(Inventory.endpoint(source), path: path)
+            disks.append(.init(key: key, source: path, target: targetPath, virtualBytes: image.virtualBytes,
+                               check: .init(name: diskName, mode: mode, datastore: store, virtualBytes: image.virtualBytes,
+                                            allocatedBytes: image.allocatedBytes, linkedClone: linked, snapshots: snapshots)))
+        }
+        return StoragePlan(datastore: datastore, mountedByTarget: mounted, disks: disks)
     }
 
     private func refusals(_ plan: Plan) async throws -> [MigrationRefusal] {
         var refusals = MigrationPreflight.check(plan.request)
+        if let storage = plan.storage {
+            // The disks move too: shared storage is not needed, the storage checks apply instead.
+            refusals.removeAll { $0.check == .storageNotShared || $0.check == .targetCannotSeeStorage }
+            let moving = StorageMigration.refusals(
+                vm: plan.vm.name, live: true, disks: storage.disks.map(\.check),
+                target: .init(name: storage.datastore.name, kind: storage.datastore.kind, freeBytes: storage.datastore.freeBytes,
+                              mountedByHost: storage.mountedByTarget), type: .thin)
+            for refusal in moving {
+                let message = refusal.check == .targetNotMounted
+                    ? "target '\(plan.target.name)' does not mount datastore '\(storage.datastore.name)'" : refusal.message
+                refusals.append(.init(.storageNotShared, "\(refusal.check.rawValue): \(message)"))
+            }
+        }
         let connectionRefused = refusals.contains { $0.check == .targetNotConnected || $0.check == .sameHost }
         if !connectionRefused, plan.source.hostState == .connected, let address = Self.address(of: plan.target) {
             // The source must reach the target on the migration network: try a real TCP connection to its agent.
@@ -117,8 +179,8 @@ final class MigrationService: Sendable {
         return (name, url.port ?? 80)
     }
 
-    func migrate(_ reference: String, target targetReference: String) async throws -> TaskRecord {
-        let plan = try await self.plan(reference, target: targetReference)
+    func migrate(_ reference: String, target targetReference: String, datastore: String? = nil) async throws -> TaskRecord {
+        let plan = try await self.plan(reference, target: targetReference, datastore: datastore)
         let refused = try await refusals(plan)
         guard refused.isEmpty else {
             throw ShepherdError(.preflightFailed, "cannot migrate '\(plan.vm.name)' from \(plan.source.name) to \(plan.target.name): "
@@ -137,7 +199,16 @@ final class MigrationService: Sendable {
             try vm.update(db)
             return (vm, task)
         }
-        let definition = try await vms.definitionFor(vm)
+        var definition = try await vms.definitionFor(vm)
+        if let storage = plan.storage {
+            // The target opens the images its datastore will hold.
+            let moved = Dictionary(uniqueKeysWithValues: storage.disks.map { ($0.source, $0.target) })
+            definition.disk = moved[definition.disk] ?? definition.disk
+            for index in definition.disks.indices { definition.disks[index].path = moved[definition.disks[index].path] ?? definition.disks[index].path }
+            definition.linkedClone = false
+        }
+        let storage = plan.storage
+        let targetDefinition = definition
         tasks.run(task) { [self] progress in
             // The workflow runs detached so its undos and records are never cut short by the
             // cancellation itself; a cancel only raises the flag, which the watch loop honours
@@ -146,8 +217,8 @@ final class MigrationService: Sendable {
             let work = Task.detached { [self] () async throws -> String in
                 try await slots.acquire([plan.source, plan.target], limit: plan.maxConcurrent, progress: progress, cancel: cancel)
                 do {
-                    let result = try await run(vm: vm, definition: definition, source: plan.source, target: plan.target,
-                                               timeoutSeconds: plan.timeoutSeconds, cancel: cancel, progress: progress)
+                    let result = try await run(vm: vm, definition: targetDefinition, source: plan.source, target: plan.target,
+                                               timeoutSeconds: plan.timeoutSeconds, storage: storage, cancel: cancel, progress: progress)
                     await slots.release([plan.source.id, plan.target.id])
                     return result
                 } catch {
@@ -161,7 +232,7 @@ final class MigrationService: Sendable {
     }
 
     private func run(vm: VMRecord, definition: AgentWire.VMDefinition, source: HostRecord, target: HostRecord,
-                     timeoutSeconds: Int, cancel: CancelFlag, progress: TaskEngine.Progress) async throws -> String {
+                     timeoutSeconds: Int, storage: StoragePlan? = nil, cancel: CancelFlag, progress: TaskEngine.Progress) async throws -> String {
         let from = Inventory.endpoint(source), to = Inventory.endpoint(target)
         let since = vm.runningSince ?? Date()
         let rollback = Rollback()
@@ -176,13 +247,20 @@ final class MigrationService: Sendable {
             // target's acknowledgement at the switch-over (measured here: 29–84 ms of downtime
             // instead of 5–7 ms). Only when the policy predicts that pre-copy cannot finish does
             // the migration restart with post-copy armed and switch at once.
+            var mirrors: [(StoragePlan.Disk, String)] = []
             var incoming = try await startAttempt(vm: vm, definition: definition, from: from, to: to, target: target,
-                                                  address: address.host, postcopy: false, rollback: rollback, progress: progress)
+                                                  address: address.host, postcopy: false, rollback: rollback, progress: progress,
+                                                  storage: storage) { incoming in
+                guard let storage else { return }
+                mirrors = try await self.mirrorDisks(storage, incoming: incoming, vm: vm, from: from, to: to, rollback: rollback,
+                                                     cancel: cancel, progress: progress)
+                decisions.append("\(mirrors.count) disk(s) mirrored to \(storage.datastore.name) on \(target.name) over NBD (write-blocking) before the memory")
+            }
             decisions.append("pre-copy with max-bandwidth \(settings.maxBandwidthBytes >> 20) MiB/s, downtime limit \(settings.downtimeLimitMs) ms, auto-converge and XBZRLE on")
             var final: AgentWire.MigrationProgress
             do {
                 final = try await watch(vm: vm, from: from, to: to, target: target, timeoutSeconds: timeoutSeconds, postcopyArmed: false,
-                                        cancel: cancel, progress: progress, decisions: &decisions)
+                                        postcopyAllowed: storage == nil, cancel: cancel, progress: progress, decisions: &decisions)
             } catch let needed as PostcopyNeeded {
                 decisions.append("after \(String(format: "%.1f", needed.afterSeconds)) s: \(needed.reason) (the migration restarted with post-copy armed)")
                 try await agents.cancelMigration(from, vm: vm.id)
@@ -192,7 +270,31 @@ final class MigrationService: Sendable {
                 cancel.markPostcopy()
                 try await agents.startPostcopy(from, vm: vm.id)
                 final = try await watch(vm: vm, from: from, to: to, target: target, timeoutSeconds: timeoutSeconds, postcopyArmed: true,
-                                        cancel: cancel, progress: progress, decisions: &decisions)
+                                        postcopyAllowed: true, cancel: cancel, progress: progress, decisions: &decisions)
+            }
+            if let storage {
+                // The source is paused for good: its mirrors hold every write. End them, then the
+                // target runs on complete disks.
+                for (disk, job) in mirrors {
+                    do { try await agents.endNBDMirror(from, vm: vm.id, job: job) } catch {
+                        throw ShepherdError(.agentFailed, "the mirror of '\(disk.check.name)' did not end cleanly after the switch-over: \(error)")
+                    }
+                }
+                try await agents.resumeIncoming(to, vm: vm.id)
+                try await store.db.write { db in
+                    guard var row = try VMRecord.fetchOne(db, key: vm.id) else { return }
+                    for disk in storage.disks {
+                        if disk.key == SnapshotService.rootKey {
+                            row.diskPath = disk.target
+                            row.datastore = storage.datastore.name
+                        } else if var record = try DiskRecord.fetchOne(db, key: disk.key) {
+                            record.path = disk.target
+                            record.datastore = storage.datastore.name
+                            try record.update(db)
+                        }
+                    }
+                    try row.update(db)
+                }
             }
 
             // Switch-over done: the VM runs on the target. Nothing below rolls back.
@@ -209,6 +311,12 @@ final class MigrationService: Sendable {
             do { try await agents.release(from, vm: vm.id) } catch {
                 await events.record(.warning, "vm.migrate.cleanup", targetType: "vm", targetId: vm.id, targetName: vm.name,
                                     "the source QEMU on \(source.name) could not be ended after the switch-over: \(error)")
+            }
+            for disk in storage?.disks ?? [] {
+                do { try await agents.deleteDisk(from, path: disk.source) } catch {
+                    await events.record(.warning, "vm.migrate.cleanup", targetType: "vm", targetId: vm.id, targetName: vm.name,
+                                        "the old image '\(disk.source)' on \(source.name) could not be deleted: \(error)")
+                }
             }
             do { try await agents.syncClock(to, vm: vm.id) } catch {
                 decisions.append("guest clock not set: the tools did not answer")
@@ -235,12 +343,17 @@ final class MigrationService: Sendable {
     /// Starts the target QEMU and the sending; registers their undos on the first attempt.
     private func startAttempt(vm: VMRecord, definition: AgentWire.VMDefinition, from: AgentClient.Endpoint, to: AgentClient.Endpoint,
                               target: HostRecord, address: String, postcopy: Bool, rollback: Rollback?,
-                              progress: TaskEngine.Progress) async throws -> AgentWire.IncomingAnswer {
+                              progress: TaskEngine.Progress, storage: StoragePlan? = nil,
+                              beforeMemory: (AgentWire.IncomingAnswer) async throws -> Void = { _ in }) async throws -> AgentWire.IncomingAnswer {
         await progress.update(5, "starting the target QEMU on \(target.name)\(postcopy ? " (post-copy armed)" : "")")
-        let incoming = try await agents.prepareIncoming(to, AgentWire.IncomingRequest(definition: definition, address: address, postcopy: postcopy))
-        await rollback?.add("stop the target QEMU on \(target.name) and forget the VM there") { [agents] in
+        let disks = storage?.disks.map { AgentWire.IncomingDisk(path: $0.target, sizeBytes: $0.virtualBytes, export: storage!.export($0.key)) }
+        let incoming = try await agents.prepareIncoming(to, AgentWire.IncomingRequest(definition: definition, address: address, postcopy: postcopy,
+                                                                                       storage: disks))
+        await rollback?.add("stop the target QEMU on \(target.name) and forget the VM there\(disks == nil ? "" : ", deleting the disk copies")") { [agents] in
             try await agents.release(to, vm: vm.id)
+            for disk in disks ?? [] { try await agents.deleteDisk(to, path: disk.path) }
         }
+        try await beforeMemory(incoming)
         await progress.update(10, "sending memory to \(target.name) (\(incoming.uri))")
         try await agents.migrate(from, vm: vm.id, AgentWire.MigrateRequest(
             uri: incoming.uri, downtimeLimitMs: settings.downtimeLimitMs, maxBandwidthBytes: settings.maxBandwidthBytes,
@@ -251,12 +364,47 @@ final class MigrationService: Sendable {
         return incoming
     }
 
+    /// Whole-VM migration: every disk mirrored into the target's NBD exports until all are in sync.
+    private func mirrorDisks(_ storage: StoragePlan, incoming: AgentWire.IncomingAnswer, vm: VMRecord, from: AgentClient.Endpoint,
+                             to: AgentClient.Endpoint, rollback: Rollback, cancel: CancelFlag,
+                             progress: TaskEngine.Progress) async throws -> [(StoragePlan.Disk, String)] {
+        guard let server = incoming.nbd else { throw ShepherdError(.agentFailed, "the target exported no disks over NBD") }
+        var mirrors: [(StoragePlan.Disk, String)] = []
+        for disk in storage.disks {
+            let status = try await agents.startNBDMirror(from, vm: vm.id, .init(source: disk.source, server: server, export: storage.export(disk.key)))
+            mirrors.append((disk, status.job))
+            await rollback.add("stop mirroring '\(disk.check.name)'; the source keeps its disk") { [agents] in
+                try await agents.endNBDMirror(from, vm: vm.id, job: status.job)
+            }
+        }
+        let started = ContinuousClock.now
+        while true {
+            if cancel.isRaised { throw ShepherdError(.cancelled, "cancelled by the user") }
+            var copied: Int64 = 0, total: Int64 = 0, ready = true
+            for (disk, job) in mirrors {
+                let status = try await agents.mirrorStatus(from, vm: vm.id, job: job)
+                if let error = status.error { throw ShepherdError(.agentFailed, "mirroring '\(disk.check.name)' to the target failed: \(error)") }
+                if status.status == "concluded" || status.status == "aborting" {
+                    throw ShepherdError(.agentFailed, "the mirror of '\(disk.check.name)' ended before the switch-over (\(status.status))")
+                }
+                copied += status.copiedBytes
+                total += max(1, status.totalBytes)
+                ready = ready && status.status == "ready"
+            }
+            if ready { return mirrors }
+            let seconds = max(0.001, (ContinuousClock.now - started).inSeconds)
+            await progress.update(5 + Int(5 * Double(copied) / Double(max(total, 1))),
+                                  "mirroring \(mirrors.count) disk(s) to \(storage.datastore.name): \(DiskRules.formatBytes(copied)) of \(DiskRules.formatBytes(total)) (\(DiskRules.formatBytes(Int64(Double(copied) / seconds)))/s)")
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
     /// Follows the migration until it completes, applying the convergence policy.
     private func watch(vm: VMRecord, from: AgentClient.Endpoint, to: AgentClient.Endpoint, target: HostRecord, timeoutSeconds: Int,
-                       postcopyArmed: Bool, cancel: CancelFlag, progress: TaskEngine.Progress,
+                       postcopyArmed: Bool, postcopyAllowed: Bool, cancel: CancelFlag, progress: TaskEngine.Progress,
                        decisions: inout [String]) async throws -> AgentWire.MigrationProgress {
         let convergence = ConvergenceSettings(downtimeLimitMs: settings.downtimeLimitMs, timeoutSeconds: Double(timeoutSeconds),
-                                              postcopyAllowed: settings.postcopyAllowed)
+                                              postcopyAllowed: settings.postcopyAllowed && postcopyAllowed)
         var inPostcopy = postcopyArmed
         var polls = 0
         var cancelNoted = false

@@ -1276,6 +1276,7 @@ components:
       required: [target]
       properties:
         target: { type: string, description: "The target host's name or id." }
+        datastore: { type: string, description: "Whole-VM migration: the disks move to this datastore of the target too (over NBD, while the VM runs), so no shared storage is needed." }
         dryRun: { type: boolean, description: "Only run the preflight." }
     MigrationRefusal:
       type: object

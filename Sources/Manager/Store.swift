@@ -222,6 +222,7 @@ public final class Store: Sendable {
                 t.column("diskId", .text).notNull().references("disk", onDelete: .cascade)
                 t.column("vmId", .text).notNull().references("vm", onDelete: .cascade).indexed()
                 t.column("attachedAt", .datetime).notNull()
+                t.column("slot", .integer).notNull()
                 t.primaryKey(["diskId", "vmId"])
             }
         }
@@ -385,8 +386,8 @@ struct DiskRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var diskMode: DiskMode { DiskMode(rawValue: mode) ?? .persistent }
     var diskFormat: DiskFormat { DiskFormat(rawValue: format) ?? .qcow2 }
 
-    func definition() -> AgentWire.DiskDefinition {
-        AgentWire.DiskDefinition(id: id, name: name, path: path, format: diskFormat, mode: diskMode)
+    func definition(slot: Int? = nil) -> AgentWire.DiskDefinition {
+        AgentWire.DiskDefinition(id: id, name: name, path: path, format: diskFormat, mode: diskMode, slot: slot)
     }
 }
 
@@ -395,6 +396,26 @@ struct DiskAttachmentRecord: Codable, Sendable, FetchableRecord, PersistableReco
     var diskId: String
     var vmId: String
     var attachedAt: Date
+    /// The PCI slot of the disk's device in this VM: fixed, so a VM whose disks were hot-plugged
+    /// has the same device layout on a migration's target (QEMU refuses the state otherwise).
+    var slot: Int
+
+    /// Data disks take slots 16–31 of the VM's PCI bus; the devices of the command line take the low ones.
+    static let slots = 16...31
+
+    /// The lowest slot none of the VM's disks uses.
+    static func freeSlot(_ db: Database, vmID: String) throws -> Int {
+        let used = Set(try Int.fetchAll(db, sql: "SELECT slot FROM diskAttachment WHERE vmId = ?", arguments: [vmID]))
+        guard let slot = slots.first(where: { !used.contains($0) }) else {
+            throw ShepherdError(.insufficientResources, "every PCI slot for data disks (\(slots.count)) of the VM is taken")
+        }
+        return slot
+    }
+
+    /// Attaches with the VM's next free slot.
+    static func attach(_ db: Database, disk: String, vm: String) throws {
+        try DiskAttachmentRecord(diskId: disk, vmId: vm, attachedAt: Date(), slot: try freeSlot(db, vmID: vm)).insert(db)
+    }
 }
 
 /// One node of a VM's snapshot tree: the images holding each disk at that moment.

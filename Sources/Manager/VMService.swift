@@ -106,13 +106,13 @@ final class VMService: Sendable {
     /// The definition an agent needs, with absolute paths on its datastores.
     func definition(_ vm: VMRecord, template: TemplateRecord) async throws -> AgentWire.VMDefinition {
         let (templateStore, disks) = try await store.db.read { db in
-            (try Inventory.datastore(db, named: template.datastore, field: "template"), try DiskService.attached(db, vmID: vm.id))
+            (try Inventory.datastore(db, named: template.datastore, field: "template"), try DiskService.definitions(db, vmID: vm.id))
         }
         let base = templateStore.path
         return AgentWire.VMDefinition(
             id: vm.id, name: vm.name, cpus: vm.cpus, memoryMiB: vm.memoryMiB,
             kernel: "\(base)/\(template.kernel)", initrd: "\(base)/\(template.initrd)", cmdline: template.cmdline,
-            disk: vm.diskPath, sourceDisk: "\(base)/\(template.disk)", disks: disks.map { $0.definition() },
+            disk: vm.diskPath, sourceDisk: "\(base)/\(template.disk)", disks: disks,
             linkedClone: vm.linkedTemplate != nil)
     }
 
@@ -166,7 +166,7 @@ final class VMService: Sendable {
                 var copied: [String] = []
                 for (index, disk) in disks.enumerated() {
                     if disk.diskMode == .shared {
-                        try await store.db.write { db in try DiskAttachmentRecord(diskId: disk.id, vmId: clone.id, attachedAt: Date()).insert(db) }
+                        try await store.db.write { db in try DiskAttachmentRecord.attach(db, disk: disk.id, vm: clone.id) }
                         continue
                     }
                     await progress.update(30 + 60 * index / max(1, disks.count), "copying disk '\(disk.name)'")
@@ -178,7 +178,7 @@ final class VMService: Sendable {
                     try await store.db.write { db in
                         try DiskRecord(id: id, name: copyName, datastore: clone.datastore, path: path, format: DiskFormat.qcow2.rawValue, type: disk.type,
                                        mode: disk.mode, sizeBytes: disk.sizeBytes, busyTask: nil, createdAt: Date()).insert(db)
-                        try DiskAttachmentRecord(diskId: id, vmId: clone.id, attachedAt: Date()).insert(db)
+                        try DiskAttachmentRecord.attach(db, disk: id, vm: clone.id)
                     }
                     copied.append(copyName)
                 }

@@ -121,16 +121,38 @@ extension AgentWire {
         /// The target's migration address (its host address, never loopback between hosts).
         public var address: String
         public var postcopy: Bool
-        public init(definition: VMDefinition, address: String, postcopy: Bool) {
-            self.definition = definition; self.address = address; self.postcopy = postcopy
+        /// Whole-VM migration: empty images to create (the definition's paths on the target's
+        /// datastore) and export writable over NBD, so the source can mirror its disks into them.
+        /// The target QEMU then stays paused after the memory arrives until told to resume.
+        public var storage: [IncomingDisk]?
+        public init(definition: VMDefinition, address: String, postcopy: Bool, storage: [IncomingDisk]? = nil) {
+            self.definition = definition; self.address = address; self.postcopy = postcopy; self.storage = storage
         }
+    }
+
+    public struct IncomingDisk: Codable, Sendable, Equatable {
+        public var path: String
+        public var sizeBytes: Int64
+        public var export: String
+        public init(path: String, sizeBytes: Int64, export: String) { self.path = path; self.sizeBytes = sizeBytes; self.export = export }
     }
 
     /// Where the target listens.
     public struct IncomingAnswer: Codable, Sendable {
         public var uri: String
         public var pid: Int32?
-        public init(uri: String, pid: Int32?) { self.uri = uri; self.pid = pid }
+        /// Whole-VM migration: the NBD server the disks are exported on ("host:port").
+        public var nbd: String?
+        public init(uri: String, pid: Int32?, nbd: String? = nil) { self.uri = uri; self.pid = pid; self.nbd = nbd }
+    }
+
+    /// Source side of a whole-VM migration: mirror the disk QEMU writes (`source`) into an NBD export.
+    public struct NBDMirrorRequest: Codable, Sendable {
+        public var source: String
+        /// "host:port" of the target's NBD server.
+        public var server: String
+        public var export: String
+        public init(source: String, server: String, export: String) { self.source = source; self.server = server; self.export = export }
     }
 
     /// Source side: send the VM to `uri` with these settings.

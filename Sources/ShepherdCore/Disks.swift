@@ -132,10 +132,13 @@ extension AgentWire {
         public var format: DiskFormat
         public var mode: DiskMode
         public var serial: String
+        /// Its fixed PCI slot (the same on every host, so live migration finds the same devices).
+        public var slot: Int?
 
-        public init(id: String, name: String, path: String, format: DiskFormat, mode: DiskMode) {
+        public init(id: String, name: String, path: String, format: DiskFormat, mode: DiskMode, slot: Int? = nil) {
             self.id = id; self.name = name; self.path = path; self.format = format; self.mode = mode
             self.serial = DiskRules.serial(diskID: id)
+            self.slot = slot
         }
     }
 

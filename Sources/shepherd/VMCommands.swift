@@ -170,12 +170,13 @@ struct VMCommand: AsyncParsableCommand {
         @OptionGroup var options: ClientOptions
         @OptionGroup var flags: TaskFlags
         @Option(help: "The target host's name or id.") var to: String
+        @Option(help: "Whole-VM migration: move the disks to this datastore of the target too (no shared storage needed).") var datastore: String?
         @Flag(help: "Only run the preflight checks.") var dryRun = false
         @Argument(help: "The VM's name or id.") var vm: String
 
         func run() async throws {
             try await calling(options) { client in
-                switch try await client.migrateVM(path: .init(vm: vm), body: .json(.init(target: to, dryRun: dryRun))) {
+                switch try await client.migrateVM(path: .init(vm: vm), body: .json(.init(target: to, datastore: datastore, dryRun: dryRun))) {
                 case .ok(let ok):
                     let check = try ok.body.json
                     if flags.json { try printJSON(check) } else if check.ok {

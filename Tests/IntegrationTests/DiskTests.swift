@@ -50,6 +50,24 @@ struct DiskTests {
         }
     }
 
+    @Test("a VM with a hot-plugged data disk live-migrates to another host: its device layout matches (fixed PCI slots) and the guest still reads its data")
+    func hotpluggedDiskMigrates() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 2) { cluster in
+            _ = try await cluster.createVM("hm1", host: "host-1")
+            try #require(try await cluster.start("hm1").state == .succeeded)
+            try #require(try await cluster.createDisk("hm1", sizeMiB: 16, name: "hmdata").state == .succeeded)
+            let serial = try #require(try await cluster.disk("hmdata").serial)
+            let device = try #require(try await cluster.guestDevice("hm1", serial: serial))
+            _ = try await cluster.exec("hm1", ["sh", "-c", "dd if=/dev/urandom of=/dev/\(device) bs=1M count=4 conv=fsync 2>/dev/null"])
+            let data = try await cluster.guestChecksum("hm1", device, mib: 4)
+            let moved = try await cluster.migrate("hm1", to: "host-2")
+            #expect(moved.state == .succeeded, "\(moved.message) \(moved.error?.message ?? "")")
+            #expect(try await cluster.vm("hm1").hostName == "host-2")
+            #expect(try await cluster.guestChecksum("hm1", device, mib: 4) == data)
+            #expect(try await cluster.stop("hm1", force: true).state == .succeeded)
+        }
+    }
+
     @Test("reclaim gives back what the guest deleted: trimmed live through the tools, compacted with the VM off")
     func reclaimReturnsDeletedSpace() async throws {
         try await TestCluster.with(driver: "qemu") { cluster in

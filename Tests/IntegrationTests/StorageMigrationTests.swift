@@ -74,5 +74,53 @@ struct StorageMigrationTests {
             #expect(try await cluster.stop("sm1", force: true).state == .succeeded)
         }
     }
+
+    @Test("whole-VM migration: a running guest on one host's local datastore moves with its disks to another host's local datastore while it writes; every record verifies and the old images are gone")
+    func wholeVMMigration() async throws {
+        let first = NSTemporaryDirectory() + "shepherd-local-\(UInt32.random(in: 0...UInt32.max))"
+        let second = NSTemporaryDirectory() + "shepherd-local-\(UInt32.random(in: 0...UInt32.max))"
+        defer { for path in [first, second] { try? FileManager.default.removeItem(atPath: path) } }
+        try await TestCluster.with(driver: "qemu", hosts: 2, agentArguments: ["host-1": ["--datastore", "local-1=\(first),local"],
+                                                                             "host-2": ["--datastore", "local-2=\(second),local"]]) { cluster in
+            try #require(try await cluster.createVM("wv1", host: "host-1", datastore: "local-1").state == .succeeded)
+            try #require(try await cluster.start("wv1").state == .succeeded)
+            try #require(try await cluster.createDisk("wv1", sizeMiB: 32, name: "wvdata").state == .succeeded)
+            let serial = try #require(try await cluster.disk("wvdata").serial)
+            let device = try #require(try await cluster.guestDevice("wv1", serial: serial))
+            _ = try await cluster.exec("wv1", ["sh", "-c", "dd if=/dev/urandom of=/dev/\(device) bs=1M count=8 conv=fsync 2>/dev/null"])
+            let data = try await cluster.guestChecksum("wv1", device, mib: 8)
+            #expect(try await cluster.exec("wv1", ["sh", "-c", Self.writer]).exitCode == 0)
+
+            let (status, refused) = try await cluster.raw("POST", "/api/v1/vms/wv1/migrate", token: cluster.adminToken, body: #"{"target":"host-2","dryRun":true}"#)
+            #expect(status == 200 && refused.contains("storage_not_shared"), "\(refused)")
+            let (checked, check) = try await cluster.raw("POST", "/api/v1/vms/wv1/migrate", token: cluster.adminToken,
+                                                         body: #"{"target":"host-2","datastore":"local-2","dryRun":true}"#)
+            #expect(checked == 200 && (check.contains(#""ok" : true"#) || check.contains(#""ok":true"#)), "\(check)")
+
+            let moved = try await cluster.wait(try await {
+                switch try await cluster.client().migrateVM(path: .init(vm: "wv1"), body: .json(.init(target: "host-2", datastore: "local-2"))) {
+                case .accepted(let accepted): return try accepted.body.json
+                default: throw HarnessError("whole-VM migration of wv1 was not accepted")
+                }
+            }())
+            #expect(moved.state == .succeeded && moved.message.contains("mirrored to local-2"),
+                    "\(moved.message) \(moved.error?.message ?? "") \(cluster.log("agent-host-1.log")) \(cluster.log("agent-host-2.log"))")
+            let vm = try await cluster.vm("wv1")
+            #expect(vm.hostName == "host-2" && vm.datastore == "local-2" && vm.diskPath.hasPrefix(second))
+            #expect(try await cluster.disk("wvdata").path.hasPrefix(second))
+            #expect(Self.files(under: first).isEmpty, "the old images are gone: \(Self.files(under: first))")
+            #expect(try await cluster.exec("wv1", ["sh", "-c", "touch /root/stop; sleep 1; sync"]).exitCode == 0)
+            let verified = try await cluster.exec("wv1", ["sh", "-c", Self.verify]).stdout
+            #expect(verified.hasPrefix("OK "), "\(verified)")
+            let again = try #require(try await cluster.guestDevice("wv1", serial: serial))
+            #expect(try await cluster.guestChecksum("wv1", again, mib: 8) == data)
+            print("whole-VM migration: \(moved.message)")
+
+            #expect(try await cluster.stop("wv1").state == .succeeded)
+            try #require(try await cluster.start("wv1").state == .succeeded)
+            #expect(try await cluster.exec("wv1", ["sh", "-c", Self.verify]).stdout == verified, "a new QEMU on host-2 opens the moved images")
+            #expect(try await cluster.stop("wv1", force: true).state == .succeeded)
+        }
+    }
 }
 }

@@ -67,4 +67,26 @@ struct StorageMigrationAPITests {
             #expect(try await cluster.events().contains { $0.kind == "vm.storage.migrated" })
         }
     }
+
+    @Test("a whole-VM migration's dry run replaces the shared-storage check by the storage checks, each with its numbers")
+    func wholeVMChecks() async throws {
+        let first = NSTemporaryDirectory() + "shepherd-local-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: first) }
+        try await TestCluster.with(driver: "fake", hosts: 2, agentArguments: ["host-1": ["--datastore", "local-1=\(first),local"]]) { cluster in
+            try #require(try await cluster.createVM("wm", host: "host-1", datastore: "local-1").state == .succeeded)
+            #expect(try await cluster.createDisk("wm", sizeMiB: 8, mode: .shared, name: "wmshared", datastore: "shared").state == .succeeded)
+            _ = try await cluster.start("wm")
+            let token = cluster.adminToken
+            let (plain, refused) = try await cluster.raw("POST", "/api/v1/vms/wm/migrate", token: token, body: #"{"target":"host-2","dryRun":true}"#)
+            #expect(plain == 200 && refused.contains("storage_not_shared") && refused.contains("datastore 'local-1'"), "\(refused)")
+            let (whole, check) = try await cluster.raw("POST", "/api/v1/vms/wm/migrate", token: token,
+                                                       body: #"{"target":"host-2","datastore":"local-1","dryRun":true}"#)
+            #expect(whole == 200, "\(check)")
+            #expect(check.contains("target_not_mounted: target 'host-2' does not mount datastore 'local-1'"), "\(check)")
+            #expect(check.contains("shared_disk: disk 'wmshared' is shared"), "\(check)")
+            let (ok, fine) = try await cluster.raw("POST", "/api/v1/vms/wm/migrate", token: token,
+                                                   body: #"{"target":"host-2","datastore":"nods","dryRun":true}"#)
+            #expect(ok == 400 && fine.contains("datastore: datastore 'nods' does not exist"), "\(fine)")
+        }
+    }
 }

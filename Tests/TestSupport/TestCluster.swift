@@ -284,8 +284,8 @@ public final class TestCluster: @unchecked Sendable {
 
     // MARK: API conveniences that fail loudly
 
-    public func createVM(_ name: String, cpus: Int = 1, memoryMiB: Int = 128, host: String? = nil) async throws -> Components.Schemas.Task {
-        switch try await client().createVM(body: .json(.init(name: name, cpus: cpus, memoryMiB: memoryMiB, host: host))) {
+    public func createVM(_ name: String, cpus: Int = 1, memoryMiB: Int = 128, host: String? = nil, datastore: String? = nil) async throws -> Components.Schemas.Task {
+        switch try await client().createVM(body: .json(.init(name: name, cpus: cpus, memoryMiB: memoryMiB, host: host, datastore: datastore))) {
         case .accepted(let accepted): return try await wait(try accepted.body.json)
         case .default(let status, let error): throw HarnessError("create \(name): HTTP \(status) \(String(describing: try? error.body.json))")
         }
