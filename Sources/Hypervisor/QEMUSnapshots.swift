@@ -22,17 +22,7 @@ extension GuestSupervisor {
                 try me.repoint(Dictionary(uniqueKeysWithValues: request.layers.map { ($0.active, $0.overlay) }))
                 return AgentWire.SnapshotAnswer(live: true, frozenFileSystems: frozen)
             }
-            var created: [String] = []
-            do {
-                for layer in request.layers {
-                    let format = try await QemuImg.info(path: layer.active).format
-                    try await QemuImg.createOverlay(path: layer.overlay, backing: layer.active, backingFormat: format)
-                    created.append(layer.overlay)
-                }
-            } catch {
-                for path in created { try? FileManager.default.removeItem(atPath: path) }
-                throw error
-            }
+            try await Self.createOverlays(request.layers.map { ($0.overlay, $0.active) })
             try me.repoint(Dictionary(uniqueKeysWithValues: request.layers.map { ($0.active, $0.overlay) }))
             return AgentWire.SnapshotAnswer(live: false, frozenFileSystems: nil)
         }
@@ -41,14 +31,7 @@ extension GuestSupervisor {
     /// All disks in one transaction, so the snapshot is one moment for every disk; with quiesce
     /// the guest's file systems are frozen around it (and always thawed).
     private func liveSnapshot(_ request: AgentWire.SnapshotRequest) async throws -> Int? {
-        var actions: [JSONValue] = []
-        for (index, layer) in request.layers.enumerated() {
-            let node = try await formatNode(file: layer.active)
-            actions.append(["type": "blockdev-snapshot-sync", "data": [
-                "node-name": .string(node), "snapshot-file": .string(layer.overlay), "format": "qcow2",
-                "snapshot-node-name": .string("s\(UInt32.random(in: 0...UInt32.max))x\(index)"),
-            ]])
-        }
+        let actions = try await snapshotActions(request.layers)
         var frozen: Int?
         if request.quiesce {
             let answer = try await guestAgentCommand("guest-fsfreeze-freeze", timeout: .seconds(20))
@@ -70,14 +53,7 @@ extension GuestSupervisor {
     /// paused, so the saved state and the frozen images are the same moment.
     private func pausedSnapshot(_ request: AgentWire.SnapshotRequest, memoryFile: String) async throws {
         try SnapshotTree.checkMemoryPath(memoryFile)
-        var actions: [JSONValue] = []
-        for (index, layer) in request.layers.enumerated() {
-            let node = try await formatNode(file: layer.active)
-            actions.append(["type": "blockdev-snapshot-sync", "data": [
-                "node-name": .string(node), "snapshot-file": .string(layer.overlay), "format": "qcow2",
-                "snapshot-node-name": .string("s\(UInt32.random(in: 0...UInt32.max))x\(index)"),
-            ]])
-        }
+        let actions = try await snapshotActions(request.layers)
         _ = try await qmp("stop")
         do {
             _ = try await qmp("transaction", ["actions": .array(actions)], timeout: .seconds(30))
@@ -154,17 +130,7 @@ extension GuestSupervisor {
             if let pid = me.livePid() {
                 throw ShepherdError(.illegalState, "VM '\(me.definition.name)' runs here (QEMU pid \(pid)); a revert needs it off")
             }
-            var created: [String] = []
-            do {
-                for layer in request.layers {
-                    let format = try await QemuImg.info(path: layer.base).format
-                    try await QemuImg.createOverlay(path: layer.overlay, backing: layer.base, backingFormat: format)
-                    created.append(layer.overlay)
-                }
-            } catch {
-                for path in created { try? FileManager.default.removeItem(atPath: path) }
-                throw error
-            }
+            try await Self.createOverlays(request.layers.map { ($0.overlay, $0.base) })
             try me.repoint(Dictionary(uniqueKeysWithValues: request.layers.map { ($0.active, $0.overlay) }))
             for layer in request.layers { try? FileManager.default.removeItem(atPath: layer.active) }
             if let memory = request.memoryFile { try await me.resume(from: memory) }
@@ -211,6 +177,34 @@ extension GuestSupervisor {
                 throw ShepherdError(.timedOut, "merging into '\(node)' of '\(definition.name)' did not finish within \(timeout.inSeconds) s; cancelled, nothing lost")
             }
             try await Task.sleep(for: .milliseconds(200))
+        }
+    }
+
+    /// One `blockdev-snapshot-sync` per layer, for a single QMP transaction.
+    private func snapshotActions(_ layers: [AgentWire.SnapshotLayer]) async throws -> [JSONValue] {
+        var actions: [JSONValue] = []
+        for (index, layer) in layers.enumerated() {
+            let node = try await formatNode(file: layer.active)
+            actions.append(["type": "blockdev-snapshot-sync", "data": [
+                "node-name": .string(node), "snapshot-file": .string(layer.overlay), "format": "qcow2",
+                "snapshot-node-name": .string("s\(UInt32.random(in: 0...UInt32.max))x\(index)"),
+            ]])
+        }
+        return actions
+    }
+
+    /// qcow2 overlays (path, backing) made by qemu-img, all or none.
+    static func createOverlays(_ overlays: [(path: String, backing: String)]) async throws {
+        var created: [String] = []
+        do {
+            for overlay in overlays {
+                let format = try await QemuImg.info(path: overlay.backing).format
+                try await QemuImg.createOverlay(path: overlay.path, backing: overlay.backing, backingFormat: format)
+                created.append(overlay.path)
+            }
+        } catch {
+            for path in created { try? FileManager.default.removeItem(atPath: path) }
+            throw error
         }
     }
 

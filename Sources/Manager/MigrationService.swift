@@ -59,16 +59,12 @@ final class MigrationService: Sendable {
     /// The disks of a whole-VM migration: each from its image on the source to a new one on the
     /// target's datastore, carried over NBD while the VM runs.
     struct StoragePlan: Sendable {
-        struct Disk: Sendable {
-            var key: String
-            var source: String
-            var target: String
-            var virtualBytes: Int64
-            var check: StorageMigration.Disk
-        }
         var datastore: DatastoreRecord
         var mountedByTarget: Bool
-        var disks: [Disk]
+        /// The disks that move (those already on the datastore stay: the target mounts it).
+        var disks: [StorageMigrationService.Move]
+        /// Every disk, for the checks.
+        var checks: [StorageMigration.Disk]
         /// The NBD export name of a disk.
         func export(_ key: String) -> String { "disk-" + key.prefix(8) }
     }
@@ -118,29 +114,13 @@ final class MigrationService: Sendable {
 
     /// Where each disk goes on the target's datastore, with what the checks need to know.
     private func storagePlan(_ vm: VMRecord, source: HostRecord, target: HostRecord, datastore name: String) async throws -> StoragePlan {
-        let (datastore, mounted, candidates) = try await store.db.read { db in
+        let (datastore, mounted) = try await store.db.read { db in
             let datastore = try Inventory.datastore(db, named: name, field: "datastore")
-            let mounted = try Inventory.datastoresByHost(db)[target.id]?.contains(datastore.name) ?? false
-            let snapshots = try SnapshotService.snapshots(db, vmID: vm.id)
-            func holding(_ key: String) -> [String] { snapshots.filter { $0.imageMap[key] != nil }.map(\.name) }
-            var candidates: [(String, String, DiskMode, String, String, String, [String], Bool)] = [
-                (SnapshotService.rootKey, "root", .persistent, vm.datastore, vm.diskPath, "\(datastore.path)/vms/\(vm.name)-\(vm.id.prefix(8))/root.qcow2",
-                 holding(SnapshotService.rootKey), vm.linkedTemplate != nil),
-            ]
-            for disk in try DiskService.attached(db, vmID: vm.id) {
-                candidates.append((disk.id, disk.name, disk.diskMode, disk.datastore, disk.path,
-                                   "\(datastore.path)/disks/\(disk.name)-\(disk.id.prefix(8)).qcow2", holding(disk.id), false))
-            }
-            return (datastore, mounted, candidates)
+            return (datastore, try Inventory.datastoresByHost(db)[target.id]?.contains(datastore.name) ?? false)
         }
-        var disks: [StoragePlan.Disk] = []
-        for (key, diskName, mode, store, path, targetPath, snapshots, linked) in candidates {
-            let image = try await agents.diskImage(Inventory.endpoint(source), path: path)
-            disks.append(.init(key: key, source: path, target: targetPath, virtualBytes: image.virtualBytes,
-                               check: .init(name: diskName, mode: mode, datastore: store, virtualBytes: image.virtualBytes,
-                                            allocatedBytes: image.allocatedBytes, linkedClone: linked, snapshots: snapshots)))
-        }
-        return StoragePlan(datastore: datastore, mountedByTarget: mounted, disks: disks)
+        let all = try await StorageMigrationService.moves(vm, host: source, to: datastore, store: store, agents: agents)
+        return StoragePlan(datastore: datastore, mountedByTarget: mounted, disks: all.filter { $0.check.datastore != datastore.name },
+                           checks: all.map(\.check))
     }
 
     private func refusals(_ plan: Plan) async throws -> [MigrationRefusal] {
@@ -149,7 +129,7 @@ final class MigrationService: Sendable {
             // The disks move too: shared storage is not needed, the storage checks apply instead.
             refusals.removeAll { $0.check == .storageNotShared || $0.check == .targetCannotSeeStorage }
             let moving = StorageMigration.refusals(
-                vm: plan.vm.name, live: true, disks: storage.disks.map(\.check),
+                vm: plan.vm.name, live: true, disks: storage.checks,
                 target: .init(name: storage.datastore.name, kind: storage.datastore.kind, freeBytes: storage.datastore.freeBytes,
                               mountedByHost: storage.mountedByTarget), type: .thin)
             for refusal in moving {
@@ -247,7 +227,7 @@ final class MigrationService: Sendable {
             // target's acknowledgement at the switch-over (measured here: 29–84 ms of downtime
             // instead of 5–7 ms). Only when the policy predicts that pre-copy cannot finish does
             // the migration restart with post-copy armed and switch at once.
-            var mirrors: [(StoragePlan.Disk, String)] = []
+            var mirrors: [(StorageMigrationService.Move, String)] = []
             var incoming = try await startAttempt(vm: vm, definition: definition, from: from, to: to, target: target,
                                                   address: address.host, postcopy: false, rollback: rollback, progress: progress,
                                                   storage: storage) { incoming in
@@ -277,7 +257,7 @@ final class MigrationService: Sendable {
                 // target runs on complete disks.
                 for (disk, job) in mirrors {
                     do { try await agents.endNBDMirror(from, vm: vm.id, job: job) } catch {
-                        throw ShepherdError(.agentFailed, "the mirror of '\(disk.check.name)' did not end cleanly after the switch-over: \(error)")
+                        throw ShepherdError(.agentFailed, "the mirror of '\(disk.name)' did not end cleanly after the switch-over: \(error)")
                     }
                 }
                 try await agents.resumeIncoming(to, vm: vm.id)
@@ -346,7 +326,7 @@ final class MigrationService: Sendable {
                               progress: TaskEngine.Progress, storage: StoragePlan? = nil,
                               beforeMemory: (AgentWire.IncomingAnswer) async throws -> Void = { _ in }) async throws -> AgentWire.IncomingAnswer {
         await progress.update(5, "starting the target QEMU on \(target.name)\(postcopy ? " (post-copy armed)" : "")")
-        let disks = storage?.disks.map { AgentWire.IncomingDisk(path: $0.target, sizeBytes: $0.virtualBytes, export: storage!.export($0.key)) }
+        let disks = storage?.disks.map { AgentWire.IncomingDisk(path: $0.target, sizeBytes: $0.check.virtualBytes, export: storage!.export($0.key)) }
         let incoming = try await agents.prepareIncoming(to, AgentWire.IncomingRequest(definition: definition, address: address, postcopy: postcopy,
                                                                                        storage: disks))
         await rollback?.add("stop the target QEMU on \(target.name) and forget the VM there\(disks == nil ? "" : ", deleting the disk copies")") { [agents] in
@@ -367,30 +347,21 @@ final class MigrationService: Sendable {
     /// Whole-VM migration: every disk mirrored into the target's NBD exports until all are in sync.
     private func mirrorDisks(_ storage: StoragePlan, incoming: AgentWire.IncomingAnswer, vm: VMRecord, from: AgentClient.Endpoint,
                              to: AgentClient.Endpoint, rollback: Rollback, cancel: CancelFlag,
-                             progress: TaskEngine.Progress) async throws -> [(StoragePlan.Disk, String)] {
+                             progress: TaskEngine.Progress) async throws -> [(StorageMigrationService.Move, String)] {
         guard let server = incoming.nbd else { throw ShepherdError(.agentFailed, "the target exported no disks over NBD") }
-        var mirrors: [(StoragePlan.Disk, String)] = []
+        var mirrors: [(StorageMigrationService.Move, String)] = []
         for disk in storage.disks {
             let status = try await agents.startNBDMirror(from, vm: vm.id, .init(source: disk.source, server: server, export: storage.export(disk.key)))
             mirrors.append((disk, status.job))
-            await rollback.add("stop mirroring '\(disk.check.name)'; the source keeps its disk") { [agents] in
+            await rollback.add("stop mirroring '\(disk.name)'; the source keeps its disk") { [agents] in
                 try await agents.endNBDMirror(from, vm: vm.id, job: status.job)
             }
         }
         let started = ContinuousClock.now
         while true {
             if cancel.isRaised { throw ShepherdError(.cancelled, "cancelled by the user") }
-            var copied: Int64 = 0, total: Int64 = 0, ready = true
-            for (disk, job) in mirrors {
-                let status = try await agents.mirrorStatus(from, vm: vm.id, job: job)
-                if let error = status.error { throw ShepherdError(.agentFailed, "mirroring '\(disk.check.name)' to the target failed: \(error)") }
-                if status.status == "concluded" || status.status == "aborting" {
-                    throw ShepherdError(.agentFailed, "the mirror of '\(disk.check.name)' ended before the switch-over (\(status.status))")
-                }
-                copied += status.copiedBytes
-                total += max(1, status.totalBytes)
-                ready = ready && status.status == "ready"
-            }
+            let (copied, total, ready) = try await StorageMigrationService.mirrorProgress(mirrors.map { ($0.0.name, $0.1) }, agents: agents,
+                                                                                          endpoint: from, vm: vm.id)
             if ready { return mirrors }
             let seconds = max(0.001, (ContinuousClock.now - started).inSeconds)
             await progress.update(5 + Int(5 * Double(copied) / Double(max(total, 1))),

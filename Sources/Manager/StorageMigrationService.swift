@@ -43,37 +43,19 @@ final class StorageMigrationService: Sendable {
         if let rate = maxBytesPerSecond, rate < 1 << 20 {
             throw ShepherdError.invalidField("maxBytesPerSecond", "\(rate) B/s is below the smallest cap, 1 MiB/s")
         }
-        let (vm, host, target, mounted, candidates) = try await store.db.read { db in
+        let (vm, host, target, mounted) = try await store.db.read { db in
             let vm = try Inventory.vm(db, reference)
             let host = try Inventory.host(db, vm.hostId)
             let target = try Inventory.datastore(db, named: datastore, field: "datastore")
-            let mounted = try Inventory.datastoresByHost(db)[host.id]?.contains(target.name) ?? false
-            let snapshots = try SnapshotService.snapshots(db, vmID: vm.id)
-            func holding(_ key: String) -> [String] { snapshots.filter { $0.imageMap[key] != nil }.map(\.name) }
-            var candidates: [(key: String, name: String, mode: DiskMode, datastore: String, path: String, target: String, snapshots: [String], linked: Bool)] = [
-                (SnapshotService.rootKey, "root", .persistent, vm.datastore, vm.diskPath,
-                 "\(target.path)/vms/\(vm.name)-\(vm.id.prefix(8))/root.qcow2", holding(SnapshotService.rootKey), vm.linkedTemplate != nil),
-            ]
-            for disk in try DiskService.attached(db, vmID: vm.id) {
-                candidates.append((disk.id, disk.name, disk.diskMode, disk.datastore, disk.path,
-                                   "\(target.path)/disks/\(disk.name)-\(disk.id.prefix(8)).qcow2", holding(disk.id), false))
-            }
-            return (vm, host, target, mounted, candidates)
+            return (vm, host, target, try Inventory.datastoresByHost(db)[host.id]?.contains(target.name) ?? false)
         }
+        let all = try await Self.moves(vm, host: host, to: target, store: store, agents: agents)
         if let names {
-            let known = Set(candidates.map(\.name))
-            for name in names where !known.contains(name) {
-                throw ShepherdError.invalidField("disks", "VM '\(vm.name)' has no disk '\(name)' (it has \(candidates.map(\.name).joined(separator: ", ")))")
+            for name in names where !all.contains(where: { $0.name == name }) {
+                throw ShepherdError.invalidField("disks", "VM '\(vm.name)' has no disk '\(name)' (it has \(all.map(\.name).joined(separator: ", ")))")
             }
         }
-        var moves: [Move] = []
-        for candidate in candidates where names?.contains(candidate.name) ?? true {
-            let image = try await agents.diskImage(Inventory.endpoint(host), path: candidate.path)
-            moves.append(Move(key: candidate.key, name: candidate.name, source: candidate.path, target: candidate.target,
-                              check: .init(name: candidate.name, mode: candidate.mode, datastore: candidate.datastore,
-                                           virtualBytes: image.virtualBytes, allocatedBytes: image.allocatedBytes,
-                                           linkedClone: candidate.linked, snapshots: candidate.snapshots)))
-        }
+        let moves = all.filter { names?.contains($0.name) ?? true }
         let chosenType = type ?? .thin
         let live = vm.lifecycle.consumesHostResources
         var refusals = StorageMigration.refusals(vm: vm.name, live: live, disks: moves.map(\.check),
@@ -85,6 +67,50 @@ final class StorageMigrationService: Sendable {
         }
         return Plan(vm: vm, host: host, target: target, type: chosenType, moves: moves.filter { $0.check.datastore != target.name },
                     refusals: refusals, maxBytesPerSecond: maxBytesPerSecond)
+    }
+
+    /// Every disk of the VM as a move to `target`: where it is, where it would go, and what the
+    /// checks need (the sizes as the VM's host reads them).
+    static func moves(_ vm: VMRecord, host: HostRecord, to target: DatastoreRecord, store: Store, agents: AgentClient) async throws -> [Move] {
+        let candidates = try await store.db.read { db in
+            let snapshots = try SnapshotService.snapshots(db, vmID: vm.id)
+            func holding(_ key: String) -> [String] { snapshots.filter { $0.imageMap[key] != nil }.map(\.name) }
+            var candidates: [(key: String, name: String, mode: DiskMode, datastore: String, path: String, target: String, snapshots: [String], linked: Bool)] = [
+                (SnapshotService.rootKey, "root", .persistent, vm.datastore, vm.diskPath,
+                 "\(target.path)/vms/\(vm.name)-\(vm.id.prefix(8))/root.qcow2", holding(SnapshotService.rootKey), vm.linkedTemplate != nil),
+            ]
+            for disk in try DiskService.attached(db, vmID: vm.id) {
+                candidates.append((disk.id, disk.name, disk.diskMode, disk.datastore, disk.path,
+                                   "\(target.path)/disks/\(disk.name)-\(disk.id.prefix(8)).qcow2", holding(disk.id), false))
+            }
+            return candidates
+        }
+        var moves: [Move] = []
+        for candidate in candidates {
+            let image = try await agents.diskImage(Inventory.endpoint(host), path: candidate.path)
+            moves.append(Move(key: candidate.key, name: candidate.name, source: candidate.path, target: candidate.target,
+                              check: .init(name: candidate.name, mode: candidate.mode, datastore: candidate.datastore,
+                                           virtualBytes: image.virtualBytes, allocatedBytes: image.allocatedBytes,
+                                           linkedClone: candidate.linked, snapshots: candidate.snapshots)))
+        }
+        return moves
+    }
+
+    /// The mirrors' progress summed; throws when one failed or ended before the switch.
+    static func mirrorProgress(_ mirrors: [(name: String, job: String)], agents: AgentClient, endpoint: AgentClient.Endpoint,
+                               vm: String) async throws -> (copied: Int64, total: Int64, ready: Bool) {
+        var copied: Int64 = 0, total: Int64 = 0, ready = true
+        for (name, job) in mirrors {
+            let status = try await agents.mirrorStatus(endpoint, vm: vm, job: job)
+            if let error = status.error { throw ShepherdError(.agentFailed, "mirroring '\(name)' failed: \(error)") }
+            if status.status == "concluded" || status.status == "aborting" {
+                throw ShepherdError(.agentFailed, "the mirror of '\(name)' ended before the switch (\(status.status))")
+            }
+            copied += status.copiedBytes
+            total += max(status.totalBytes, 1)
+            ready = ready && status.status == "ready"
+        }
+        return (copied, total, ready)
     }
 
     func migrate(_ reference: String, datastore: String, disks names: [String]?, type: DiskType?, maxBytesPerSecond: Int64? = nil) async throws -> TaskRecord {
@@ -191,19 +217,7 @@ final class StorageMigrationService: Sendable {
                            started: ContinuousClock.Instant, cancel: CancelFlag) async throws {
         while true {
             if cancel.isRaised { throw ShepherdError(.cancelled, "cancelled by the user") }
-            var copied: Int64 = 0
-            var total: Int64 = 0
-            var ready = true
-            for (move, job) in mirrors {
-                let status = try await agents.mirrorStatus(endpoint, vm: vm.id, job: job)
-                if let error = status.error { throw ShepherdError(.agentFailed, "mirroring '\(move.name)' failed: \(error)") }
-                if status.status == "concluded" || status.status == "aborting" {
-                    throw ShepherdError(.agentFailed, "the mirror of '\(move.name)' ended before the switch (\(status.status))")
-                }
-                copied += status.copiedBytes
-                total += max(status.totalBytes, 1)
-                ready = ready && status.status == "ready"
-            }
+            let (copied, total, ready) = try await Self.mirrorProgress(mirrors.map { ($0.0.name, $0.1) }, agents: agents, endpoint: endpoint, vm: vm.id)
             if ready { return }
             let seconds = max(0.001, (ContinuousClock.now - started).inSeconds)
             await progress.update(5 + Int(85 * Double(copied) / Double(max(total, 1))),
