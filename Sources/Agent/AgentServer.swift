@@ -10,6 +10,7 @@ import ServerKit
 import ServiceLifecycle
 import ShepherdAPI
 import ShepherdCore
+import Synchronization
 
 /// A datastore this host sees, as given on the agent's command line.
 public struct DatastoreMount: Sendable, Equatable {
@@ -33,6 +34,64 @@ public struct DatastoreMount: Sendable, Equatable {
         try Validate.name(parts[0], field: "--datastore")
         guard path.hasPrefix("/") else { throw ShepherdError.invalidField("--datastore", "'\(path)' must be an absolute path") }
         return DatastoreMount(name: parts[0], kind: kind, path: path)
+    }
+}
+
+/// The datastores this host mounts now: those of its command line, plus those the manager added
+/// at runtime (`shepherd datastore add`), which are kept in `<state>/datastores.json` so a
+/// restarted agent mounts them again.
+final class DatastoreMounts: Sendable {
+    private let configured: [DatastoreMount]
+    private let added: Mutex<[DatastoreMount]>
+    private let file: String
+
+    init(configured: [DatastoreMount], stateDirectory: String) {
+        self.configured = configured
+        file = stateDirectory + "/datastores.json"
+        let saved = FileManager.default.contents(atPath: file).flatMap { try? JSONDecoder().decode([AgentWire.DatastoreMountRequest].self, from: $0) } ?? []
+        added = Mutex(saved.map { DatastoreMount(name: $0.name, kind: $0.kind, path: $0.path) }
+            .filter { mount in !configured.contains { $0.name == mount.name } })
+    }
+
+    var all: [DatastoreMount] { configured + added.withLock { $0 } }
+
+    /// Mounts a datastore (its directory is made when missing). The same one again is a no-op.
+    func add(_ mount: DatastoreMount) throws {
+        if let existing = all.first(where: { $0.name == mount.name }) {
+            guard existing == mount else {
+                throw ShepherdError(.alreadyExists, "this host mounts a datastore named '\(mount.name)' already, at \(existing.path) (\(existing.kind))")
+            }
+            return
+        }
+        try Files.ensureDirectory(mount.path, mode: 0o755)
+        try added.withLock { list in
+            list.append(mount)
+            try save(list)
+        }
+    }
+
+    /// Forgets a datastore the manager added (its files stay); one of the command line stays.
+    func remove(_ name: String) throws {
+        if configured.contains(where: { $0.name == name }) {
+            throw ShepherdError(.illegalState, "datastore '\(name)' is configured on this agent's command line (--datastore); remove it there")
+        }
+        try added.withLock { list in
+            list.removeAll { $0.name == name }
+            try save(list)
+        }
+    }
+
+    private func save(_ list: [DatastoreMount]) throws {
+        let data = try JSONEncoder().encode(list.map { AgentWire.DatastoreMountRequest(name: $0.name, kind: $0.kind, path: $0.path) })
+        try Files.writeAtomically(data, to: file, mode: 0o600)
+    }
+}
+
+extension AgentWire.DatastoreSpace {
+    /// statvfs of the datastore's directory; zeros when it cannot be read.
+    static func of(_ path: String) -> Self {
+        let space = try? FilesystemSpace.of(path: path)
+        return .init(capacityBytes: Int64(space?.capacityBytes ?? 0), freeBytes: Int64(space?.freeBytes ?? 0))
     }
 }
 
@@ -103,7 +162,7 @@ public enum AgentServer {
         router.middlewares.add(ErrorMiddleware())
         router.middlewares.add(AgentAuth(link: manager))
         let leases = LeaseKeeper(configuration: configuration, driver: driver, link: manager, logger: logger)
-        AgentRoutes(driver: driver, datastores: configuration.datastores).register(on: router)
+        AgentRoutes(driver: driver, mounts: manager.mounts).register(on: router)
         router.get("/agent/v1/leases") { _, _ in JSONResponse.make(leases.leases()) }
         let app = Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: "shepherd-agent"),
                               logger: logger)
@@ -138,11 +197,12 @@ struct AgentAuth<Context: RequestContext>: RouterMiddleware {
 /// The manager→agent API: thin handlers over the driver.
 struct AgentRoutes: Sendable {
     let driver: any HypervisorDriver
-    let datastores: [DatastoreMount]
+    let mounts: DatastoreMounts
 
     /// The agent touches disk images only inside its own datastores: a path from the wire must
     /// lie under one, with no `..` step out of it.
     func checkOnDatastore(_ path: String, field: String = "path") throws {
+        let datastores = mounts.all
         let components = path.split(separator: "/")
         guard path.hasPrefix("/"), !components.contains(".."), !components.contains("."),
               datastores.contains(where: { path.hasPrefix($0.path.hasSuffix("/") ? $0.path : $0.path + "/") }) else {
@@ -201,6 +261,16 @@ struct AgentRoutes: Sendable {
             let body = try await request.decode(as: AgentWire.ProbeRequest.self, context: context)
             let (reachable, detail) = await TCP.reachable(body.address, port: body.port, timeout: .seconds(3))
             return JSONResponse.make(AgentWire.ProbeAnswer(reachable: reachable, detail: detail))
+        }
+        router.post("/agent/v1/datastores") { request, context in
+            let body = try await request.decode(as: AgentWire.DatastoreMountRequest.self, context: context)
+            let mount = try DatastoreMount.parse("\(body.name)=\(body.path),\(body.kind)")
+            try mounts.add(mount)
+            return JSONResponse.make(AgentWire.DatastoreSpace.of(mount.path))
+        }
+        router.delete("/agent/v1/datastores/:name") { _, context in
+            try mounts.remove(try context.parameters.require("name"))
+            return JSONResponse.make(AgentWire.Done())
         }
         let disks = router.group("/agent/v1/disks")
         disks.post("create") { request, context in

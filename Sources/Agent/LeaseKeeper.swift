@@ -24,7 +24,7 @@ final class LeaseKeeper: Service, Sendable {
         self.configuration = configuration; self.driver = driver; self.link = link; self.logger = logger
     }
 
-    var sharedDatastores: [DatastoreMount] { configuration.datastores.filter { $0.kind == "shared" } }
+    var sharedDatastores: [DatastoreMount] { link.mounts.all.filter { $0.kind == "shared" } }
 
     static func directory(_ datastore: DatastoreMount) -> String { datastore.path + "/.shepherd/leases" }
 

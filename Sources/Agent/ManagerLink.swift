@@ -19,10 +19,14 @@ final class ManagerLink: Service, Sendable {
     /// When the lease keeper last renewed every storage lease; reported with each heartbeat.
     let leaseRenewedAt = Mutex<Date?>(nil)
 
+    /// The datastores this host mounts now (command line + added by the manager).
+    let mounts: DatastoreMounts
+
     init(configuration: AgentConfiguration, driver: any HypervisorDriver, logger: Logger) {
         self.configuration = configuration
         self.driver = driver
         self.logger = logger
+        mounts = DatastoreMounts(configured: configuration.datastores, stateDirectory: configuration.stateDirectory)
     }
 
     private var credentialFile: String { configuration.stateDirectory + "/credential.json" }
@@ -115,10 +119,10 @@ final class ManagerLink: Service, Sendable {
     }
 
     private func datastoreReports() -> [Components.Schemas.DatastoreReport] {
-        configuration.datastores.map { datastore in
-            let space = try? FilesystemSpace.of(path: datastore.path)
+        mounts.all.map { datastore in
+            let space = AgentWire.DatastoreSpace.of(datastore.path)
             return .init(name: datastore.name, kind: .init(rawValue: datastore.kind) ?? .local, path: datastore.path,
-                         capacityBytes: Int64(space?.capacityBytes ?? 0), freeBytes: Int64(space?.freeBytes ?? 0))
+                         capacityBytes: space.capacityBytes, freeBytes: space.freeBytes)
         }
     }
 }

@@ -71,6 +71,8 @@ extension GuestSupervisor {
     }
 
     private func hotplug(_ disk: AgentWire.DiskDefinition) async throws {
+        // A node left from an earlier detach of this disk would make blockdev-add fail.
+        try await removeNode(DiskNodes.node(disk))
         if disk.mode == .nonPersistent { try await freshOverlay(for: disk) }
         _ = try await qmp("blockdev-add", DiskNodes.blockdevArguments(disk, vmID: id))
         do {
@@ -106,7 +108,26 @@ extension GuestSupervisor {
                 try await Task.sleep(for: .milliseconds(200))
             }
         }
-        _ = try? await qmp("blockdev-del", ["node-name": .string(DiskNodes.node(disk))])
+        try await removeNode(DiskNodes.node(disk))
+    }
+
+    /// Deletes a block node the monitor added, once its device has let go of it (that can lag the
+    /// device's removal by a moment); gone already is fine.
+    private func removeNode(_ node: String, timeout: Duration = .seconds(10)) async throws {
+        let started = ContinuousClock.now
+        while true {
+            let nodes = try await qmp("query-named-block-nodes", ["flat": true]).arrayValue ?? []
+            guard nodes.contains(where: { $0["node-name"]?.stringValue == node }) else { return }
+            do {
+                _ = try await qmp("blockdev-del", ["node-name": .string(node)])
+                return
+            } catch {
+                guard ContinuousClock.now - started < timeout else {
+                    throw ShepherdError(.agentFailed, "the disk's block node '\(node)' of '\(definition.name)' is still in use \(timeout.inSeconds) s after its device went: \(error)")
+                }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
     }
 
     private func deviceExists(_ device: String) async throws -> Bool {

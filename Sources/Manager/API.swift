@@ -21,6 +21,7 @@ struct API: APIProtocol {
     let power: PowerService
     let snapshots: SnapshotService
     let storage: StorageMigrationService
+    let datastores: DatastoreService
     let tasks: TaskEngine
     let version: String
 
@@ -282,6 +283,48 @@ struct API: APIProtocol {
             }
         }
         return .ok(.init(body: .json(rows)))
+    }
+
+    func addDatastore(_ input: Operations.AddDatastore.Input) async throws -> Operations.AddDatastore.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let record = try await guarded { try await datastores.add(name: body.name, kind: body.kind, path: body.path, hosts: body.hosts) }
+        return .created(.init(body: .json(try await datastoreView(record))))
+    }
+
+    func removeDatastore(_ input: Operations.RemoveDatastore.Input) async throws -> Operations.RemoveDatastore.Output {
+        let record = try await guarded { try await datastores.remove(input.path.datastore) }
+        return .ok(.init(body: .json(.init(id: record.id, name: record.name, kind: Schemas.DatastoreKind(rawValue: record.kind) ?? .local,
+                                           path: record.path, hosts: [], capacityBytes: record.capacityBytes, freeBytes: record.freeBytes))))
+    }
+
+    private func datastoreView(_ record: DatastoreRecord) async throws -> Schemas.Datastore {
+        try await store.db.read { db in
+            let hostNames = Dictionary(uniqueKeysWithValues: try HostRecord.fetchAll(db).map { ($0.id, $0.name) })
+            let hosts = try DatastoreHostRecord.filter(Column("datastoreId") == record.id).fetchAll(db).compactMap { hostNames[$0.hostId] }.sorted()
+            return Schemas.Datastore(id: record.id, name: record.name, kind: Schemas.DatastoreKind(rawValue: record.kind) ?? .local, path: record.path,
+                                     hosts: hosts, capacityBytes: record.capacityBytes, freeBytes: record.freeBytes)
+        }
+    }
+
+    func getDatastore(_ input: Operations.GetDatastore.Input) async throws -> Operations.GetDatastore.Output {
+        let detail = try await guarded {
+            try await store.db.read { db -> Schemas.DatastoreDetail in
+                guard let found = try DatastoreRecord.filter(Column("name") == input.path.datastore || Column("id") == input.path.datastore).fetchOne(db) else {
+                    throw ShepherdError.notFound("datastore", input.path.datastore)
+                }
+                let hostNames = Dictionary(uniqueKeysWithValues: try HostRecord.fetchAll(db).map { ($0.id, $0.name) })
+                let hosts = try DatastoreHostRecord.filter(Column("datastoreId") == found.id).fetchAll(db).compactMap { hostNames[$0.hostId] }.sorted()
+                let disks = try DiskRecord.filter(Column("datastore") == found.name).order(Column("name")).fetchAll(db)
+                return Schemas.DatastoreDetail(
+                    datastore: .init(id: found.id, name: found.name, kind: Schemas.DatastoreKind(rawValue: found.kind) ?? .local, path: found.path,
+                                     hosts: hosts, capacityBytes: found.capacityBytes, freeBytes: found.freeBytes),
+                    vms: try VMRecord.filter(Column("datastore") == found.name).order(Column("name")).fetchAll(db).map(\.name),
+                    disks: disks.map(\.name),
+                    templates: try TemplateRecord.filter(Column("datastore") == found.name).order(Column("name")).fetchAll(db).map(\.name),
+                    provisionedBytes: disks.reduce(0) { $0 + $1.sizeBytes })
+            }
+        }
+        return .ok(.init(body: .json(detail)))
     }
 
     func listTemplates(_ input: Operations.ListTemplates.Input) async throws -> Operations.ListTemplates.Output {

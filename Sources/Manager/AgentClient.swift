@@ -84,6 +84,16 @@ final class AgentClient: Sendable {
         try await call(endpoint, .GET, "/agent/v1/leases", body: Optional<AgentWire.Done>.none, timeout: .seconds(10))
     }
 
+    // MARK: datastores
+
+    func mountDatastore(_ endpoint: Endpoint, _ request: AgentWire.DatastoreMountRequest) async throws -> AgentWire.DatastoreSpace {
+        try await call(endpoint, .POST, "/agent/v1/datastores", body: request, timeout: .seconds(20))
+    }
+
+    func unmountDatastore(_ endpoint: Endpoint, name: String) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .DELETE, "/agent/v1/datastores/\(name)", body: Optional<AgentWire.Done>.none, timeout: .seconds(20))
+    }
+
     // MARK: disks
 
     func createDisk(_ endpoint: Endpoint, _ request: AgentWire.DiskCreateRequest) async throws -> AgentWire.DiskImage {

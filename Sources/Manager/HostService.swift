@@ -219,5 +219,12 @@ final class HostService: Sendable {
             try row.save(db)
             try DatastoreHostRecord(datastoreId: row.id, hostId: hostId).save(db)
         }
+        // A datastore no host reports any more and nothing uses goes (a removed one that a
+        // heartbeat sent just before its removal brought back, or one taken off an agent's command line).
+        try db.execute(sql: """
+            DELETE FROM datastore WHERE id NOT IN (SELECT datastoreId FROM datastoreHost)
+              AND name NOT IN (SELECT datastore FROM vm) AND name NOT IN (SELECT datastore FROM disk)
+              AND name NOT IN (SELECT datastore FROM template)
+            """)
     }
 }

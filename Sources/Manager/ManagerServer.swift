@@ -63,6 +63,7 @@ public enum ManagerServer {
         let snapshots = SnapshotService(store: store, agents: agents, tasks: tasks, events: events, vms: vms)
         let api = API(store: store, vms: vms, hosts: hosts, migrations: migrations, maintenance: maintenance, drs: drs, ha: ha, power: power,
                       snapshots: snapshots, storage: StorageMigrationService(store: store, agents: agents, tasks: tasks, events: events, vms: vms),
+                      datastores: DatastoreService(store: store, agents: agents, events: events),
                       tasks: tasks, version: version)
 
         let router = Router()

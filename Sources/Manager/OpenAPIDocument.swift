@@ -273,6 +273,23 @@ paths:
             application/json:
               schema: { type: array, items: { $ref: "#/components/schemas/Datastore" } }
         default: { $ref: "#/components/responses/Error" }
+    post:
+      operationId: addDatastore
+      description: |
+        Mounts a directory as a datastore on hosts: shared (every host sees it; default every
+        connected host) or local (exactly one host). Each agent keeps it across restarts.
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/DatastoreAdd" }
+      responses:
+        "201":
+          description: The datastore.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Datastore" }
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/disks:
     get:
       operationId: listDisks
@@ -381,6 +398,31 @@ paths:
           content:
             application/json:
               schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/datastores/{datastore}:
+    delete:
+      operationId: removeDatastore
+      description: Unmounts a datastore added at runtime from its hosts; refused while VMs, disks or templates are on it. Its files stay.
+      parameters:
+        - { name: datastore, in: path, required: true, description: "The datastore's name or id.", schema: { type: string } }
+      responses:
+        "200":
+          description: The removed datastore.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Datastore" }
+        default: { $ref: "#/components/responses/Error" }
+    get:
+      operationId: getDatastore
+      description: One datastore with what lives on it (VMs' root disks, data disks, templates) and the space they take.
+      parameters:
+        - { name: datastore, in: path, required: true, description: "The datastore's name or id.", schema: { type: string } }
+      responses:
+        "200":
+          description: The datastore.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/DatastoreDetail" }
         default: { $ref: "#/components/responses/Error" }
   /api/v1/templates:
     get:
@@ -708,7 +750,7 @@ paths:
   /api/v1/vms/{vm}/snapshots/{snapshot}/revert:
     post:
       operationId: revertSnapshot
-      description: Returns the VM's disks to the snapshot (the VM must be off); the current state is discarded. A memory snapshot resumes the guest where it was. Any number of times.
+      description: Returns the VM's disks to the snapshot; the current state is discarded (a running VM's power is cut first). A memory snapshot resumes the guest where it was; otherwise the VM is off afterwards. Any number of times.
       parameters:
         - { $ref: "#/components/parameters/VMRef" }
         - { $ref: "#/components/parameters/SnapshotRef" }
@@ -1119,6 +1161,23 @@ components:
         hosts: { type: array, items: { type: string }, description: "Names of the hosts that see it." }
         capacityBytes: { type: integer, format: int64 }
         freeBytes: { type: integer, format: int64 }
+    DatastoreAdd:
+      type: object
+      required: [name, kind, path]
+      properties:
+        name: { type: string }
+        kind: { type: string, description: "shared or local." }
+        path: { type: string, description: "An absolute directory path on the hosts." }
+        hosts: { type: array, items: { type: string }, description: "Hosts to mount it on: exactly one for local; default every connected host for shared." }
+    DatastoreDetail:
+      type: object
+      required: [datastore, vms, disks, templates, provisionedBytes]
+      properties:
+        datastore: { $ref: "#/components/schemas/Datastore" }
+        vms: { type: array, items: { type: string }, description: "VMs whose root disk is here." }
+        disks: { type: array, items: { type: string }, description: "Data disks here." }
+        templates: { type: array, items: { type: string } }
+        provisionedBytes: { type: integer, format: int64, description: "What the data disks here may grow to (their sizes)." }
     DatastoreReport:
       type: object
       required: [name, kind, path, capacityBytes, freeBytes]

@@ -121,10 +121,11 @@ final class SnapshotService: Sendable {
     func revert(_ reference: String, to snapshotReference: String) async throws -> TaskRecord {
         let (vm, host, task, snapshot) = try await begin(reference, kind: "vm.snapshot.revert") { db, vm in
             let target = try Self.snapshot(db, vm: vm, snapshotReference)
-            guard case .stopped = vm.lifecycle else {
-                throw ShepherdError(.illegalState, "VM '\(vm.name)' is \(vm.state); a revert discards its current state and needs it off ('shepherd vm stop \(vm.name)')")
+            switch vm.lifecycle {
+            case .stopped, .running: return target
+            default:
+                throw ShepherdError(.illegalState, "VM '\(vm.name)' is \(vm.state); a revert needs it off or running (then its power is cut first)")
             }
-            return target
         }
         tasks.run(task) { [self] progress in
             do {
@@ -134,6 +135,11 @@ final class SnapshotService: Sendable {
                 let layers = images.keys.sorted().compactMap { key -> AgentWire.RevertLayer? in
                     guard let current = active[key] else { return nil }
                     return AgentWire.RevertLayer(active: current, base: images[key]!, overlay: Self.overlayPath(for: current, snapshot: marker))
+                }
+                if vm.lifecycle.consumesHostResources {
+                    // As vSphere does: the current state is discarded anyway, so the power is cut.
+                    await progress.update(10, "cutting the power of '\(vm.name)': its current state is discarded")
+                    try await powerOff(vm, host: host)
                 }
                 await progress.update(20, "returning \(layers.count) disk(s) of '\(vm.name)' to '\(snapshot.name)'")
                 _ = try await agents.define(Inventory.endpoint(host), try await vms.definitionFor(vm))
@@ -159,13 +165,28 @@ final class SnapshotService: Sendable {
                 let note = untouched > 0 ? "; \(untouched) disk(s) attached after the snapshot keep their content" : ""
                 await events.record(.info, "vm.snapshot.reverted", targetType: "vm", targetId: vm.id, targetName: vm.name,
                                     "returned to snapshot '\(snapshot.name)'\(note)")
-                return "'\(vm.name)' returned to snapshot '\(snapshot.name)' (\(layers.count) disk(s)\(status != nil ? "; running again from its saved memory" : ""))\(note)"
+                let cut = vm.lifecycle.consumesHostResources ? "its power was cut, then " : ""
+                return "'\(vm.name)': \(cut)returned to snapshot '\(snapshot.name)' (\(layers.count) disk(s)\(status != nil ? "; running again from its saved memory" : ""))\(note)"
             } catch {
                 await vms.releaseOperation(vm.id)
                 throw failure(error, rolledBack: "'\(vm.name)' keeps its state from before the revert")
             }
         }
         return task
+    }
+
+    /// Cuts the power and waits until QEMU is gone; the VM is recorded off.
+    private func powerOff(_ vm: VMRecord, host: HostRecord) async throws {
+        let endpoint = Inventory.endpoint(host)
+        _ = try await agents.stop(endpoint, vm: vm.id, force: true)
+        let started = ContinuousClock.now
+        while try await agents.status(endpoint, vm: vm.id).power != .stopped {
+            guard ContinuousClock.now - started < .seconds(30) else {
+                throw ShepherdError(.timedOut, "QEMU of '\(vm.name)' did not end within 30 s of cutting its power")
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        try await vms.setLifecycle(vm.id, .stopped)
     }
 
     // MARK: delete

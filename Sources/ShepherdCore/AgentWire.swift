@@ -216,3 +216,20 @@ extension AgentWire {
         public init() { done = true }
     }
 }
+
+extension AgentWire {
+    /// Mount a datastore on a host (a directory: local, or one every host sees: shared).
+    public struct DatastoreMountRequest: Codable, Sendable, Equatable {
+        public var name: String
+        public var kind: String
+        public var path: String
+        public init(name: String, kind: String, path: String) { self.name = name; self.kind = kind; self.path = path }
+    }
+
+    /// A datastore's size as its host's file system reports it.
+    public struct DatastoreSpace: Codable, Sendable, Equatable {
+        public var capacityBytes: Int64
+        public var freeBytes: Int64
+        public init(capacityBytes: Int64, freeBytes: Int64) { self.capacityBytes = capacityBytes; self.freeBytes = freeBytes }
+    }
+}

@@ -282,7 +282,74 @@ struct ClusterCommand: AsyncParsableCommand {
 }
 
 struct DatastoreCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "datastore", abstract: "Storage the hosts see.", subcommands: [List.self])
+    static let configuration = CommandConfiguration(commandName: "datastore", abstract: "Storage the hosts see.", subcommands: [List.self, Show.self, Add.self, Remove.self])
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Mount a directory as a datastore: --shared on every connected host (or --host …), --local on one host.")
+        @OptionGroup var options: ClientOptions
+        @Flag(help: "Print JSON.") var json = false
+        @Argument(help: "The datastore's name.") var name: String
+        @Option(help: "The directory (absolute) on the hosts.") var path: String
+        @Flag(help: "Every host sees the directory (NFS-like).") var shared = false
+        @Flag(help: "One host's own directory.") var local = false
+        @Option(name: .customLong("host"), help: "A host to mount it on (repeatable; one for --local).") var hosts: [String] = []
+
+        func run() async throws {
+            guard shared != local else { throw ValidationError("kind: give exactly one of --shared or --local") }
+            let added = try await calling(options) { client in
+                switch try await client.addDatastore(body: .json(.init(name: name, kind: shared ? "shared" : "local", path: path,
+                                                                        hosts: hosts.isEmpty ? nil : hosts))) {
+                case .created(let created): return try created.body.json
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+            if json { return try printJSON(added) }
+            print("\(added.name): \(added.kind.rawValue) at \(added.path) on \(added.hosts.joined(separator: ", ")) (\(formatBytes(added.freeBytes)) free of \(formatBytes(added.capacityBytes)))")
+        }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Unmount a datastore added with 'datastore add' (refused while anything is on it; its files stay).")
+        @OptionGroup var options: ClientOptions
+        @Argument(help: "The datastore's name or id.") var datastore: String
+
+        func run() async throws {
+            let removed = try await calling(options) { client in
+                switch try await client.removeDatastore(path: .init(datastore: datastore)) {
+                case .ok(let ok): return try ok.body.json
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+            print("\(removed.name): removed; its files stay in \(removed.path)")
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a datastore with what lives on it.")
+        @OptionGroup var options: ClientOptions
+        @Flag(help: "Print JSON.") var json = false
+        @Argument(help: "The datastore's name or id.") var datastore: String
+
+        func run() async throws {
+            let detail = try await calling(options) { client in
+                switch try await client.getDatastore(path: .init(datastore: datastore)) {
+                case .ok(let ok): return try ok.body.json
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+            if json { return try printJSON(detail) }
+            let store = detail.datastore
+            func list(_ names: [String]) -> String { names.isEmpty ? "-" : names.joined(separator: ", ") }
+            let rows: [(String, String)] = [
+                ("name", store.name), ("kind", store.kind.rawValue), ("path", store.path), ("hosts", list(store.hosts)),
+                ("free", "\(formatBytes(store.freeBytes)) of \(formatBytes(store.capacityBytes))"),
+                ("vms", list(detail.vms)), ("disks", list(detail.disks)), ("templates", list(detail.templates)),
+                ("provisioned", "\(formatBytes(detail.provisionedBytes)) in data disks"),
+            ]
+            for (key, value) in rows { print(key.padding(toLength: 12, withPad: " ", startingAt: 0) + value) }
+        }
+    }
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List datastores.")

@@ -57,7 +57,7 @@ struct SnapshotCommand: AsyncParsableCommand {
     }
 
     struct Revert: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Return a VM (off) to a snapshot; its current state is discarded.")
+        static let configuration = CommandConfiguration(abstract: "Return a VM to a snapshot; its current state is discarded (a running VM's power is cut first).")
         @OptionGroup var options: ClientOptions
         @OptionGroup var flags: TaskFlags
         @Argument(help: "The VM's name or id.") var vm: String

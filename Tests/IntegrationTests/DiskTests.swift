@@ -30,7 +30,8 @@ struct DiskTests {
             let detached = try await cluster.detachDisk("data", from: "d1")
             #expect(detached.state == .succeeded, "\(detached.error?.message ?? "")")
             #expect(try await cluster.guestDevice("d1", serial: serial, present: false) == nil)
-            #expect(try await cluster.attachDisk("data", to: "d1").state == .succeeded)
+            let reattached = try await cluster.attachDisk("data", to: "d1")
+            #expect(reattached.state == .succeeded, "\(reattached.error?.message ?? "") \(cluster.log("agent-host-1.log"))")
             let again = try #require(try await cluster.guestDevice("d1", serial: serial, present: true))
             #expect(try await cluster.guestChecksum("d1", again, mib: 4) == written, "the data written before the detach must be there after re-attaching")
 
