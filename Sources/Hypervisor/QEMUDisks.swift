@@ -71,8 +71,6 @@ extension GuestSupervisor {
     }
 
     private func hotplug(_ disk: AgentWire.DiskDefinition) async throws {
-        // A node left from an earlier detach of this disk would make blockdev-add fail.
-        try await removeNode(DiskNodes.node(disk))
         if disk.mode == .nonPersistent { try await freshOverlay(for: disk) }
         _ = try await qmp("blockdev-add", DiskNodes.blockdevArguments(disk, vmID: id))
         do {

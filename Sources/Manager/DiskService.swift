@@ -89,17 +89,17 @@ final class DiskService: Sendable {
         if let datastore = request.datastore { try Validate.name(datastore, field: "datastore") }
         let (disk, vm, host, task) = try await store.db.write { [tasks] db -> (DiskRecord, VMRecord, HostRecord, TaskRecord) in
             let vm = try Inventory.vm(db, request.vm)
-            let host = try Self.checkVMAcceptsChange(db, vm)
+            let host = try VMService.checkAtRest(db, vm)
             let datastore = try Inventory.datastore(db, named: request.datastore ?? vm.datastore, field: "datastore")
             let count = try Self.attached(db, vmID: vm.id).count
-            let name = try request.name ?? Self.freeName(db, base: "\(vm.name)-disk", from: count + 1)
+            let name = try request.name ?? Self.firstFreeName(db, ((count + 1)...).lazy.map { "\(vm.name)-disk\($0)" })
             if try DiskRecord.filter(Column("name") == name).fetchCount(db) > 0 {
                 throw ShepherdError(.alreadyExists, "name: a disk named '\(name)' already exists")
             }
             let format = DiskFormat.for(mode: request.mode)
             let id = newID()
             let disk = DiskRecord(id: id, name: name, datastore: datastore.name,
-                                  path: "\(datastore.path)/disks/\(name)-\(id.prefix(8)).\(format.rawValue)", format: format.rawValue,
+                                  path: datastore.dataDiskPath(disk: name, id: id, format: format), format: format.rawValue,
                                   type: request.type.rawValue, mode: request.mode.rawValue, sizeBytes: request.sizeBytes,
                                   busyTask: nil, createdAt: Date())
             try DiskRules.checkAttach(disk: name, mode: request.mode, attachedTo: [], vm: vm.name, dataDisks: count,
@@ -143,7 +143,7 @@ final class DiskService: Sendable {
     func attach(_ reference: String, to vmReference: String) async throws -> TaskRecord {
         let (disk, vm, host, task) = try await store.db.write { [tasks] db -> (DiskRecord, VMRecord, HostRecord, TaskRecord) in
             let vm = try Inventory.vm(db, vmReference)
-            let host = try Self.checkVMAcceptsChange(db, vm)
+            let host = try VMService.checkAtRest(db, vm)
             let disk = try Self.disk(db, reference)
             try Self.checkNotBusy(db, disk)
             try DiskRules.checkAttach(disk: disk.name, mode: disk.diskMode, attachedTo: try Self.holders(db, diskID: disk.id).map(\.name),
@@ -202,7 +202,7 @@ final class DiskService: Sendable {
                 }
                 vm = only
             }
-            let host = try Self.checkVMAcceptsChange(db, vm)
+            let host = try VMService.checkAtRest(db, vm)
             try Self.checkNotBusy(db, disk)
             let snapshots = try SnapshotService.holding(db, diskID: disk.id)
             guard snapshots.isEmpty else {
@@ -240,7 +240,7 @@ final class DiskService: Sendable {
             try Self.checkNotBusy(db, disk)
             let holders = try Self.holders(db, diskID: disk.id)
             var host: HostRecord?
-            for vm in holders { host = try Self.checkVMAcceptsChange(db, vm) }
+            for vm in holders { host = try VMService.checkAtRest(db, vm) }
             let running = holders.filter { $0.lifecycle.consumesHostResources }
             if disk.diskMode == .shared, !running.isEmpty {
                 throw ShepherdError(.illegalState, "shared disk '\(disk.name)' grows only while every VM using it is off; running: \(running.map { "'\($0.name)'" }.joined(separator: ", "))")
@@ -315,7 +315,7 @@ final class DiskService: Sendable {
     func reclaim(_ vmReference: String, disk name: String) async throws -> TaskRecord {
         let (vm, host, path, label, task) = try await store.db.write { [tasks] db -> (VMRecord, HostRecord, String, String, TaskRecord) in
             var vm = try Inventory.vm(db, vmReference)
-            let host = try Self.checkVMAcceptsChange(db, vm)
+            let host = try VMService.checkAtRest(db, vm)
             let path: String
             if name == "root" {
                 path = vm.diskPath
@@ -336,9 +336,7 @@ final class DiskService: Sendable {
                 throw ShepherdError(.toolsNotRunning, "reclaiming space on a running VM needs its tools (they trim the guest's file systems); '\(vm.name)''s do not answer")
             }
             let task = tasks.newTask(kind: "disk.reclaim", targetType: "vm", targetId: vm.id, targetName: vm.name)
-            try task.insert(db)
-            vm.operationTask = task.id
-            try vm.update(db)
+            try VMService.hold(db, &vm, for: task)
             return (vm, host, path, name, task)
         }
         tasks.run(task) { [self] progress in
@@ -385,21 +383,6 @@ final class DiskService: Sendable {
 
     // MARK: rules and helpers
 
-    /// A disk change on a VM needs it at rest (off or running, no task of its own) and its host connected.
-    private static func checkVMAcceptsChange(_ db: Database, _ vm: VMRecord) throws -> HostRecord {
-        switch vm.lifecycle {
-        case .stopped, .running: break
-        default:
-            throw ShepherdError(.illegalState, "VM '\(vm.name)' is \(vm.state)\(vm.stateTask.map { " (task \($0))" } ?? ""); disks change only on a VM that is off or running")
-        }
-        try VMService.checkNoOperation(db, vm)
-        let host = try Inventory.host(db, vm.hostId)
-        guard host.hostState == .connected || (host.hostState == .maintenance && !vm.lifecycle.consumesHostResources) else {
-            throw ShepherdError(.hostNotConnected, "the host of VM '\(vm.name)', '\(host.name)', is \(host.state)")
-        }
-        return host
-    }
-
     /// One change at a time per disk.
     private static func checkNotBusy(_ db: Database, _ disk: DiskRecord) throws {
         guard let task = try TaskEngine.holding(db, disk.busyTask) else { return }
@@ -437,10 +420,10 @@ final class DiskService: Sendable {
         throw ShepherdError(.insufficientResources, "a \(type.rawValue) disk takes all its \(DiskRules.formatBytes(asked)) at once; datastore '\(datastore.name)' has \(DiskRules.formatBytes(datastore.freeBytes)) free")
     }
 
-    private static func freeName(_ db: Database, base: String, from start: Int) throws -> String {
-        var number = start
-        while try DiskRecord.filter(Column("name") == "\(base)\(number)").fetchCount(db) > 0 { number += 1 }
-        return "\(base)\(number)"
+    /// The first of `candidates` no disk is named yet.
+    static func firstFreeName(_ db: Database, _ candidates: some Sequence<String>) throws -> String {
+        for name in candidates where try DiskRecord.filter(Column("name") == name).fetchCount(db) == 0 { return name }
+        throw ShepherdError(.internal, "no free disk name")
     }
 
     /// A connected host that mounts the disk's datastore, the given one first.

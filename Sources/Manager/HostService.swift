@@ -208,6 +208,7 @@ final class HostService: Sendable {
     }
 
     private static func saveDatastores(_ db: Database, _ reports: [DatastoreReport], hostId: String) throws {
+        let before = Set(try DatastoreHostRecord.filter(Column("hostId") == hostId).fetchAll(db).map(\.datastoreId))
         try DatastoreHostRecord.filter(Column("hostId") == hostId).deleteAll(db)
         for report in reports {
             var row = try DatastoreRecord.filter(Column("name") == report.name).fetchOne(db)
@@ -219,12 +220,16 @@ final class HostService: Sendable {
             try row.save(db)
             try DatastoreHostRecord(datastoreId: row.id, hostId: hostId).save(db)
         }
-        // A datastore no host reports any more and nothing uses goes (a removed one that a
-        // heartbeat sent just before its removal brought back, or one taken off an agent's command line).
+        // A datastore this host stopped reporting that no host reports and nothing uses goes (a
+        // removed one that a heartbeat sent just before its removal brought back, or one taken off
+        // an agent's command line).
+        let dropped = before.subtracting(Set(try DatastoreHostRecord.filter(Column("hostId") == hostId).fetchAll(db).map(\.datastoreId)))
+        guard !dropped.isEmpty else { return }
         try db.execute(sql: """
-            DELETE FROM datastore WHERE id NOT IN (SELECT datastoreId FROM datastoreHost)
+            DELETE FROM datastore WHERE id IN (\(dropped.map { _ in "?" }.joined(separator: ",")))
+              AND id NOT IN (SELECT datastoreId FROM datastoreHost)
               AND name NOT IN (SELECT datastore FROM vm) AND name NOT IN (SELECT datastore FROM disk)
               AND name NOT IN (SELECT datastore FROM template)
-            """)
+            """, arguments: StatementArguments(Array(dropped)))
     }
 }

@@ -67,13 +67,11 @@ final class SnapshotService: Sendable {
             case .stopped:
                 if quiesce { throw ShepherdError.invalidField("quiesce", "VM '\(vm.name)' is off: its file systems are at rest already") }
                 if memory { throw ShepherdError.invalidField("memory", "VM '\(vm.name)' is off: there is no memory to save") }
-            case .running:
+            default:
                 // The seed: a live snapshot needs the tools (they freeze the file systems and report the guest's state).
                 guard vm.toolsRunning else {
                     throw ShepherdError(.toolsNotRunning, "a live snapshot of '\(vm.name)' needs its tools running; they do not answer (stop the VM to snapshot it off)")
                 }
-            default:
-                throw ShepherdError(.illegalState, "VM '\(vm.name)' is \(vm.state); a snapshot is taken of a VM that is off or running")
             }
         }
         tasks.run(task) { [self] progress in
@@ -120,12 +118,7 @@ final class SnapshotService: Sendable {
 
     func revert(_ reference: String, to snapshotReference: String) async throws -> TaskRecord {
         let (vm, host, task, snapshot) = try await begin(reference, kind: "vm.snapshot.revert") { db, vm in
-            let target = try Self.snapshot(db, vm: vm, snapshotReference)
-            switch vm.lifecycle {
-            case .stopped, .running: return target
-            default:
-                throw ShepherdError(.illegalState, "VM '\(vm.name)' is \(vm.state); a revert needs it off or running (then its power is cut first)")
-            }
+            try Self.snapshot(db, vm: vm, snapshotReference)
         }
         tasks.run(task) { [self] progress in
             do {
@@ -194,10 +187,6 @@ final class SnapshotService: Sendable {
     func delete(_ reference: String, snapshot snapshotReference: String) async throws -> TaskRecord {
         let (vm, host, task, plan) = try await begin(reference, kind: "vm.snapshot.delete") { db, vm in
             let snapshot = try Self.snapshot(db, vm: vm, snapshotReference)
-            switch vm.lifecycle {
-            case .stopped, .running: break
-            default: throw ShepherdError(.illegalState, "VM '\(vm.name)' is \(vm.state); snapshots are deleted while it is off or running")
-            }
             let nodes = try Self.snapshots(db, vmID: vm.id).map(\.node)
             return (snapshot, try SnapshotTree.deletion(of: snapshot.id, nodes: nodes, current: vm.currentSnapshot, active: try Self.activeImages(db, vm)))
         }
@@ -240,26 +229,17 @@ final class SnapshotService: Sendable {
 
     // MARK: helpers
 
-    /// In one transaction: the VM at rest, its host connected, its disks idle; then its
-    /// operation lock and the task.
+    /// In one transaction: the VM at rest (off or running, host connected), its disks idle, the
+    /// operation's own checks; then its operation lock and the task.
     private func begin<Checked: Sendable>(_ reference: String, kind: String,
                                           _ check: @escaping @Sendable (Database, VMRecord) throws -> Checked) async throws -> (VMRecord, HostRecord, TaskRecord, Checked) {
         try await store.db.write { [tasks] db in
             var vm = try Inventory.vm(db, reference)
-            try VMService.checkNoOperation(db, vm)
+            let host = try VMService.checkAtRest(db, vm)
             try DiskService.checkDisksAtRest(db, vm: vm)
             let checked = try check(db, vm)
-            let host = try Inventory.host(db, vm.hostId)
-            guard host.hostState == .connected || (host.hostState == .maintenance && !vm.lifecycle.consumesHostResources) else {
-                throw ShepherdError(.hostNotConnected, "the host of VM '\(vm.name)', '\(host.name)', is \(host.state)")
-            }
-            if let datastore = try DatastoreRecord.filter(Column("name") == vm.datastore).fetchOne(db), datastore.kind == "block" {
-                throw ShepherdError(.preflightFailed, "VM '\(vm.name)' is on block datastore '\(datastore.name)': snapshots need a virtualized (file) datastore")
-            }
             let task = tasks.newTask(kind: kind, targetType: "vm", targetId: vm.id, targetName: vm.name)
-            try task.insert(db)
-            vm.operationTask = task.id
-            try vm.update(db)
+            try VMService.hold(db, &vm, for: task)
             return (vm, host, task, checked)
         }
     }

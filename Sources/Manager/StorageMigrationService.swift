@@ -77,11 +77,11 @@ final class StorageMigrationService: Sendable {
             func holding(_ key: String) -> [String] { snapshots.filter { $0.imageMap[key] != nil }.map(\.name) }
             var candidates: [(key: String, name: String, mode: DiskMode, datastore: String, path: String, target: String, snapshots: [String], linked: Bool)] = [
                 (SnapshotService.rootKey, "root", .persistent, vm.datastore, vm.diskPath,
-                 "\(target.path)/vms/\(vm.name)-\(vm.id.prefix(8))/root.qcow2", holding(SnapshotService.rootKey), vm.linkedTemplate != nil),
+                 target.rootDiskPath(vm: vm.name, id: vm.id), holding(SnapshotService.rootKey), vm.linkedTemplate != nil),
             ]
             for disk in try DiskService.attached(db, vmID: vm.id) {
                 candidates.append((disk.id, disk.name, disk.diskMode, disk.datastore, disk.path,
-                                   "\(target.path)/disks/\(disk.name)-\(disk.id.prefix(8)).qcow2", holding(disk.id), false))
+                                   target.dataDiskPath(disk: disk.name, id: disk.id), holding(disk.id), false))
             }
             return candidates
         }
@@ -127,9 +127,7 @@ final class StorageMigrationService: Sendable {
             try VMService.checkNoOperation(db, vm)
             try DiskService.checkDisksAtRest(db, vm: vm)
             let task = tasks.newTask(kind: "vm.storage.migrate", targetType: "vm", targetId: vm.id, targetName: vm.name)
-            try task.insert(db)
-            vm.operationTask = task.id
-            try vm.update(db)
+            try VMService.hold(db, &vm, for: task)
             return task
         }
         tasks.run(task) { [self] progress in

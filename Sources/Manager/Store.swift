@@ -362,6 +362,15 @@ struct DatastoreRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var freeBytes: Int64
 }
 
+extension DatastoreRecord {
+    /// Where a VM's root disk lives on this datastore.
+    func rootDiskPath(vm name: String, id: String) -> String { "\(path)/vms/\(name)-\(id.prefix(8))/root.qcow2" }
+    /// Where a data disk lives on this datastore.
+    func dataDiskPath(disk name: String, id: String, format: DiskFormat = .qcow2) -> String {
+        "\(path)/disks/\(name)-\(id.prefix(8)).\(format.rawValue)"
+    }
+}
+
 struct DatastoreHostRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     static let databaseTableName = "datastoreHost"
     var datastoreId: String

@@ -72,7 +72,7 @@ final class VMService: Sendable {
                 id: id, name: request.name, hostId: host.id, template: template.name, cpus: request.cpus,
                 memoryMiB: request.memoryMiB, state: "creating", stateTask: task.id, stateReason: nil, runningSince: nil,
                 toolsRunning: false, datastore: datastore.name,
-                diskPath: "\(datastore.path)/vms/\(request.name)-\(id.prefix(8))/root.qcow2", pid: nil, createdAt: Date(),
+                diskPath: datastore.rootDiskPath(vm: request.name, id: id), pid: nil, createdAt: Date(),
                 migrationTarget: nil, cpuModel: nil, linkedTemplate: request.linked ? template.name : nil)
             try task.insert(db)
             try vm.insert(db)
@@ -124,18 +124,14 @@ final class VMService: Sendable {
     func clone(_ reference: String, name: String, datastore: String?) async throws -> TaskRecord {
         try Validate.name(name)
         if let datastore { try Validate.name(datastore, field: "datastore") }
-        let (source, clone, host, task, disks) = try await store.db.write { [tasks] db -> (VMRecord, VMRecord, HostRecord, TaskRecord, [DiskRecord]) in
+        let (source, clone, host, target, task, disks) = try await store.db.write { [tasks] db -> (VMRecord, VMRecord, HostRecord, DatastoreRecord, TaskRecord, [DiskRecord]) in
             var source = try Inventory.vm(db, reference)
-            try Self.checkNoOperation(db, source)
             guard case .stopped = source.lifecycle else {
                 throw ShepherdError(.illegalState, "VM '\(source.name)' is \(source.state); a full clone copies its disks while it is off")
             }
+            let host = try Self.checkAtRest(db, source)
             if try VMRecord.filter(Column("name") == name).fetchCount(db) > 0 {
                 throw ShepherdError(.alreadyExists, "name: a VM named '\(name)' already exists")
-            }
-            let host = try Inventory.host(db, source.hostId)
-            guard host.hostState == .connected else {
-                throw ShepherdError(.hostNotConnected, "the host of VM '\(source.name)', '\(host.name)', is \(host.state)")
             }
             let target = try Inventory.datastore(db, named: datastore ?? source.datastore, field: "datastore")
             guard try Inventory.datastoresByHost(db)[host.id]?.contains(target.name) == true else {
@@ -146,15 +142,12 @@ final class VMService: Sendable {
             let clone = VMRecord(
                 id: id, name: name, hostId: host.id, template: source.template, cpus: source.cpus, memoryMiB: source.memoryMiB,
                 state: "creating", stateTask: task.id, stateReason: nil, runningSince: nil, toolsRunning: false, datastore: target.name,
-                diskPath: "\(target.path)/vms/\(name)-\(id.prefix(8))/root.qcow2", pid: nil, createdAt: Date(), migrationTarget: nil,
+                diskPath: target.rootDiskPath(vm: name, id: id), pid: nil, createdAt: Date(), migrationTarget: nil,
                 cpuModel: nil, haPolicy: source.haPolicy, haPriority: source.haPriority)
-            try task.insert(db)
+            try Self.hold(db, &source, for: task)
             try clone.insert(db)
-            source.operationTask = task.id
-            try source.update(db)
-            return (source, clone, host, task, try DiskService.attached(db, vmID: source.id))
+            return (source, clone, host, target, task, try DiskService.attached(db, vmID: source.id))
         }
-        let targetPath = (try await store.db.read { db in try Inventory.datastore(db, named: clone.datastore, field: "datastore") }).path
         tasks.run(task) { [self] progress in
             let endpoint = Inventory.endpoint(host)
             let rollback = Rollback()
@@ -171,8 +164,9 @@ final class VMService: Sendable {
                     }
                     await progress.update(30 + 60 * index / max(1, disks.count), "copying disk '\(disk.name)'")
                     let id = newID()
-                    let copyName = try await freeDiskName("\(name)-\(disk.name)")
-                    let path = "\(targetPath)/disks/\(copyName)-\(id.prefix(8)).qcow2"
+                    let base = "\(name)-\(disk.name)"
+                    let copyName = try await store.db.read { db in try DiskService.firstFreeName(db, (1...).lazy.map { $0 == 1 ? base : "\(base)-\($0)" }) }
+                    let path = target.dataDiskPath(disk: copyName, id: id)
                     _ = try await agents.convertDisk(endpoint, .init(source: disk.path, target: path, type: DiskType(rawValue: disk.type) ?? .thin))
                     await rollback.add("delete the copy of '\(disk.name)'") { [agents] in try await agents.deleteDisk(endpoint, path: path) }
                     try await store.db.write { db in
@@ -195,15 +189,6 @@ final class VMService: Sendable {
             }
         }
         return task
-    }
-
-    private func freeDiskName(_ base: String) async throws -> String {
-        try await store.db.read { db in
-            var candidate = base
-            var number = 2
-            while try DiskRecord.filter(Column("name") == candidate).fetchCount(db) > 0 { candidate = "\(base)-\(number)"; number += 1 }
-            return candidate
-        }
     }
 
     /// Turns a VM that is off into a template: its root disk becomes the template's image (never
@@ -510,6 +495,30 @@ final class VMService: Sendable {
     static func checkNoOperation(_ db: Database, _ vm: VMRecord) throws {
         guard let task = try TaskEngine.holding(db, vm.operationTask) else { return }
         throw ShepherdError(.illegalState, "VM '\(vm.name)' is busy with task \(task.id) (\(task.kind), \(task.progress)%: \(task.message))")
+    }
+
+    /// A VM at rest for a change that keeps its power state (a disk change, snapshot, clone,
+    /// reclaim): off or running, no task of its own or holding it, its host connected (or in
+    /// maintenance while the VM is off). Returns the host.
+    static func checkAtRest(_ db: Database, _ vm: VMRecord) throws -> HostRecord {
+        switch vm.lifecycle {
+        case .stopped, .running: break
+        default:
+            throw ShepherdError(.illegalState, "VM '\(vm.name)' is \(vm.state)\(vm.stateTask.map { " (task \($0))" } ?? ""); this changes only a VM that is off or running")
+        }
+        try checkNoOperation(db, vm)
+        let host = try Inventory.host(db, vm.hostId)
+        guard host.hostState == .connected || (host.hostState == .maintenance && !vm.lifecycle.consumesHostResources) else {
+            throw ShepherdError(.hostNotConnected, "the host of VM '\(vm.name)', '\(host.name)', is \(host.state)")
+        }
+        return host
+    }
+
+    /// Writes `task` and makes it hold the VM's operation lock, in the caller's transaction.
+    static func hold(_ db: Database, _ vm: inout VMRecord, for task: TaskRecord) throws {
+        try task.insert(db)
+        vm.operationTask = task.id
+        try vm.update(db)
     }
 
     /// Ends the operation lock a snapshot, storage or reclaim task held on the VM.

@@ -54,12 +54,51 @@ struct DiskRulesTests {
         try DiskRules.checkAttach(disk: "d", mode: .persistent, attachedTo: [], vm: "b", dataDisks: 0, vmSeesDatastore: true, datastore: "s")
     }
 
-    @Test("each type has its allocation, shared disks are raw, and the guest's serial fits virtio's 20 characters")
-    func typesAndSerials() {
-        #expect(DiskType.allCases.map(\.preallocation) == ["off", "full", "falloc"])
+    @Test("shared disks are raw, and the guest's serial fits virtio's 20 characters")
+    func formatsAndSerials() {
         #expect(DiskFormat.for(mode: .shared) == .raw && DiskFormat.for(mode: .persistent) == .qcow2 && DiskFormat.for(mode: .nonPersistent) == .qcow2)
         let serial = DiskRules.serial(diskID: "0f9b8c1e-2d3a-4b5c-8d7e-6f5a4b3c2d1e")
         #expect(serial == "sh-0f9b8c1e2d3a4b5c8")
         #expect(serial.count == 20)
+    }
+
+    static let disk = StorageMigration.Disk(name: "data", mode: .persistent, datastore: "shared", virtualBytes: 4 << 30, allocatedBytes: 1 << 30)
+    static let roomy = StorageMigration.Target(name: "local-1", kind: "local", freeBytes: 100 << 30, mountedByHost: true)
+
+    @Test("a storage move that may go is refused nothing")
+    func storageMoveAllowed() {
+        #expect(StorageMigration.refusals(vm: "v", live: true, disks: [Self.disk], target: Self.roomy, type: .thin).isEmpty)
+    }
+
+    @Test("storage move refusals name their check and numbers", arguments: [
+        (true, StorageMigration.Target(name: "lun", kind: "block", freeBytes: 100 << 30, mountedByHost: true), DiskType.thin, StorageMigration.Check.targetNotVirtualized, "'lun' is a block (non-virtualized) datastore"),
+        (true, StorageMigration.Target(name: "small", kind: "local", freeBytes: 2 << 30, mountedByHost: true), .thick, .targetTooSmall, "the thick copies need 4 GiB; 'small' has 2 GiB free"),
+        (true, StorageMigration.Target(name: "far", kind: "shared", freeBytes: 100 << 30, mountedByHost: false), .thin, .targetNotMounted, "does not mount datastore 'far'"),
+        (false, StorageMigration.Target(name: "shared", kind: "shared", freeBytes: 100 << 30, mountedByHost: true), .thin, .alreadyThere, "on 'shared' already"),
+    ])
+    func storageMoveRefusals(live: Bool, target: StorageMigration.Target, type: DiskType, check: StorageMigration.Check, message: String) {
+        let refusals = StorageMigration.refusals(vm: "v", live: live, disks: [Self.disk], target: target, type: type)
+        #expect(refusals.map(\.check) == [check])
+        #expect(refusals.first?.message.contains(message) == true, "\(refusals)")
+    }
+
+    @Test("a thin copy needs what the disk holds, a thick one its whole size")
+    func bytesNeeded() {
+        #expect(StorageMigration.bytesNeeded(Self.disk, as: .thin) == 1 << 30)
+        #expect(StorageMigration.bytesNeeded(Self.disk, as: .thickLazy) == 4 << 30)
+    }
+
+    @Test("per-disk refusals: shared, non-persistent live or to block, linked clone, in snapshots", arguments: [
+        (DiskMode.shared, false, [String](), true, "local", StorageMigration.Check.sharedDisk),
+        (.nonPersistent, false, [], true, "local", .nonPersistentLive),
+        (.nonPersistent, false, [], false, "block", .nonPersistentToBlock),
+        (.persistent, true, [], false, "local", .linkedClone),
+        (.persistent, false, ["s1"], false, "local", .inSnapshots),
+    ])
+    func diskRefusals(mode: DiskMode, linked: Bool, snapshots: [String], live: Bool, kind: String, check: StorageMigration.Check) {
+        let disk = StorageMigration.Disk(name: "d", mode: mode, datastore: "shared", virtualBytes: 1 << 20, allocatedBytes: 1 << 20,
+                                         linkedClone: linked, snapshots: snapshots)
+        let target = StorageMigration.Target(name: "t", kind: kind, freeBytes: 1 << 40, mountedByHost: true)
+        #expect(StorageMigration.refusals(vm: "v", live: live, disks: [disk], target: target, type: .thin).map(\.check) == [check])
     }
 }
