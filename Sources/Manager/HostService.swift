@@ -131,6 +131,8 @@ final class HostService: Sendable {
         for vm in vms {
             guard let guest = reported[vm.id] else { continue }
             let owned = await tasks.isLive(vm.stateTask)
+            // A report about a VM that just started may predate the start: not evidence it ended.
+            let settled = vm.runningSince.map { Date().timeIntervalSince($0) >= Heartbeats.startSettleSeconds } ?? true
             var changed = vm
             var event: (EventLog.Severity, String, String)?
             switch guest.power {
@@ -144,14 +146,14 @@ final class HostService: Sendable {
                     changed.pid = guest.pid.map(Int.init)
                 }
             case .crashed:
-                if !owned, vm.lifecycle.name != "crashed", vm.lifecycle.name != "stopped" {
+                if !owned, settled, vm.lifecycle.name != "crashed", vm.lifecycle.name != "stopped" {
                     let reason = guest.reason ?? "the QEMU process ended unexpectedly"
                     changed.lifecycle = .crashed(reason: reason)
                     event = (.error, "vm.crashed", "crashed on \(host.name): \(reason)")
                     crashed.append((vm.id, reason))
                 }
             case .stopped, .shutdown:
-                if !owned, vm.lifecycle.consumesHostResources || vm.lifecycle.name == "unknown" {
+                if !owned, settled, vm.lifecycle.consumesHostResources || vm.lifecycle.name == "unknown" {
                     changed.lifecycle = .stopped
                     event = (.info, "vm.stopped", "the guest powered itself off on \(host.name)")
                 }

@@ -15,7 +15,8 @@ struct StorageMigrationAPITests {
             #expect(try await cluster.createDisk("sm", sizeMiB: 16, mode: .nonPersistent, name: "smscratch").state == .succeeded)
             #expect(try await cluster.createDisk("sm", sizeMiB: 16 << 20, name: "smhuge").state == .succeeded)
             #expect(try await cluster.snapshot("sm", "before").state == .succeeded)
-            _ = try await cluster.start("sm")
+            let started = try await cluster.start("sm")
+            try #require(started.state == .succeeded, "\(started.error?.message ?? "")")
             let token = cluster.adminToken
             let (status, check) = try await cluster.raw("POST", "/api/v1/vms/sm/migrate-storage", token: token,
                                                         body: #"{"datastore":"local-2","type":"thick","dryRun":true}"#)
