@@ -131,7 +131,8 @@ final class HostService: Sendable {
         for vm in vms {
             guard let guest = reported[vm.id] else { continue }
             let owned = await tasks.isLive(vm.stateTask)
-            // A report about a VM that just started may predate the start: not evidence it ended.
+            // "Stopped" about a VM that just started may predate the start: not evidence it ended.
+            // (A crash report is acted on at once: after a guest panic the agent reports it once.)
             let settled = vm.runningSince.map { Date().timeIntervalSince($0) >= Heartbeats.startSettleSeconds } ?? true
             var changed = vm
             var event: (EventLog.Severity, String, String)?
@@ -146,7 +147,7 @@ final class HostService: Sendable {
                     changed.pid = guest.pid.map(Int.init)
                 }
             case .crashed:
-                if !owned, settled, vm.lifecycle.name != "crashed", vm.lifecycle.name != "stopped" {
+                if !owned, vm.lifecycle.name != "crashed", vm.lifecycle.name != "stopped" {
                     let reason = guest.reason ?? "the QEMU process ended unexpectedly"
                     changed.lifecycle = .crashed(reason: reason)
                     event = (.error, "vm.crashed", "crashed on \(host.name): \(reason)")

@@ -29,8 +29,9 @@ public enum Heartbeats {
     public static let lostAfterSeconds: Double = 10
     /// A heartbeat's guest statuses are collected before it is sent (pinging each guest takes up
     /// to a second), so one collected before a start may arrive after the start finished. A
-    /// "stopped" or "crashed" report about a VM that started less than this long ago is left to
-    /// the next heartbeats to confirm (a QEMU that ends during boot fails its start task anyway).
+    /// "stopped" report about a VM that started less than this long ago is left to the next
+    /// heartbeats to confirm (a QEMU that ends during boot fails its start task anyway). Crash
+    /// reports are not delayed: after a guest panic the agent reports the crash only once.
     public static let startSettleSeconds: Double = 5
 }
 
