@@ -114,6 +114,11 @@ public struct AgentConfiguration: Sendable {
     public var cpuModel: String? = nil
     /// Cores offered to VMs (DRS capacity); nil: every core the machine has.
     public var cores: Int? = nil
+    /// The host's memory (MiB): the host's cgroup holds all its VMs to it (demo hosts sharing
+    /// one machine); nil: the machine's memory, unbounded.
+    public var memoryMiB: Int? = nil
+    /// Turn on kernel same-page merging (KSM) at start.
+    public var ksm: Bool = true
 
     public init(name: String, cluster: String, managerURL: String, listen: String, advertiseURL: String, stateDirectory: String,
                 joinTokenFile: String?, datastores: [DatastoreMount], driver: String, accelerator: String) {
@@ -146,7 +151,18 @@ public enum AgentServer {
             } else {
                 accelerator = configuration.accelerator
             }
-            let qemu = try QEMUDriver(stateDirectory: configuration.stateDirectory, accelerator: accelerator)
+            let cgroups = CGroups(host: configuration.name, stateDirectory: configuration.stateDirectory)
+            if let cgroups {
+                try cgroups.prepareHost(memoryLimitBytes: configuration.memoryMiB.map { UInt64($0) << 20 })
+                await cgroups.removeEmptyGroups()
+                logger.info("cgroups \(cgroups.version.rawValue): VMs under \(cgroups.path(vm: "<vm>"))\(configuration.memoryMiB.map { ", held to \($0) MiB together" } ?? "")")
+            } else {
+                logger.warning("no cgroup cpu and memory controllers: VM QoS (shares, limits, reservations) is not enforced on this host")
+            }
+            if configuration.ksm {
+                do { try KSM.enable() } catch { logger.warning("KSM stays off: \(error)") }
+            }
+            let qemu = try QEMUDriver(stateDirectory: configuration.stateDirectory, accelerator: accelerator, cgroups: cgroups)
             let adopted = try await qemu.adopt()
             let running = adopted.filter { $0.power == .running || $0.power == .paused }
             logger.info("accelerator \(accelerator); \(adopted.count) VM(s) defined here, \(running.count) QEMU process(es) adopted")

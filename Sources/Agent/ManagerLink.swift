@@ -113,9 +113,17 @@ final class ManagerLink: Service, Sendable {
 
     private func hostReport() async throws -> Components.Schemas.HostReport {
         let info = try HostInfo.read()
+        let cgroups = (driver as? QEMUDriver)?.cgroups
+        var total = info.memoryTotalBytes, available = info.memoryAvailableBytes
+        if let size = configuration.memoryMiB.map({ UInt64($0) << 20 }), size < total {
+            // A sized host (demo): its VMs' cgroup is held to the size; what they use counts against it.
+            total = size
+            available = min(available, size - min(size, cgroups?.hostMemoryUsageBytes() ?? 0))
+        }
         return .init(cpuModel: info.cpuModel, cpuVendor: info.cpuVendor, cpuFlags: info.cpuFlags,
                      providedCPUModel: configuration.cpuModel, cores: configuration.cores.map { min($0, info.cores) } ?? info.cores,
-                     memoryTotalBytes: Int64(info.memoryTotalBytes), memoryAvailableBytes: Int64(info.memoryAvailableBytes))
+                     memoryTotalBytes: Int64(total), memoryAvailableBytes: Int64(available),
+                     ksmSavedBytes: KSM.status().map { Int64($0.savedBytes) }, cgroups: cgroups?.version.rawValue)
     }
 
     private func datastoreReports() -> [Components.Schemas.DatastoreReport] {

@@ -2,6 +2,13 @@ import Foundation
 
 /// Writing files safely: atomically and with an exact POSIX mode.
 public enum Files {
+    /// FNV-1a of a path: a short name that stays the same across restarts (socket folders, cgroups).
+    public static func stableHash(_ text: String) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in text.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        return hash
+    }
+
     /// Writes `data` to a temporary file beside `path` with exactly `mode` (umask ignored), fsyncs it and renames it over `path`.
     public static func writeAtomically(_ data: Data, to path: String, mode: mode_t) throws {
         let url = URL(fileURLWithPath: path)

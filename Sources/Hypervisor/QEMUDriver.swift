@@ -10,14 +10,18 @@ public final class QEMUDriver: HypervisorDriver {
     public let accelerator: String
     private let stateDirectory: String
     private let qemuBinary: String
+    /// The host's VM cgroups (QoS); nil where the machine has none (QoS then is not enforced).
+    public let cgroups: CGroups?
     private let supervisors = Supervisors()
 
-    public init(stateDirectory: String, accelerator: String, qemuBinary: String = "qemu-system-x86_64") throws {
+    public init(stateDirectory: String, accelerator: String, qemuBinary: String = "qemu-system-x86_64", cgroups: CGroups? = nil) throws {
         self.stateDirectory = stateDirectory
         self.accelerator = accelerator
         self.qemuBinary = qemuBinary
+        self.cgroups = cgroups
         try Files.ensureDirectory(stateDirectory + "/vms", mode: 0o700)
     }
+
 
     /// Loads every VM defined on this host; the running QEMU processes among them are adopted.
     public func adopt() async throws -> [AgentWire.GuestStatus] {
@@ -28,7 +32,7 @@ public final class QEMUDriver: HypervisorDriver {
             guard let data = FileManager.default.contents(atPath: file),
                   let definition = try? JSONDecoder().decode(AgentWire.VMDefinition.self, from: data) else { continue }
             await supervisors.insert(GuestSupervisor(definition: definition, directory: "\(root)/\(id)",
-                                                     accelerator: accelerator, qemuBinary: qemuBinary))
+                                                     accelerator: accelerator, qemuBinary: qemuBinary, cgroups: cgroups))
         }
         return await statuses()
     }
@@ -39,10 +43,11 @@ public final class QEMUDriver: HypervisorDriver {
         }
         let directory = "\(stateDirectory)/vms/\(definition.id)"
         if let existing = await supervisors.get(definition.id) {
-            try await existing.redefine(definition)
+            try await existing.update(definition)
             return try await existing.status()
         }
-        let supervisor = GuestSupervisor(definition: definition, directory: directory, accelerator: accelerator, qemuBinary: qemuBinary)
+        let supervisor = GuestSupervisor(definition: definition, directory: directory, accelerator: accelerator, qemuBinary: qemuBinary,
+                                         cgroups: cgroups)
         try await supervisor.create()
         await supervisors.insert(supervisor)
         return try await supervisor.status()
@@ -79,7 +84,7 @@ public final class QEMUDriver: HypervisorDriver {
             throw ShepherdError(.illegalState, "VM '\(definition.name)' already runs on this host")
         }
         let supervisor = GuestSupervisor(definition: definition, directory: "\(stateDirectory)/vms/\(definition.id)",
-                                         accelerator: accelerator, qemuBinary: qemuBinary)
+                                         accelerator: accelerator, qemuBinary: qemuBinary, cgroups: cgroups)
         // Whole-VM migration: the disks arrive over NBD into empty images made here first.
         var created: [String] = []
         do {
@@ -138,6 +143,7 @@ actor GuestSupervisor {
     private let directory: String
     private let accelerator: String
     private let qemuBinary: String
+    private let cgroups: CGroups?
     private var guestAgentBusy = 0
     private var changingProcess = false
     private var lastToolsRunning = false
@@ -146,8 +152,9 @@ actor GuestSupervisor {
     private var missedPings = 0
     private let toolsMissLimit = 3
 
-    init(definition: AgentWire.VMDefinition, directory: String, accelerator: String, qemuBinary: String) {
+    init(definition: AgentWire.VMDefinition, directory: String, accelerator: String, qemuBinary: String, cgroups: CGroups?) {
         self.id = definition.id
+        self.cgroups = cgroups
         self.definition = definition
         self.directory = directory
         self.accelerator = accelerator
@@ -164,9 +171,7 @@ actor GuestSupervisor {
 
     /// `/run/shepherd/<hash of the agent's state dir>`: stable across agent restarts, short.
     static func runtimeDirectory(forStateDirectory path: String) -> String {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in path.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
-        return "/run/shepherd/" + String(hash, radix: 16)
+        "/run/shepherd/" + String(Files.stableHash(path), radix: 16)
     }
     private var pidFile: String { directory + "/qemu.pid" }
     private var logFile: String { directory + "/qemu.log" }
@@ -207,6 +212,32 @@ actor GuestSupervisor {
         try save()
     }
 
+    /// The manager's new definition; a running VM whose QoS changed gets the new one at once.
+    func update(_ definition: AgentWire.VMDefinition) async throws {
+        let changed = definition.qos != self.definition.qos
+        try redefine(definition)
+        if changed, let pid = livePid() { try await applyQoS(pid: pid, placing: false) }
+    }
+
+    // MARK: QoS
+
+    /// The VM's cgroup limits for its QoS (defaults without one).
+    var cgroupLimits: CGroupLimits {
+        let qos = definition.qos ?? VMQoS(memoryReservationMiB: 0)
+        return CGroupLimits(cpuSharesV1: qos.cgroupV1CPUShares, cpuWeightV2: qos.cgroupV2CPUWeight, cpuQuotaMicros: qos.cfsQuotaMicros,
+                            cpuPeriodMicros: VMQoS.cfsPeriodMicros, memoryProtectedBytes: UInt64(qos.memoryReservationMiB) << 20)
+    }
+
+    /// Puts QEMU into the VM's cgroup (or updates its limits there) and sets the balloon to the
+    /// memory limit. A start whose QoS cannot be enforced fails rather than run unbounded.
+    func applyQoS(pid: Int32, placing: Bool) async throws {
+        if let cgroups {
+            if placing { try cgroups.place(pid: pid, vm: id, limits: cgroupLimits) } else { try cgroups.apply(cgroupLimits, vm: id) }
+        }
+        let ceiling = (definition.qos ?? VMQoS(memoryReservationMiB: 0)).memoryCeilingMiB(memoryMiB: definition.memoryMiB)
+        _ = try await qmp("balloon", ["value": .number(Double(UInt64(ceiling) << 20))])
+    }
+
     func save() throws {
         let data = try JSONEncoder().encode(definition)
         try Files.writeAtomically(data, to: directory + "/vm.json", mode: 0o600)
@@ -226,6 +257,7 @@ actor GuestSupervisor {
     func status(pingTimeout: Duration = .seconds(1)) async throws -> AgentWire.GuestStatus {
         guard let pid = livePid() else {
             if let stale = Processes.readPidFile(pidFile) {
+                await cgroups?.remove(vm: id)
                 return AgentWire.GuestStatus(vmId: id, power: .crashed, toolsRunning: false, pid: nil,
                                              reason: "the QEMU process (pid \(stale)) ended unexpectedly\(lastLogLine().map { ": " + $0 } ?? "")")
             }
@@ -306,6 +338,12 @@ actor GuestSupervisor {
         guard let pid = livePid() else {
             throw ShepherdError(.agentFailed, "QEMU for '\(definition.name)' exited right after starting\(lastLogLine().map { ": " + $0 } ?? "")")
         }
+        do {
+            try await applyQoS(pid: pid, placing: true)
+        } catch {
+            await quit(pid: pid)
+            throw ShepherdError(.agentFailed, "QEMU for '\(definition.name)' was ended again: its QoS could not be applied: \(error)")
+        }
         return pid
     }
 
@@ -347,6 +385,7 @@ actor GuestSupervisor {
         if Processes.isAlive(pid) { _ = await Processes.terminate(pid, grace: .seconds(5)) }
         try? FileManager.default.removeItem(atPath: pidFile)
         lastToolsRunning = false
+        await cgroups?.remove(vm: id)
     }
 
     var isRunning: Bool { livePid() != nil }
@@ -568,6 +607,9 @@ public struct QEMUCommandLine: Sendable {
             "-qmp", "unix:\(qmpSocket),server=on,wait=off",
             // A guest panic pauses the VM and tells QEMU (the seed's blue-screen detection).
             "-device", "pvpanic-pci", "-action", "panic=pause",
+            // The balloon (memory limit, later overcommit); a fixed slot keeps the layout the same
+            // on a migration target. Freed guest pages go back to the host as the guest frees them.
+            "-device", "virtio-balloon-pci,id=balloon0,addr=0x0f,free-page-reporting=on",
             "-serial", "file:\(serialLog)",
             "-D", logFile,
             "-no-shutdown", "-daemonize", "-pidfile", pidFile,

@@ -22,6 +22,7 @@ struct API: APIProtocol {
     let snapshots: SnapshotService
     let storage: StorageMigrationService
     let datastores: DatastoreService
+    let qos: QoSService
     let tasks: TaskEngine
     let version: String
 
@@ -50,9 +51,10 @@ struct API: APIProtocol {
         try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM vm JOIN host ON host.id = vm.hostId WHERE host.clusterId = ?", arguments: [cluster]) ?? 0
     }
 
-    static func cluster(_ cluster: ClusterRecord, hostCount: Int, vmCount: Int) -> Schemas.Cluster {
+    static func cluster(_ cluster: ClusterRecord, hostCount: Int, vmCount: Int, notes: [String]? = nil) -> Schemas.Cluster {
         Schemas.Cluster(id: cluster.id, name: cluster.name, hostCount: hostCount, vmCount: vmCount,
-                        memoryOvercommit: cluster.memoryOvercommit, createdAt: cluster.createdAt, imcBaseline: cluster.imcBaseline,
+                        memoryOvercommit: cluster.memoryOvercommit, overcommitRatioPercent: cluster.overcommitRatioPercent, notes: notes,
+                        createdAt: cluster.createdAt, imcBaseline: cluster.imcBaseline,
                         migrationTimeoutSeconds: cluster.migrationTimeoutSeconds, maxConcurrentMigrations: cluster.maxConcurrentMigrations,
                         drs: drsConfig(cluster),
                         ha: Schemas.HAConfig(enabled: cluster.haEnabled, admission: cluster.haAdmission,
@@ -77,8 +79,8 @@ struct API: APIProtocol {
             throw ShepherdError.invalidField("maxConcurrentMigrations", "\(limit) is outside 1–16")
         }
         let reference = input.path.cluster
-        let (cluster, hostCount, vmCount) = try await guarded {
-            try await store.db.write { db -> (ClusterRecord, Int, Int) in
+        let (cluster, hostCount, vmCount, notes) = try await guarded {
+            try await store.db.write { [qos] db -> (ClusterRecord, Int, Int, [String]) in
                 guard var cluster = try ClusterRecord.filter(Column("name") == reference).fetchOne(db) ?? ClusterRecord.fetchOne(db, key: reference) else {
                     throw ShepherdError.notFound("cluster", reference)
                 }
@@ -107,12 +109,17 @@ struct API: APIProtocol {
                 }
                 if let timeout = body.migrationTimeoutSeconds { cluster.migrationTimeoutSeconds = timeout }
                 if let limit = body.maxConcurrentMigrations { cluster.maxConcurrentMigrations = limit }
+                var notes: [String] = []
+                if body.memoryOvercommit != nil || body.overcommitRatioPercent != nil {
+                    notes = try QoSService.update(db, &cluster, overcommit: body.memoryOvercommit, ratioPercent: body.overcommitRatioPercent,
+                                                  hostReserveMiB: qos.hostReserveMiB)
+                }
                 try cluster.update(db)
                 let vmCount = try Self.vmCount(db, cluster: cluster.id)
-                return (cluster, hosts.count, vmCount)
+                return (cluster, hosts.count, vmCount, notes)
             }
         }
-        return .ok(.init(body: .json(Self.cluster(cluster, hostCount: hostCount, vmCount: vmCount))))
+        return .ok(.init(body: .json(Self.cluster(cluster, hostCount: hostCount, vmCount: vmCount, notes: notes.isEmpty ? nil : notes))))
     }
 
     func createCluster(_ input: Operations.CreateCluster.Input) async throws -> Operations.CreateCluster.Output {
@@ -255,14 +262,15 @@ struct API: APIProtocol {
     static func host(_ host: HostRecord, _ db: Database) throws -> Schemas.Host {
         let cluster = try ClusterRecord.fetchOne(db, key: host.clusterId)
         let vms = try VMRecord.filter(Column("hostId") == host.id).fetchAll(db)
+        let load = try Inventory.hostLoads(db)[host.id] ?? .init()
         return Schemas.Host(
             id: host.id, name: host.name, clusterId: host.clusterId, clusterName: cluster?.name ?? "",
             state: Schemas.HostState(rawValue: host.state) ?? .disconnected, address: host.address,
             cpuModel: host.cpuModel, cpuVendor: host.cpuVendor, cpuFlags: host.cpuFlags.split(separator: " ").map(String.init),
             providedCPUModel: host.providedCPUModel,
             cores: host.cores, memoryTotalMiB: host.memoryTotalMiB, memoryFreeMiB: host.memoryFreeMiB,
-            memoryAllocatedMiB: vms.filter { $0.lifecycle.consumesHostResources }.reduce(0) { $0 + $1.memoryMiB },
-            vmCount: vms.count, accelerator: host.accelerator, agentVersion: host.agentVersion, lastHeartbeat: host.lastHeartbeat,
+            memoryAllocatedMiB: load.memoryMiB, memoryReservedMiB: load.memoryReservedMiB, ksmSavedMiB: host.ksmSavedMiB,
+            cgroups: host.cgroups, vmCount: vms.count, accelerator: host.accelerator, agentVersion: host.agentVersion, lastHeartbeat: host.lastHeartbeat,
             bmc: host.bmcAddress.map { address in
                 Schemas.HostBMC(address: address, user: host.bmcUser ?? "", insecure: host.bmcInsecure,
                                 powerState: host.powerState, powerCheckedAt: host.powerCheckedAt)
@@ -386,7 +394,31 @@ struct API: APIProtocol {
                    memoryMiB: row.memoryMiB, state: Schemas.VMState(rawValue: row.state) ?? .unknown, stateReason: row.stateReason,
                    toolsStatus: row.toolsRunning ? .running : .notRunning, datastore: row.datastore, diskPath: row.diskPath,
                    pid: row.pid, createdAt: row.createdAt, haPolicy: Schemas.HAPolicy(rawValue: row.haPolicy),
-                   haPriority: Schemas.HAPriority(rawValue: row.haPriority), drsExcluded: row.drsExcluded, linkedTemplate: row.linkedTemplate)
+                   haPriority: Schemas.HAPriority(rawValue: row.haPriority), drsExcluded: row.drsExcluded, linkedTemplate: row.linkedTemplate,
+                   qos: Schemas.VMQoS(cpuShares: row.cpuShares, cpuReservationMHz: row.cpuReservationMHz, cpuLimitMHz: row.cpuLimitMHz,
+                                      memoryReservationMiB: row.memoryReservationMiB, memoryShares: row.memoryShares,
+                                      memoryLimitMiB: row.memoryLimitMiB))
+    }
+
+    static func qosChange(_ body: Schemas.VMQoSUpdate) throws -> QoSChange {
+        QoSChange(cpuShares: body.cpuShares, cpuReservationMHz: body.cpuReservationMHz, cpuLimitMHz: body.cpuLimitMHz,
+                  memoryReservation: try body.memoryReservation.map { try MemoryAmount.parse($0, field: "memoryReservation") },
+                  memoryShares: body.memoryShares,
+                  memoryLimit: try body.memoryLimit.map { try MemoryAmount.parse($0, field: "memoryLimit") })
+    }
+
+    func setVMQoS(_ input: Operations.SetVMQoS.Input) async throws -> Operations.SetVMQoS.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let vm = try await guarded { try await qos.set(vm: input.path.vm, try Self.qosChange(body)) }
+        let hostName = try await store.db.read { db in try HostRecord.fetchOne(db, key: vm.hostId)?.name ?? "" }
+        return .ok(.init(body: .json(Self.vm(vm, hostName: hostName))))
+    }
+
+    func setClusterVMQoS(_ input: Operations.SetClusterVMQoS.Input) async throws -> Operations.SetClusterVMQoS.Output {
+        guard case .json(let body) = input.body else { throw unsupportedBody }
+        let changed = try await guarded { try await qos.set(cluster: input.path.cluster, try Self.qosChange(body)) }
+        let names = try await store.db.read { db in Dictionary(uniqueKeysWithValues: try HostRecord.fetchAll(db).map { ($0.id, $0.name) }) }
+        return .ok(.init(body: .json(changed.map { Self.vm($0, hostName: names[$0.hostId] ?? "") })))
     }
 
     func updateVM(_ input: Operations.UpdateVM.Input) async throws -> Operations.UpdateVM.Output {
@@ -675,7 +707,8 @@ struct API: APIProtocol {
 
     static func report(_ host: Schemas.HostReport) -> HostReport {
         HostReport(providedCPUModel: host.providedCPUModel, cpuModel: host.cpuModel, cpuVendor: host.cpuVendor, cpuFlags: host.cpuFlags, cores: host.cores,
-                   memoryTotalBytes: host.memoryTotalBytes, memoryAvailableBytes: host.memoryAvailableBytes)
+                   memoryTotalBytes: host.memoryTotalBytes, memoryAvailableBytes: host.memoryAvailableBytes,
+                   ksmSavedBytes: host.ksmSavedBytes, cgroups: host.cgroups)
     }
 
     static func report(_ store: Schemas.DatastoreReport) -> DatastoreReport {

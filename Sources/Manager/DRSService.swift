@@ -131,8 +131,8 @@ final class DRSService: Sendable {
             // Only running VMs move; starting or migrating ones still count where they are.
             let movable = vm.lifecycle.name == "running" && !vm.drsExcluded
             snapshotVMs.append(SnapshotVM(name: vm.name, host: host, vcpus: vm.cpus, cpuDemandMHz: cores * Self.mhzPerCore,
-                                          cpuMaxMHz: cpus * Self.mhzPerCore, memoryMiB: vm.memoryMiB,
-                                          memoryActiveMiB: vm.memoryMiB, drsExcluded: !movable, cpuModel: vm.cpuModel))
+                                          cpuMaxMHz: min(cpus * Self.mhzPerCore, Double(vm.cpuLimitMHz ?? Int.max)), memoryMiB: vm.memoryMiB,
+                                          memoryReservationMiB: vm.memoryReservationMiB, memoryActiveMiB: vm.memoryMiB, drsExcluded: !movable, cpuModel: vm.cpuModel))
             let upper = DemandForecast.upper(current: cores / cpus, historyNewestFirst: history.map { $0 / cpus })
             forecast.append(upper * cpus * Self.mhzPerCore)
             held.append(recentMoves.contains(vm.id))
@@ -140,7 +140,7 @@ final class DRSService: Sendable {
         }
         let vmIndex = Dictionary(uniqueKeysWithValues: vmIDs.enumerated().map { ($1, $0) })
         let snapshotRules = rules.compactMap { Self.rule($0, vmIndex: vmIndex, hostIndex: hostIndex) }
-        let snapshot = ClusterSnapshot(hosts: snapshotHosts, vms: snapshotVMs, rules: snapshotRules)
+        let snapshot = ClusterSnapshot(hosts: snapshotHosts, vms: snapshotVMs, rules: snapshotRules, memoryOvercommitRatio: cluster.overcommitRatio)
         let result = DRS.recommend(snapshot, settings: Self.settings(cluster), forecastMHz: forecast, held: held)
         return Evaluation(snapshot: snapshot, moves: result.moves, unresolved: result.unresolved,
                           hosts: hosts, vmIDs: vmIDs, forecastMHz: forecast, held: held)
@@ -156,14 +156,16 @@ final class DRSService: Sendable {
             .filter { $0.lifecycle.consumesHostResources }
         var snapshotVMs = others.map { other in
             SnapshotVM(name: other.name, host: hostIndex[other.hostId], vcpus: other.cpus, cpuDemandMHz: 0, memoryMiB: other.memoryMiB,
-                       cpuModel: other.cpuModel)
+                       memoryReservationMiB: other.memoryReservationMiB, cpuModel: other.cpuModel)
         }
         // Its CPU model is chosen at start, from the host it lands on.
-        snapshotVMs.append(SnapshotVM(name: vm.name, host: hostIndex[vm.hostId], vcpus: vm.cpus, cpuDemandMHz: 0, memoryMiB: vm.memoryMiB))
+        snapshotVMs.append(SnapshotVM(name: vm.name, host: hostIndex[vm.hostId], vcpus: vm.cpus, cpuDemandMHz: 0, memoryMiB: vm.memoryMiB,
+                                      memoryReservationMiB: vm.memoryReservationMiB))
         let vmIndex = Dictionary(uniqueKeysWithValues: (others.map(\.id) + [vm.id]).enumerated().map { ($1, $0) })
         let rules = try RuleRecord.filter(Column("clusterId") == clusterId).order(Column("name")).fetchAll(db)
             .compactMap { rule($0, vmIndex: vmIndex, hostIndex: hostIndex) }
-        return (ClusterSnapshot(hosts: snapshotHosts, vms: snapshotVMs, rules: rules), snapshotVMs.count - 1, hosts)
+        let ratio = try ClusterRecord.fetchOne(db, key: clusterId)?.overcommitRatio ?? 1
+        return (ClusterSnapshot(hosts: snapshotHosts, vms: snapshotVMs, rules: rules, memoryOvercommitRatio: ratio), snapshotVMs.count - 1, hosts)
     }
 
     static func rule(_ record: RuleRecord, vmIndex: [String: Int], hostIndex: [String: Int]) -> PlacementRule? {

@@ -236,9 +236,10 @@ final class HAService: Sendable {
             .filter { $0.lifecycle.consumesHostResources || ($0.state == "unknown" && $0.haPolicy == "restart-in-cluster") }
         let snapshotVMs = vms.map { vm in
             SnapshotVM(name: vm.name, host: index[vm.hostId], vcpus: vm.cpus, cpuDemandMHz: 0, memoryMiB: vm.memoryMiB,
-                       haPriority: vm.state == "unknown" ? Self.priority(vm.haPriority) : nil)
+                       memoryReservationMiB: vm.memoryReservationMiB, haPriority: vm.state == "unknown" ? Self.priority(vm.haPriority) : nil)
         }
-        return (ClusterSnapshot(hosts: snapshotHosts, vms: snapshotVMs), vms.map(\.id))
+        let ratio = try hosts.first.flatMap { try ClusterRecord.fetchOne(db, key: $0.clusterId) }?.overcommitRatio ?? 1
+        return (ClusterSnapshot(hosts: snapshotHosts, vms: snapshotVMs, memoryOvercommitRatio: ratio), vms.map(\.id))
     }
 
     private func note(_ key: String, _ severity: EventLog.Severity, _ kind: String, _ vm: VMRecord, _ message: String) async {
@@ -279,8 +280,8 @@ final class HAService: Sendable {
     }
 
     /// Inside the start transaction: refuses a protected VM's start that would break the
-    /// cluster's admission policy. Memory counts (reservations = VM memory, no overcommit yet);
-    /// CPU is not reserved, so it counts 0.
+    /// cluster's admission policy. Memory counts by reservation and within the overcommit ratio;
+    /// CPU demand counts 0 (CPU reservations are checked by placement).
     static func admit(_ db: Database, vm: VMRecord, host: HostRecord, hostReserveMiB: Int) throws {
         guard vm.haPolicy != "stop", let cluster = try ClusterRecord.fetchOne(db, key: host.clusterId), cluster.haEnabled else { return }
         let hosts = try HostRecord.filter(Column("clusterId") == cluster.id).order(Column("name")).fetchAll(db)
@@ -290,11 +291,12 @@ final class HAService: Sendable {
             .filter { $0.lifecycle.consumesHostResources }
         let snapshotVMs = running.map { other in
             SnapshotVM(name: other.name, host: index[other.hostId], vcpus: other.cpus, cpuDemandMHz: 0, memoryMiB: other.memoryMiB,
-                       haPriority: other.haPolicy == "stop" ? nil : priority(other.haPriority))
+                       memoryReservationMiB: other.memoryReservationMiB, haPriority: other.haPolicy == "stop" ? nil : priority(other.haPriority))
         }
         let starting = SnapshotVM(name: vm.name, host: index[vm.hostId], vcpus: vm.cpus, cpuDemandMHz: 0, memoryMiB: vm.memoryMiB,
-                                  haPriority: priority(vm.haPriority))
-        if case .failure(let refusal) = HAAdmission.check(ClusterSnapshot(hosts: snapshotHosts, vms: snapshotVMs), policy: policy,
+                                  memoryReservationMiB: vm.memoryReservationMiB, haPriority: priority(vm.haPriority))
+        let snapshot = ClusterSnapshot(hosts: snapshotHosts, vms: snapshotVMs, memoryOvercommitRatio: cluster.overcommitRatio)
+        if case .failure(let refusal) = HAAdmission.check(snapshot, policy: policy,
                                                           starting: starting) {
             throw ShepherdError(refusal.code, "cannot start VM '\(vm.name)': \(refusal.message)")
         }

@@ -13,6 +13,8 @@ struct HostReport: Sendable {
     var cores: Int
     var memoryTotalBytes: Int64
     var memoryAvailableBytes: Int64
+    var ksmSavedBytes: Int64?
+    var cgroups: String?
 }
 
 struct DatastoreReport: Sendable {
@@ -106,6 +108,8 @@ final class HostService: Sendable {
             host.cores = report.cores
             host.memoryTotalMiB = Int(report.memoryTotalBytes / 1_048_576)
             host.memoryFreeMiB = Int(report.memoryAvailableBytes / 1_048_576)
+            host.ksmSavedMiB = Int((report.ksmSavedBytes ?? 0) / 1_048_576)
+            host.cgroups = report.cgroups
             host.lastHeartbeat = Date()
             if let accelerator { host.accelerator = accelerator }
             if let agentVersion { host.agentVersion = agentVersion }

@@ -63,29 +63,51 @@ struct Inventory: Sendable {
         return result
     }
 
-    /// Memory of the VMs that run on each host, leaving one VM out (the one being admitted).
-    static func allocatedMiB(_ db: Database, excluding vmID: String? = nil) throws -> [String: Int] {
-        var result: [String: Int] = [:]
+    /// What the VMs that run on a host take of it.
+    struct HostLoad: Sendable {
+        var memoryMiB = 0
+        var memoryReservedMiB = 0
+        var cpuReservedMHz = 0
+
+        mutating func add(_ vm: VMRecord) {
+            memoryMiB += vm.memoryMiB
+            memoryReservedMiB += vm.memoryReservationMiB
+            cpuReservedMHz += vm.cpuReservationMHz
+        }
+    }
+
+    /// The load of the VMs that run on each host, leaving one VM out (the one being admitted).
+    static func hostLoads(_ db: Database, excluding vmID: String? = nil) throws -> [String: HostLoad] {
+        var result: [String: HostLoad] = [:]
         for vm in try VMRecord.fetchAll(db) where vm.id != vmID && vm.lifecycle.consumesHostResources {
-            result[vm.hostId, default: 0] += vm.memoryMiB
+            result[vm.hostId, default: HostLoad()].add(vm)
             // A migration holds memory on both hosts until the switch-over.
-            if let target = vm.lifecycle.migrationTarget { result[target, default: 0] += vm.memoryMiB }
+            if let target = vm.lifecycle.migrationTarget { result[target, default: HostLoad()].add(vm) }
         }
         return result
     }
 
     /// Every host as placement sees it.
     static func candidates(_ db: Database, excluding vmID: String? = nil) throws -> [HostCandidate] {
-        let allocated = try allocatedMiB(db, excluding: vmID)
+        let loads = try hostLoads(db, excluding: vmID)
         let datastores = try datastoresByHost(db)
+        let clusters = Dictionary(uniqueKeysWithValues: try ClusterRecord.fetchAll(db).map { ($0.id, $0) })
         return try HostRecord.order(Column("name")).fetchAll(db).map { host in
-            candidate(host, allocated: allocated[host.id] ?? 0, datastores: datastores[host.id] ?? [])
+            candidate(host, cluster: clusters[host.clusterId], load: loads[host.id] ?? HostLoad(), datastores: datastores[host.id] ?? [])
         }
     }
 
-    static func candidate(_ host: HostRecord, allocated: Int, datastores: Set<String>) -> HostCandidate {
+    /// One host as placement sees it, given everything running elsewhere is known.
+    static func candidate(_ db: Database, _ host: HostRecord, excluding vmID: String? = nil) throws -> HostCandidate {
+        candidate(host, cluster: try ClusterRecord.fetchOne(db, key: host.clusterId),
+                  load: try hostLoads(db, excluding: vmID)[host.id] ?? HostLoad(), datastores: try datastoresByHost(db)[host.id] ?? [])
+    }
+
+    static func candidate(_ host: HostRecord, cluster: ClusterRecord?, load: HostLoad, datastores: Set<String>) -> HostCandidate {
         HostCandidate(id: host.id, name: host.name, state: host.hostState, cores: host.cores,
-                      memoryTotalMiB: host.memoryTotalMiB, memoryAllocatedMiB: allocated, datastores: datastores)
+                      memoryTotalMiB: host.memoryTotalMiB, memoryAllocatedMiB: load.memoryMiB, memoryReservedMiB: load.memoryReservedMiB,
+                      cpuReservedMHz: load.cpuReservedMHz, memoryOvercommit: cluster?.memoryOvercommit ?? false,
+                      overcommitRatio: cluster?.overcommitRatio ?? 1, datastores: datastores)
     }
 
     static func endpoint(_ host: HostRecord) -> AgentClient.Endpoint {

@@ -125,7 +125,7 @@ final class MaintenanceService: Sendable {
     private func chooseTarget(for vm: VMRecord, leaving host: HostRecord) async throws -> HostCandidate {
         try await store.db.read { [placement] db in
             let candidates = try Inventory.candidates(db, excluding: vm.id).filter { $0.id != host.id }
-            return try placement.place(PlacementRequest(cpus: vm.cpus, memoryMiB: vm.memoryMiB, datastore: vm.datastore), on: candidates).get()
+            return try placement.place(vm.placementRequest, on: candidates).get()
         }
     }
 }

@@ -64,6 +64,7 @@ public enum ManagerServer {
         let api = API(store: store, vms: vms, hosts: hosts, migrations: migrations, maintenance: maintenance, drs: drs, ha: ha, power: power,
                       snapshots: snapshots, storage: StorageMigrationService(store: store, agents: agents, tasks: tasks, events: events, vms: vms),
                       datastores: DatastoreService(store: store, agents: agents, events: events),
+                      qos: QoSService(store: store, agents: agents, events: events, vms: vms, hostReserveMiB: configuration.hostReserveMiB),
                       tasks: tasks, version: version)
 
         let router = Router()

@@ -84,7 +84,7 @@ final class MigrationService: Sendable {
             let source = try Inventory.host(db, vm.hostId)
             let target = try Inventory.host(db, targetReference, field: "target")
             let datastores = try Inventory.datastoresByHost(db)
-            let allocated = try Inventory.allocatedMiB(db, excluding: vm.id)
+            let loads = try Inventory.hostLoads(db, excluding: vm.id)
             // Every disk must move with the VM: the check looks at the datastore of the root disk
             // unless a data disk's is worse (not seen by the target, else not shared).
             let diskStores = [vm.datastore] + (try DiskService.attached(db, vmID: vm.id).map(\.datastore))
@@ -93,17 +93,20 @@ final class MigrationService: Sendable {
                 ?? records.first { $0.kind != "shared" } ?? records.first
             func side(_ host: HostRecord) throws -> MigrationHost {
                 let cluster = try ClusterRecord.fetchOne(db, key: host.clusterId)
-                let candidate = Inventory.candidate(host, allocated: allocated[host.id] ?? 0, datastores: datastores[host.id] ?? [])
+                let candidate = Inventory.candidate(host, cluster: cluster, load: loads[host.id] ?? .init(), datastores: datastores[host.id] ?? [])
                 return MigrationHost(name: host.name, cluster: cluster?.name ?? "", clusterMemoryOvercommit: cluster?.memoryOvercommit ?? false,
                                      state: host.hostState, cpuVendor: host.cpuVendor, cpuModel: host.cpuModel,
                                      providedModel: host.providedCPUModel, cores: host.cores,
-                                     freeMiB: candidate.freeMiB(hostReserveMiB: placement.hostReserveMiB), datastores: candidate.datastores)
+                                     freeMiB: candidate.freeMiB(hostReserveMiB: placement.hostReserveMiB),
+                                     unreservedMiB: candidate.unreservedMiB(hostReserveMiB: placement.hostReserveMiB),
+                                     unreservedMHz: candidate.unreservedMHz, datastores: candidate.datastores)
             }
             let cluster = try ClusterRecord.fetchOne(db, key: source.clusterId)
             let request = MigrationRequest(vm: vm.name, state: vm.state, toolsRunning: vm.toolsRunning, cpus: vm.cpus,
                                            memoryMiB: vm.memoryMiB, datastore: datastore?.name ?? vm.datastore, datastoreKind: datastore?.kind ?? "unknown",
                                            source: try side(source), target: try side(target), imcBaseline: cluster?.imcBaseline,
-                                           vmCPUModel: vm.cpuModel)
+                                           vmCPUModel: vm.cpuModel, memoryReservationMiB: vm.memoryReservationMiB,
+                                           cpuReservationMHz: vm.cpuReservationMHz)
             return Plan(vm: vm, source: source, target: target, request: request,
                         timeoutSeconds: cluster?.migrationTimeoutSeconds ?? 300,
                         maxConcurrent: cluster?.maxConcurrentMigrations ?? 2)

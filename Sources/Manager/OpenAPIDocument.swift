@@ -74,6 +74,31 @@ paths:
             application/json:
               schema: { $ref: "#/components/schemas/Cluster" }
         default: { $ref: "#/components/responses/Error" }
+  /api/v1/clusters/{cluster}/vm-qos:
+    patch:
+      operationId: setClusterVMQoS
+      description: |
+        Changes the QoS of every VM in the cluster at once (the seed's batch fix before memory
+        overcommit is turned off: memoryReservation "100%"). Checked for every VM before any is
+        changed; running VMs get it at once; if one cannot, all keep their old QoS.
+      parameters:
+        - name: cluster
+          in: path
+          required: true
+          description: The cluster's name or id.
+          schema: { type: string }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/VMQoSUpdate" }
+      responses:
+        "200":
+          description: Every VM of the cluster as it is now.
+          content:
+            application/json:
+              schema: { type: array, items: { $ref: "#/components/schemas/VM" } }
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/clusters/{cluster}/drs/recommendations:
     get:
       operationId: listDRSRecommendations
@@ -517,6 +542,28 @@ paths:
             application/json:
               schema: { $ref: "#/components/schemas/Task" }
         default: { $ref: "#/components/responses/Error" }
+  /api/v1/vms/{vm}/qos:
+    patch:
+      operationId: setVMQoS
+      description: |
+        Changes a VM's CPU and memory QoS (reservation, shares, limit). A running VM gets it at
+        once: cgroup cpu.shares/cfs quota (v1) or cpu.weight/cpu.max (v2), memory soft limit (v1)
+        or memory.low (v2) for the reservation, and the balloon for a memory limit. Reservations
+        are admitted: a host's never exceed its real memory and cores.
+      parameters:
+        - { $ref: "#/components/parameters/VMRef" }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/VMQoSUpdate" }
+      responses:
+        "200":
+          description: The VM as it is now.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/VM" }
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/vms/{vm}/start:
     post:
       operationId: startVM
@@ -922,6 +969,8 @@ components:
         hostCount: { type: integer }
         vmCount: { type: integer }
         memoryOvercommit: { type: boolean }
+        overcommitRatioPercent: { type: integer, description: "With memory overcommit on, VM memory on a host may add up to its memory × this / 100." }
+        notes: { type: array, items: { type: string }, description: "What an update did besides the settings (e.g. reservations raised on stopped VMs)." }
         createdAt: { type: string, format: date-time }
         imcBaseline: { type: string, description: "The IMC (EVC) baseline CPU model every VM starts with; absent when IMC is off." }
         migrationTimeoutSeconds: { type: integer }
@@ -931,6 +980,13 @@ components:
     ClusterUpdate:
       type: object
       properties:
+        memoryOvercommit:
+          type: boolean
+          description: |
+            On: VM memory on a host may exceed it up to overcommitRatioPercent, and new VMs reserve
+            none of theirs. Off is refused while a running VM reserves less than its memory (the
+            answer names each and the batch fix); VMs that are off get their reservation raised.
+        overcommitRatioPercent: { type: integer, description: "100-400 (default 150); refused below what a host already holds." }
         imcBaseline: { type: string, description: "A QEMU CPU model (EPYC, EPYC-Rome, Haswell, ...) or off." }
         migrationTimeoutSeconds: { type: integer, description: "10-86400." }
         maxConcurrentMigrations: { type: integer, description: "1-16 per host." }
@@ -1117,6 +1173,9 @@ components:
         memoryTotalMiB: { type: integer }
         memoryFreeMiB: { type: integer }
         memoryAllocatedMiB: { type: integer, description: "Memory of the VMs placed on this host." }
+        memoryReservedMiB: { type: integer, description: "Their memory reservations (never above the memory it has for VMs)." }
+        ksmSavedMiB: { type: integer, description: "Memory kernel same-page merging saves (machine-wide: demo hosts share one machine)." }
+        cgroups: { type: string, description: "v1 or v2: the cgroup version its agent enforces VM QoS with; absent: not enforced." }
         vmCount: { type: integer }
         accelerator: { type: string, description: "kvm or tcg, from a real boot probe." }
         agentVersion: { type: string }
@@ -1314,6 +1373,28 @@ components:
         haPriority: { $ref: "#/components/schemas/HAPriority" }
         drsExcluded: { type: boolean, description: "DRS and DPM leave this VM where it is." }
         linkedTemplate: { type: string, description: "The template whose image its root disk is a differencing disk over (a linked clone)." }
+        qos: { $ref: "#/components/schemas/VMQoS" }
+    VMQoS:
+      type: object
+      description: A core counts 1000 MHz. Shares weigh VMs only while their host is short (1000 is normal).
+      required: [cpuShares, cpuReservationMHz, memoryReservationMiB, memoryShares]
+      properties:
+        cpuShares: { type: integer }
+        cpuReservationMHz: { type: integer }
+        cpuLimitMHz: { type: integer, description: "Absent: no limit." }
+        memoryReservationMiB: { type: integer, description: "Guaranteed real memory; all of it while the cluster's memory overcommit is off." }
+        memoryShares: { type: integer }
+        memoryLimitMiB: { type: integer, description: "Absent: the VM's whole memory. Below it the balloon holds the guest to the limit." }
+    VMQoSUpdate:
+      type: object
+      description: Absent fields stay as they are.
+      properties:
+        cpuShares: { type: integer, description: "1-100000." }
+        cpuReservationMHz: { type: integer, description: "0 to vCPUs × 1000." }
+        cpuLimitMHz: { type: integer, description: "50 to vCPUs × 1000; 0 removes the limit." }
+        memoryReservation: { type: string, description: "MiB (512, 2GiB) or a share of the VM's memory (100%)." }
+        memoryShares: { type: integer, description: "1-100000." }
+        memoryLimit: { type: string, description: "MiB (64 up to the VM's memory) or a share of it; 0 removes the limit." }
     VMCreate:
       type: object
       required: [name, cpus, memoryMiB]
@@ -1466,8 +1547,10 @@ components:
         cpuFlags: { type: array, items: { type: string } }
         providedCPUModel: { type: string }
         cores: { type: integer }
-        memoryTotalBytes: { type: integer, format: int64 }
+        memoryTotalBytes: { type: integer, format: int64, description: "The host's memory: its --memory size when given, else the machine's." }
         memoryAvailableBytes: { type: integer, format: int64 }
+        ksmSavedBytes: { type: integer, format: int64, description: "Memory KSM saves (pages_sharing), machine-wide." }
+        cgroups: { type: string, description: "v1 or v2: the cgroup version QoS is enforced with; absent: not enforced." }
     GuestReport:
       type: object
       required: [vmId, power, toolsRunning]

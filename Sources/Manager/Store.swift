@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Scheduling
 import ShepherdCore
 
 /// The manager's state in SQLite, migrated from the first version on.
@@ -250,6 +251,25 @@ public final class Store: Sendable {
         migrator.registerMigration("v13: memory snapshots") { db in
             try db.alter(table: "snapshot") { t in t.add(column: "memoryFile", .text) }
         }
+        migrator.registerMigration("v14: QoS and the overcommit ratio") { db in
+            try db.alter(table: "vm") { t in
+                t.add(column: "cpuShares", .integer).notNull().defaults(to: VMQoS.defaultShares)
+                t.add(column: "cpuReservationMHz", .integer).notNull().defaults(to: 0)
+                t.add(column: "cpuLimitMHz", .integer)
+                t.add(column: "memoryReservationMiB", .integer).notNull().defaults(to: 0)
+                t.add(column: "memoryShares", .integer).notNull().defaults(to: VMQoS.defaultShares)
+                t.add(column: "memoryLimitMiB", .integer)
+            }
+            // Before overcommit existed every VM's memory was real.
+            try db.execute(sql: "UPDATE vm SET memoryReservationMiB = memoryMiB")
+            try db.alter(table: "host") { t in
+                t.add(column: "ksmSavedMiB", .integer).notNull().defaults(to: 0)
+                t.add(column: "cgroups", .text)
+            }
+            try db.alter(table: "cluster") { t in
+                t.add(column: "overcommitRatioPercent", .integer).notNull().defaults(to: MemoryOvercommit.defaultRatioPercent)
+            }
+        }
         return migrator
     }
 }
@@ -277,6 +297,11 @@ struct ClusterRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var haAdmission: String = "off"
     /// leave-running, power-off or shutdown (`IsolationResponse`).
     var haIsolationResponse: String = IsolationResponse.leaveRunning.rawValue
+    /// With memoryOvercommit on, VM memory on a host may add up to its memory × this / 100.
+    var overcommitRatioPercent: Int = MemoryOvercommit.defaultRatioPercent
+
+    /// What placement multiplies a host's memory by: 1 while overcommit is off.
+    var overcommitRatio: Double { memoryOvercommit ? Double(overcommitRatioPercent) / 100 : 1 }
 }
 
 /// An affinity rule: kind keep-together, keep-apart, vm-host or vm-not-host; ids as JSON arrays.
@@ -348,6 +373,9 @@ struct HostRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var powerCheckedAt: Date?
     /// When the host last renewed its storage lease, as its heartbeat or (once lost) its lease file says.
     var leaseRenewedAt: Date?
+    /// Memory KSM saves on its machine, and the cgroup version its QoS runs on (nil: none).
+    var ksmSavedMiB: Int = 0
+    var cgroups: String?
 
     var hostState: HostState { HostState(rawValue: state) ?? .disconnected }
 }
@@ -500,6 +528,29 @@ struct VMRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var operationTask: String?
     /// The template whose image its root disk is a differencing disk over (a linked clone).
     var linkedTemplate: String?
+    var cpuShares: Int = VMQoS.defaultShares
+    var cpuReservationMHz: Int = 0
+    var cpuLimitMHz: Int?
+    var memoryReservationMiB: Int = 0
+    var memoryShares: Int = VMQoS.defaultShares
+    var memoryLimitMiB: Int?
+
+    /// What admitting it to a host asks.
+    var placementRequest: PlacementRequest {
+        PlacementRequest(cpus: cpus, memoryMiB: memoryMiB, memoryReservationMiB: memoryReservationMiB,
+                         cpuReservationMHz: cpuReservationMHz, datastore: datastore)
+    }
+
+    var qos: VMQoS {
+        get {
+            VMQoS(cpuShares: cpuShares, cpuReservationMHz: cpuReservationMHz, cpuLimitMHz: cpuLimitMHz,
+                  memoryReservationMiB: memoryReservationMiB, memoryShares: memoryShares, memoryLimitMiB: memoryLimitMiB)
+        }
+        set {
+            cpuShares = newValue.cpuShares; cpuReservationMHz = newValue.cpuReservationMHz; cpuLimitMHz = newValue.cpuLimitMHz
+            memoryReservationMiB = newValue.memoryReservationMiB; memoryShares = newValue.memoryShares; memoryLimitMiB = newValue.memoryLimitMiB
+        }
+    }
 
     var lifecycle: VMLifecycle {
         get { VMLifecycle(name: state, task: stateTask, reason: stateReason, since: runningSince, migrationTarget: migrationTarget) }

@@ -68,12 +68,13 @@ final class VMService: Sendable {
             let host = try HostRecord.fetchOne(db, key: chosen.id)!
             let id = newID()
             let task = self.tasks.newTask(kind: "vm.create", targetType: "vm", targetId: id, targetName: request.name)
-            let vm = VMRecord(
+            var vm = VMRecord(
                 id: id, name: request.name, hostId: host.id, template: template.name, cpus: request.cpus,
                 memoryMiB: request.memoryMiB, state: "creating", stateTask: task.id, stateReason: nil, runningSince: nil,
                 toolsRunning: false, datastore: datastore.name,
                 diskPath: datastore.rootDiskPath(vm: request.name, id: id), pid: nil, createdAt: Date(),
                 migrationTarget: nil, cpuModel: nil, linkedTemplate: request.linked ? template.name : nil)
+            vm.qos = VMQoS.defaults(memoryMiB: vm.memoryMiB, overcommit: chosen.memoryOvercommit)
             try task.insert(db)
             try vm.insert(db)
             return (vm, task, template, host)
@@ -113,7 +114,7 @@ final class VMService: Sendable {
             id: vm.id, name: vm.name, cpus: vm.cpus, memoryMiB: vm.memoryMiB,
             kernel: "\(base)/\(template.kernel)", initrd: "\(base)/\(template.initrd)", cmdline: template.cmdline,
             disk: vm.diskPath, sourceDisk: "\(base)/\(template.disk)", disks: disks,
-            linkedClone: vm.linkedTemplate != nil)
+            linkedClone: vm.linkedTemplate != nil, qos: vm.qos)
     }
 
     // MARK: clones and templates
@@ -139,11 +140,12 @@ final class VMService: Sendable {
             }
             let id = newID()
             let task = tasks.newTask(kind: "vm.clone", targetType: "vm", targetId: id, targetName: name)
-            let clone = VMRecord(
+            var clone = VMRecord(
                 id: id, name: name, hostId: host.id, template: source.template, cpus: source.cpus, memoryMiB: source.memoryMiB,
                 state: "creating", stateTask: task.id, stateReason: nil, runningSince: nil, toolsRunning: false, datastore: target.name,
                 diskPath: target.rootDiskPath(vm: name, id: id), pid: nil, createdAt: Date(), migrationTarget: nil,
                 cpuModel: nil, haPolicy: source.haPolicy, haPriority: source.haPriority)
+            clone.qos = source.qos
             try Self.hold(db, &source, for: task)
             try clone.insert(db)
             return (source, clone, host, target, task, try DiskService.attached(db, vmID: source.id))
@@ -248,10 +250,8 @@ final class VMService: Sendable {
             guard host.hostState == .connected else {
                 throw ShepherdError(.hostNotConnected, "cannot start VM '\(vm.name)': its host '\(host.name)' is \(host.state)")
             }
-            let datastores = try Inventory.datastoresByHost(db)[host.id] ?? []
-            let allocated = try Inventory.allocatedMiB(db, excluding: vm.id)[host.id] ?? 0
-            let candidate = Inventory.candidate(host, allocated: allocated, datastores: datastores)
-            let wanted = PlacementRequest(cpus: vm.cpus, memoryMiB: vm.memoryMiB, datastore: vm.datastore)
+            let candidate = try Inventory.candidate(db, host, excluding: vm.id)
+            let wanted = vm.placementRequest
             if let refusal = placement.admit(wanted, on: candidate, vm: vm.name) { throw refusal }
             let next = try vm.lifecycle.start(vm: vm.name, task: task.id)
             if admission { try HAService.admit(db, vm: vm, host: host, hostReserveMiB: placement.hostReserveMiB) }

@@ -9,29 +9,59 @@ public struct HostCandidate: Sendable, Equatable {
     public var memoryTotalMiB: Int
     /// Memory of the VMs that run (or are starting) on the host.
     public var memoryAllocatedMiB: Int
+    /// Their memory reservations: never more than the host's real memory.
+    public var memoryReservedMiB: Int
+    /// Their CPU reservations: never more than cores × 1000 MHz.
+    public var cpuReservedMHz: Int
+    /// The cluster's memory overcommit switch and ratio: VM memory may add up to the host's ×
+    /// the ratio (1 while off).
+    public var memoryOvercommit: Bool
+    public var overcommitRatio: Double
     /// Names of the datastores the host sees.
     public var datastores: Set<String>
 
     public init(id: String, name: String, state: HostState, cores: Int, memoryTotalMiB: Int,
-                memoryAllocatedMiB: Int, datastores: Set<String>) {
+                memoryAllocatedMiB: Int, memoryReservedMiB: Int? = nil, cpuReservedMHz: Int = 0, memoryOvercommit: Bool = false,
+                overcommitRatio: Double = 1, datastores: Set<String>) {
         self.id = id; self.name = name; self.state = state; self.cores = cores
-        self.memoryTotalMiB = memoryTotalMiB; self.memoryAllocatedMiB = memoryAllocatedMiB; self.datastores = datastores
+        self.memoryTotalMiB = memoryTotalMiB; self.memoryAllocatedMiB = memoryAllocatedMiB
+        self.memoryReservedMiB = memoryReservedMiB ?? memoryAllocatedMiB; self.cpuReservedMHz = cpuReservedMHz
+        self.memoryOvercommit = memoryOvercommit; self.overcommitRatio = memoryOvercommit ? overcommitRatio : 1
+        self.datastores = datastores
     }
 
-    /// Memory left for VMs after the host's own reservation and the VMs already there.
+    /// Memory VMs may still be given: within the overcommit ratio of what the host keeps for VMs.
     public func freeMiB(hostReserveMiB: Int) -> Int {
-        max(0, memoryTotalMiB - hostReserveMiB - memoryAllocatedMiB)
+        max(0, Int((Double(memoryTotalMiB - hostReserveMiB) * overcommitRatio).rounded(.down)) - memoryAllocatedMiB)
     }
+
+    /// Real memory not yet reserved by a VM.
+    public func unreservedMiB(hostReserveMiB: Int) -> Int {
+        max(0, memoryTotalMiB - hostReserveMiB - memoryReservedMiB)
+    }
+
+    /// CPU not yet reserved by a VM (cores × 1000 MHz).
+    public var unreservedMHz: Int { max(0, cores * 1000 - cpuReservedMHz) }
 }
 
 /// What a VM asks of a host.
 public struct PlacementRequest: Sendable, Equatable {
     public var cpus: Int
     public var memoryMiB: Int
+    /// Memory that must be real (the VM's reservation); nil for a new VM, which reserves what
+    /// its host's cluster gives by default (all of it without overcommit, nothing with it).
+    public var memoryReservationMiB: Int?
+    public var cpuReservationMHz: Int
     /// The datastore that holds the VM's disk; the host must see it.
     public var datastore: String?
-    public init(cpus: Int, memoryMiB: Int, datastore: String?) {
-        self.cpus = cpus; self.memoryMiB = memoryMiB; self.datastore = datastore
+    public init(cpus: Int, memoryMiB: Int, memoryReservationMiB: Int? = nil, cpuReservationMHz: Int = 0, datastore: String?) {
+        self.cpus = cpus; self.memoryMiB = memoryMiB; self.memoryReservationMiB = memoryReservationMiB
+        self.cpuReservationMHz = cpuReservationMHz; self.datastore = datastore
+    }
+
+    /// The memory this VM reserves on `host`.
+    public func reservationMiB(on host: HostCandidate) -> Int {
+        memoryReservationMiB ?? VMQoS.defaults(memoryMiB: memoryMiB, overcommit: host.memoryOvercommit).memoryReservationMiB
     }
 }
 
@@ -41,6 +71,8 @@ public enum HostRejection: Sendable, Equatable, CustomStringConvertible {
     case inMaintenance
     case tooFewCores(asked: Int, has: Int)
     case tooLittleMemory(askedMiB: Int, freeMiB: Int)
+    case memoryReservations(askedMiB: Int, unreservedMiB: Int)
+    case cpuReservations(askedMHz: Int, unreservedMHz: Int)
     case datastoreNotVisible(String)
 
     public var description: String {
@@ -49,6 +81,10 @@ public enum HostRejection: Sendable, Equatable, CustomStringConvertible {
         case .inMaintenance: "in maintenance mode"
         case .tooFewCores(let asked, let has): "asked \(asked) vCPUs; it has \(has) cores"
         case .tooLittleMemory(let asked, let free): "asked \(asked) MiB; \(free) MiB free"
+        case .memoryReservations(let asked, let unreserved):
+            "reservations may not exceed real memory: asked to reserve \(asked) MiB; \(unreserved) MiB unreserved"
+        case .cpuReservations(let asked, let unreserved):
+            "CPU reservations may not exceed its cores: asked to reserve \(asked) MHz; \(unreserved) MHz unreserved"
         case .datastoreNotVisible(let name): "does not see datastore '\(name)'"
         }
     }
@@ -75,6 +111,14 @@ public struct Placement: Sendable {
         if request.cpus > host.cores { return .tooFewCores(asked: request.cpus, has: host.cores) }
         let free = host.freeMiB(hostReserveMiB: hostReserveMiB)
         if request.memoryMiB > free { return .tooLittleMemory(askedMiB: request.memoryMiB, freeMiB: free) }
+        let unreserved = host.unreservedMiB(hostReserveMiB: hostReserveMiB)
+        let reservation = request.reservationMiB(on: host)
+        if reservation > unreserved {
+            return .memoryReservations(askedMiB: reservation, unreservedMiB: unreserved)
+        }
+        if request.cpuReservationMHz > host.unreservedMHz {
+            return .cpuReservations(askedMHz: request.cpuReservationMHz, unreservedMHz: host.unreservedMHz)
+        }
         return nil
     }
 
@@ -94,7 +138,7 @@ public struct Placement: Sendable {
             return ShepherdError(.hostNotConnected, "host '\(host.name)' cannot take VM '\(vm)': it is \(why)")
         case .datastoreNotVisible:
             return ShepherdError(.invalidField, "host: '\(host.name)' \(why)")
-        case .tooFewCores, .tooLittleMemory:
+        case .tooFewCores, .tooLittleMemory, .memoryReservations, .cpuReservations:
             return ShepherdError(.insufficientResources, "host '\(host.name)' cannot take VM '\(vm)': \(why) (host reserve \(hostReserveMiB) MiB)")
         }
     }
@@ -123,7 +167,12 @@ public struct Placement: Sendable {
             return ShepherdError(.insufficientResources, "no host can take the VM: asked \(request.cpus) vCPUs; the most cores on a host is \(maxCores)")
         }
         let largest = seeing.max { $0.freeMiB(hostReserveMiB: hostReserveMiB) < $1.freeMiB(hostReserveMiB: hostReserveMiB) }!
-        return ShepherdError(.insufficientResources,
-            "no host can take the VM: asked \(request.memoryMiB) MiB; largest free \(largest.freeMiB(hostReserveMiB: hostReserveMiB)) MiB on \(largest.name)")
+        if request.memoryMiB > largest.freeMiB(hostReserveMiB: hostReserveMiB) {
+            return ShepherdError(.insufficientResources,
+                "no host can take the VM: asked \(request.memoryMiB) MiB; largest free \(largest.freeMiB(hostReserveMiB: hostReserveMiB)) MiB on \(largest.name)")
+        }
+        // Every host has the memory; reservations are what is short.
+        let reasons = seeing.compactMap { host in rejection(of: host, for: request).map { "\(host.name): \($0)" } }
+        return ShepherdError(.insufficientResources, "no host can take the VM: " + reasons.joined(separator: "; "))
     }
 }

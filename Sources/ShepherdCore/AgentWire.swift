@@ -20,11 +20,15 @@ public enum AgentWire {
         public var disks: [DiskDefinition]
         /// The root disk is made as a differencing disk over `sourceDisk` (a linked clone) rather than a copy.
         public var linkedClone: Bool
+        /// CPU and memory QoS, applied through the VM's cgroup and balloon at start and whenever
+        /// the definition changes while it runs. nil (a definition saved before QoS): none.
+        public var qos: VMQoS?
 
         public init(id: String, name: String, cpus: Int, memoryMiB: Int, kernel: String, initrd: String,
                     cmdline: String, disk: String, sourceDisk: String?, cpuModel: String? = nil, disks: [DiskDefinition] = [],
-                    linkedClone: Bool = false) {
+                    linkedClone: Bool = false, qos: VMQoS? = nil) {
             self.cpuModel = cpuModel
+            self.qos = qos
             self.disks = disks
             self.linkedClone = linkedClone
             self.id = id; self.name = name; self.cpus = cpus; self.memoryMiB = memoryMiB
@@ -32,7 +36,7 @@ public enum AgentWire {
             self.disk = disk; self.sourceDisk = sourceDisk
         }
 
-        private enum CodingKeys: String, CodingKey { case id, name, cpus, memoryMiB, kernel, initrd, cmdline, disk, sourceDisk, cpuModel, disks, linkedClone }
+        private enum CodingKeys: String, CodingKey { case id, name, cpus, memoryMiB, kernel, initrd, cmdline, disk, sourceDisk, cpuModel, disks, linkedClone, qos }
 
         /// A definition saved before data disks existed has none.
         public init(from decoder: any Decoder) throws {
@@ -44,7 +48,8 @@ public enum AgentWire {
                       sourceDisk: try c.decodeIfPresent(String.self, forKey: .sourceDisk),
                       cpuModel: try c.decodeIfPresent(String.self, forKey: .cpuModel),
                       disks: try c.decodeIfPresent([DiskDefinition].self, forKey: .disks) ?? [],
-                      linkedClone: try c.decodeIfPresent(Bool.self, forKey: .linkedClone) ?? false)
+                      linkedClone: try c.decodeIfPresent(Bool.self, forKey: .linkedClone) ?? false,
+                      qos: try c.decodeIfPresent(VMQoS.self, forKey: .qos))
         }
     }
 

@@ -9,16 +9,22 @@ public struct MigrationHost: Sendable, Equatable {
     /// The QEMU CPU model this host provides its guests (agent --cpu-model), nil for its own CPU.
     public var providedModel: String?
     public var cores: Int
-    /// Memory left for VMs (after the host reserve and the VMs already there).
+    /// Memory left for VMs (after the host reserve and the VMs already there), within the
+    /// cluster's overcommit ratio.
     public var freeMiB: Int
+    /// Real memory no VM has reserved yet; nil: as `freeMiB` (no overcommit).
+    public var unreservedMiB: Int?
+    /// CPU (cores × 1000 MHz) no VM has reserved yet; nil: not counted.
+    public var unreservedMHz: Int?
     /// Datastores this host sees.
     public var datastores: Set<String>
 
     public init(name: String, cluster: String, clusterMemoryOvercommit: Bool, state: HostState, cpuVendor: String,
-                cpuModel: String, providedModel: String? = nil, cores: Int, freeMiB: Int, datastores: Set<String>) {
+                cpuModel: String, providedModel: String? = nil, cores: Int, freeMiB: Int, unreservedMiB: Int? = nil,
+                unreservedMHz: Int? = nil, datastores: Set<String>) {
         self.name = name; self.cluster = cluster; self.clusterMemoryOvercommit = clusterMemoryOvercommit; self.state = state
         self.cpuVendor = cpuVendor; self.cpuModel = cpuModel; self.providedModel = providedModel; self.cores = cores
-        self.freeMiB = freeMiB; self.datastores = datastores
+        self.freeMiB = freeMiB; self.unreservedMiB = unreservedMiB; self.unreservedMHz = unreservedMHz; self.datastores = datastores
     }
 }
 
@@ -29,6 +35,9 @@ public struct MigrationRequest: Sendable, Equatable {
     public var toolsRunning: Bool
     public var cpus: Int
     public var memoryMiB: Int
+    /// Its QoS reservations, which the target must hold in real memory and cores (nil: all its memory, no CPU).
+    public var memoryReservationMiB: Int?
+    public var cpuReservationMHz: Int
     /// Passthrough devices (GPU, USB, SR-IOV): a VM with any cannot move live.
     public var passthroughDevices: [String]
     /// The VM is pinned to its host by the operator.
@@ -45,8 +54,9 @@ public struct MigrationRequest: Sendable, Equatable {
 
     public init(vm: String, state: String, toolsRunning: Bool, cpus: Int, memoryMiB: Int, passthroughDevices: [String] = [],
                 boundToHost: Bool = false, datastore: String, datastoreKind: String, source: MigrationHost, target: MigrationHost,
-                imcBaseline: String? = nil, vmCPUModel: String? = nil) {
+                imcBaseline: String? = nil, vmCPUModel: String? = nil, memoryReservationMiB: Int? = nil, cpuReservationMHz: Int = 0) {
         self.vmCPUModel = vmCPUModel
+        self.memoryReservationMiB = memoryReservationMiB; self.cpuReservationMHz = cpuReservationMHz
         self.vm = vm; self.state = state; self.toolsRunning = toolsRunning; self.cpus = cpus; self.memoryMiB = memoryMiB
         self.passthroughDevices = passthroughDevices; self.boundToHost = boundToHost; self.datastore = datastore
         self.datastoreKind = datastoreKind; self.source = source; self.target = target; self.imcBaseline = imcBaseline
@@ -117,6 +127,11 @@ public enum MigrationPreflight {
         }
         if request.memoryMiB > target.freeMiB {
             refusals.append(.init(.targetShortOfMemory, "'\(vm)' needs \(request.memoryMiB) MiB; target '\(target.name)' has \(target.freeMiB) MiB free"))
+        } else if let unreserved = target.unreservedMiB, (request.memoryReservationMiB ?? request.memoryMiB) > unreserved {
+            refusals.append(.init(.targetShortOfMemory, "'\(vm)' reserves \(request.memoryReservationMiB ?? request.memoryMiB) MiB; target '\(target.name)' has \(unreserved) MiB of real memory unreserved (reservations may not exceed it)"))
+        }
+        if let unreserved = target.unreservedMHz, request.cpuReservationMHz > unreserved {
+            refusals.append(.init(.targetShortOfCPU, "'\(vm)' reserves \(request.cpuReservationMHz) MHz; target '\(target.name)' has \(unreserved) MHz unreserved"))
         }
         if source.cpuVendor != target.cpuVendor {
             refusals.append(.init(.cpuVendorMismatch, "source '\(source.name)' is \(source.cpuVendor), target '\(target.name)' is \(target.cpuVendor); no CPU mode bridges vendors"))

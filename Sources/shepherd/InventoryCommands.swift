@@ -148,7 +148,9 @@ struct HostCommand: AsyncParsableCommand {
             let rows: [(String, String)] = [
                 ("name", found.name), ("id", found.id), ("state", found.state.rawValue), ("cluster", found.clusterName),
                 ("address", found.address), ("cpu", "\(found.cpuModel) (\(found.cpuVendor)), \(found.cores) cores"),
-                ("memory", "\(formatMiB(found.memoryFreeMiB)) free of \(formatMiB(found.memoryTotalMiB)); VMs \(formatMiB(found.memoryAllocatedMiB))"),
+                ("memory", "\(formatMiB(found.memoryFreeMiB)) free of \(formatMiB(found.memoryTotalMiB)); VMs \(formatMiB(found.memoryAllocatedMiB)), reserved \(formatMiB(found.memoryReservedMiB ?? 0))"),
+                ("ksm", "\(formatMiB(found.ksmSavedMiB ?? 0)) saved by same-page merging (machine-wide)"),
+                ("qos", found.cgroups.map { "enforced through cgroups \($0)" } ?? "not enforced (no cgroup cpu and memory controllers)"),
                 ("vms", "\(found.vmCount)"), ("accelerator", found.accelerator), ("agent", found.agentVersion),
                 ("heartbeat", formatDate(found.lastHeartbeat)),
                 ("lease", found.leaseRenewedAt.map { renewed in
@@ -178,8 +180,8 @@ struct ClusterCommand: AsyncParsableCommand {
 
     struct Set: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Change a cluster's settings: IMC baseline, migration timeout, concurrent migrations per host.",
-            discussion: "Example: shepherd cluster set cluster-1 --imc EPYC --migration-timeout 300")
+            abstract: "Change a cluster's settings: memory overcommit, IMC baseline, migrations, DRS/DPM, HA.",
+            discussion: "Examples: shepherd cluster set cluster-1 --imc EPYC --migration-timeout 300 · shepherd cluster set cluster-1 --memory-overcommit on --overcommit-ratio 150%")
         @OptionGroup var options: ClientOptions
         @Flag(help: "Print JSON.") var json = false
         @Argument(help: "The cluster's name or id.") var cluster: String
@@ -197,8 +199,15 @@ struct ClusterCommand: AsyncParsableCommand {
         @Option(help: "HA admission control: off, percent:25, failover-hosts:host-3 or host-failures:1.") var haAdmission: String?
         @Option(help: "What an isolated host (lost the manager and every peer) does with its VMs: leave-running, power-off or shutdown.")
         var haIsolationResponse: Components.Schemas.IsolationResponse?
+        @Option(help: "Memory overcommit: on (VM memory may exceed a host's up to the ratio; new VMs reserve none) or off.") var memoryOvercommit: String?
+        @Option(help: "Overcommit ratio, 100%-400% (default 150%).") var overcommitRatio: String?
 
         func run() async throws {
+            if let memoryOvercommit, !["on", "off"].contains(memoryOvercommit) { throw ValidationError("--memory-overcommit: '\(memoryOvercommit)' is not on or off") }
+            let ratio: Int? = try overcommitRatio.map { text in
+                guard let value = Int(text.hasSuffix("%") ? String(text.dropLast()) : text) else { throw ValidationError("--overcommit-ratio: '\(text)' is not a percentage (150%)") }
+                return value
+            }
             let baseline = try drsBaseline.map(Self.parseBaseline)
             let interval = try drsInterval.map { try parseDuration($0, option: "--drs-interval") }
             let drsUpdate: Components.Schemas.DRSConfigUpdate? =
@@ -209,7 +218,8 @@ struct ClusterCommand: AsyncParsableCommand {
             let haUpdate: Components.Schemas.HAConfigUpdate? = ha == nil && haAdmission == nil && haIsolationResponse == nil ? nil
                 : .init(enabled: ha.map { $0 == "on" }, admission: haAdmission, isolationResponse: haIsolationResponse)
             let updated = try await calling(options) { client in
-                let body = Components.Schemas.ClusterUpdate(imcBaseline: imc, migrationTimeoutSeconds: migrationTimeout,
+                let body = Components.Schemas.ClusterUpdate(memoryOvercommit: memoryOvercommit.map { $0 == "on" }, overcommitRatioPercent: ratio,
+                                                            imcBaseline: imc, migrationTimeoutSeconds: migrationTimeout,
                                                             maxConcurrentMigrations: maxMigrations, drs: drsUpdate, ha: haUpdate)
                 switch try await client.updateCluster(path: .init(cluster: cluster), body: .json(body)) {
                 case .ok(let ok): return try ok.body.json
@@ -217,7 +227,9 @@ struct ClusterCommand: AsyncParsableCommand {
                 }
             }
             if json { return try printJSON(updated) }
-            print("\(updated.name): IMC \(updated.imcBaseline ?? "off"), migration timeout \(updated.migrationTimeoutSeconds ?? 300) s, \(updated.maxConcurrentMigrations ?? 2) migrations per host")
+            print("\(updated.name): memory overcommit \(updated.memoryOvercommit ? "on at \(updated.overcommitRatioPercent ?? 150) %" : "off")")
+            for note in updated.notes ?? [] { print("note: \(note)") }
+            print("IMC \(updated.imcBaseline ?? "off"), migration timeout \(updated.migrationTimeoutSeconds ?? 300) s, \(updated.maxConcurrentMigrations ?? 2) migrations per host")
             if let ha = updated.ha { print("HA \(ha.enabled ? "on" : "off"), admission \(ha.admission), isolation response \(ha.isolationResponse.rawValue)") }
             if let drs = updated.drs {
                 print("DRS \(drs.mode.rawValue), DPM \(drs.dpm.rawValue), threshold \(drs.threshold), baseline cpu \(drs.baselineCPUPercent) % mem \(drs.baselineMemoryPercent) %, metric \(drs.metric.rawValue), every \(drs.intervalSeconds) s")
@@ -256,7 +268,7 @@ struct ClusterCommand: AsyncParsableCommand {
             }
             if json { return try printJSON(clusters) }
             printTable(["NAME", "HOSTS", "VMS", "MEMORY OVERCOMMIT", "IMC", "ID"], clusters.map { cluster in
-                [cluster.name, "\(cluster.hostCount)", "\(cluster.vmCount)", cluster.memoryOvercommit ? "on" : "off",
+                [cluster.name, "\(cluster.hostCount)", "\(cluster.vmCount)", cluster.memoryOvercommit ? "on (\(cluster.overcommitRatioPercent ?? 150) %)" : "off",
                  cluster.imcBaseline ?? "off", cluster.id]
             })
         }

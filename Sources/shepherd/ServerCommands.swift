@@ -44,10 +44,15 @@ struct AgentCommand: AsyncParsableCommand {
     var cpuModel: String?
     @Option(help: "Cores this host offers its VMs (demo and tests: hosts sharing one machine), default: all it has.")
     var cores: Int?
+    @Option(help: "This host's memory in MiB: its VMs together are held to it (cgroup), default: the machine's.")
+    var memory: Int?
+    @Option(help: "Kernel same-page merging: on (default) or off.") var ksm = "on"
 
     func run() async throws {
         guard ["auto", "kvm", "tcg"].contains(accel) else { throw ValidationError("--accel must be auto, kvm or tcg") }
         if let cores, cores < 1 { throw ValidationError("--cores must be at least 1") }
+        if let memory, memory < 256 { throw ValidationError("--memory must be at least 256 (MiB)") }
+        guard ["on", "off"].contains(ksm) else { throw ValidationError("--ksm must be on or off") }
         if let cpuModel { try CPUModels.validate(cpuModel, field: "--cpu-model") }
         var configuration = AgentConfiguration(
             name: name, cluster: cluster, managerURL: manager, listen: listen, advertiseURL: advertise ?? "http://\(listen)",
@@ -55,6 +60,8 @@ struct AgentCommand: AsyncParsableCommand {
             driver: driver, accelerator: accel)
         configuration.cpuModel = cpuModel
         configuration.cores = cores
+        configuration.memoryMiB = memory
+        configuration.ksm = ksm == "on"
         try await AgentServer.run(configuration)
     }
 }

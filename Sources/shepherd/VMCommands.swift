@@ -27,7 +27,7 @@ struct VMCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vm", abstract: "Create, run and remove virtual machines.",
         subcommands: [List.self, Show.self, Create.self, Start.self, Stop.self, Reboot.self, Delete.self, Exec.self, Migrate.self,
-                       MigrateStorage.self, Clone.self, ToTemplate.self, Set.self])
+                       MigrateStorage.self, Clone.self, ToTemplate.self, Set.self, QoS.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List VMs.")
@@ -62,12 +62,15 @@ struct VMCommand: AsyncParsableCommand {
                 }
             }
             if json { return try printJSON(found) }
-            let rows: [(String, String)] = [
-                ("name", found.name), ("id", found.id), ("state", found.state.rawValue + (found.stateReason.map { " (\($0))" } ?? "")),
+            let state = found.state.rawValue + (found.stateReason.map { " (\($0))" } ?? "")
+            var rows: [(String, String)] = [
+                ("name", found.name), ("id", found.id), ("state", state),
                 ("host", found.hostName), ("cpus", "\(found.cpus)"), ("memory", formatMiB(found.memoryMiB)),
                 ("tools", found.toolsStatus.rawValue), ("template", found.template), ("datastore", found.datastore),
                 ("disk", found.diskPath), ("pid", found.pid.map(String.init) ?? "-"), ("created", formatDate(found.createdAt)),
-            ] + (found.linkedTemplate.map { [("linked to", "template \($0) (a linked clone)")] } ?? [])
+                ("qos", qosSummary(found)),
+            ]
+            if let template = found.linkedTemplate { rows.append(("linked to", "template \(template) (a linked clone)")) }
             for (key, value) in rows { print(key.padding(toLength: 11, withPad: " ", startingAt: 0) + value) }
         }
     }

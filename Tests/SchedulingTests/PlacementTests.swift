@@ -80,3 +80,47 @@ struct PlacementTests {
         #expect(placement.admit(PlacementRequest(cpus: 4, memoryMiB: 3584, datastore: "shared"), on: host("h"), vm: "v") == nil)
     }
 }
+
+@Suite("Placement with reservations and overcommit")
+struct ReservationPlacementTests {
+    let placement = Placement(hostReserveMiB: 512)
+
+    /// 2048 MiB, 1536 for VMs; 1024 of VM memory placed, `reserved` of it reserved.
+    func loaded(reserved: Int, overcommit: Bool, cpuReserved: Int = 0) -> HostCandidate {
+        HostCandidate(id: "h", name: "h", state: .connected, cores: 2, memoryTotalMiB: 2048, memoryAllocatedMiB: 1024,
+                      memoryReservedMiB: reserved, cpuReservedMHz: cpuReserved, memoryOvercommit: overcommit, overcommitRatio: 1.5, datastores: [])
+    }
+
+    @Test("each rule admits up to its bound and not one MiB or MHz more", arguments: [
+        // overcommit off: memory within real memory
+        (false, 1024, PlacementRequest(cpus: 1, memoryMiB: 512, datastore: nil), nil as String?),
+        (false, 1024, PlacementRequest(cpus: 1, memoryMiB: 513, datastore: nil), "asked 513 MiB; 512 MiB free"),
+        // overcommit on at 150 %: memory within 2304 MiB, reservations within 1536 MiB
+        (true, 0, PlacementRequest(cpus: 1, memoryMiB: 1280, datastore: nil), nil),
+        (true, 0, PlacementRequest(cpus: 1, memoryMiB: 1281, datastore: nil), "asked 1281 MiB; 1280 MiB free"),
+        (true, 1024, PlacementRequest(cpus: 1, memoryMiB: 600, memoryReservationMiB: 512, datastore: nil), nil),
+        (true, 1024, PlacementRequest(cpus: 1, memoryMiB: 600, memoryReservationMiB: 513, datastore: nil), "asked to reserve 513 MiB; 512 MiB unreserved"),
+        // a new VM reserves what its host's cluster gives: nothing with overcommit on
+        (true, 1536, PlacementRequest(cpus: 1, memoryMiB: 600, datastore: nil), nil),
+        (true, 0, PlacementRequest(cpus: 1, memoryMiB: 64, cpuReservationMHz: 1500, datastore: nil), nil),
+        (true, 0, PlacementRequest(cpus: 1, memoryMiB: 64, cpuReservationMHz: 1501, datastore: nil), "asked to reserve 1501 MHz; 1500 MHz unreserved"),
+    ])
+    func bounds(overcommit: Bool, reserved: Int, request: PlacementRequest, refusal: String?) {
+        let host = loaded(reserved: reserved, overcommit: overcommit, cpuReserved: 500)
+        let why = placement.rejection(of: host, for: request)
+        if let refusal {
+            #expect(why?.description.contains(refusal) == true, "\(String(describing: why))")
+        } else {
+            #expect(why == nil, "\(String(describing: why))")
+        }
+    }
+
+    @Test("when only reservations are short, the refusal lists each host's reason")
+    func reservationsShort() {
+        let full = loaded(reserved: 1536, overcommit: true)
+        guard case .failure(let error) = placement.place(PlacementRequest(cpus: 1, memoryMiB: 256, memoryReservationMiB: 256, datastore: nil), on: [full]) else {
+            Issue.record("placed"); return
+        }
+        #expect(error.message.contains("h: reservations may not exceed real memory: asked to reserve 256 MiB; 0 MiB unreserved"), "\(error.message)")
+    }
+}

@@ -467,6 +467,10 @@ public final class TestCluster: @unchecked Sendable {
         }
         bmcs = [:]
         for pid in qemuPids() { _ = await Processes.terminate(pid, grace: .seconds(3)) }
+        // The hosts' cgroups (VM QoS), now that their QEMUs are gone.
+        for name in agentPorts.keys {
+            await CGroups(host: name, stateDirectory: agentDirectory(name))?.removeEmptyGroups(includingHost: true, waiting: .seconds(5))
+        }
         await stopManager()
         for name in namespacedHosts {
             try? await Net.deleteNamespace(namespace(name))

@@ -1,0 +1,126 @@
+import Foundation
+import HostKit
+import Testing
+import TestSupport
+
+extension RealGuests {
+/// CPU and memory QoS on real guests, measured as an operator would: CPU time of the QEMU
+/// processes on the host, memory as the guest itself sees it.
+@Suite("QoS")
+struct QoSTests {
+    /// A VM's cgroup directory for one controller, from /proc/<pid>/cgroup (v1 lines name their
+    /// controller; v2 has the single "0::" line).
+    static func cgroupDirectory(pid: Int, controller: String) throws -> String {
+        let lines = try String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8).split(separator: "\n")
+        for line in lines {
+            let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
+            guard parts.count == 3 else { continue }
+            if parts[0] == "0" && parts[1].isEmpty { return "/sys/fs/cgroup" + parts[2] }
+            if parts[1].split(separator: ",").contains(Substring(controller)) { return "/sys/fs/cgroup/\(controller)" + parts[2] }
+        }
+        throw HarnessError("QEMU pid \(pid) is in no \(controller) cgroup: \(lines)")
+    }
+
+    static func read(_ path: String) throws -> String {
+        try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Pins every thread of the process to one core (what "two guests on one core" means).
+    static func pin(_ pid: Int, core: Int) async throws {
+        try await Command.check("taskset", ["-a", "-p", "-c", "\(core)", "\(pid)"], timeout: .seconds(10))
+    }
+
+    /// CPU seconds each process uses over `seconds` of wall time, as a fraction of one core.
+    static func coreShares(_ pids: [Int], seconds: Double) async throws -> [Double] {
+        let before = pids.map { Processes.cpuSeconds(Int32($0)) ?? 0 }
+        let started = ContinuousClock.now
+        try await Task.sleep(for: .seconds(seconds))
+        let elapsed = (ContinuousClock.now - started) / .seconds(1)
+        return zip(pids, before).map { pid, start in ((Processes.cpuSeconds(Int32(pid)) ?? 0) - start) / elapsed }
+    }
+
+    @Test("two CPU-bound guests on one core with shares 2000 and 1000 get CPU within 10 % of 2:1; a limit of half a core holds within 10 %")
+    func cpuSharesAndLimit() async throws {
+        try await TestCluster.with(driver: "qemu") { cluster in
+            let token = cluster.adminToken
+            for name in ["heavy", "light"] { try #require(try await cluster.createVM(name).state == .succeeded) }
+            // Set before the start: the agent applies it as QEMU starts.
+            try #require(try await cluster.raw("PATCH", "/api/v1/vms/heavy/qos", token: token, body: #"{"cpuShares":2000}"#).0 == 200)
+            for name in ["heavy", "light"] { try #require(try await cluster.start(name).state == .succeeded) }
+            let heavy = try #require(try await cluster.vm("heavy").pid), light = try #require(try await cluster.vm("light").pid)
+            let cpuGroup = try Self.cgroupDirectory(pid: heavy, controller: "cpu")
+            #expect(cpuGroup.contains("/shepherd/host-1-"), "\(cpuGroup)")
+            let v2 = FileManager.default.fileExists(atPath: cpuGroup + "/cpu.weight")
+            #expect(try Self.read(cpuGroup + (v2 ? "/cpu.weight" : "/cpu.shares")) == (v2 ? "200" : "2048"))
+
+            for name in ["heavy", "light"] {
+                #expect(try await cluster.exec(name, ["sh", "-c", "while :; do :; done >/dev/null 2>&1 &"]).exitCode == 0)
+            }
+            for pid in [heavy, light] { try await Self.pin(pid, core: 0) }
+            try await Task.sleep(for: .seconds(3))
+            let shares = try await Self.coreShares([heavy, light], seconds: 15)
+            let ratio = shares[0] / max(shares[1], 0.001)
+            print("qos: on one core, shares 2000 vs 1000 got \(String(format: "%.3f", shares[0])) vs \(String(format: "%.3f", shares[1])) of the core = \(String(format: "%.2f", ratio)):1")
+            #expect(abs(ratio - 2) <= 0.2, "shares 2000:1000 gave \(ratio):1 (\(shares))")
+
+            // A limit set on the running VM, alone on the other core: half a core.
+            let (limited, answer) = try await cluster.raw("PATCH", "/api/v1/vms/light/qos", token: token, body: #"{"cpuLimitMHz":500}"#)
+            try #require(limited == 200, "\(answer)")
+            let lightGroup = try Self.cgroupDirectory(pid: light, controller: "cpu")
+            #expect(try Self.read(lightGroup + (v2 ? "/cpu.max" : "/cpu.cfs_quota_us")) == (v2 ? "50000 100000" : "50000"))
+            try await Self.pin(light, core: 1)
+            try await Task.sleep(for: .seconds(2))
+            let alone = try await Self.coreShares([light], seconds: 10)[0]
+            print("qos: a limit of 500 MHz held the guest to \(String(format: "%.3f", alone)) of a core")
+            #expect(abs(alone - 0.5) <= 0.05, "a 500 MHz limit gave \(alone) of a core")
+
+            #expect(try await cluster.stop("light", force: true).state == .succeeded)
+            #expect(!FileManager.default.fileExists(atPath: lightGroup), "the VM's cgroup goes with its QEMU")
+        }
+    }
+
+    @Test("a memory limit set on a running guest takes memory from it through the balloon, and removing it gives it back; the reservation protects it in its cgroup")
+    func memoryLimitAndReservation() async throws {
+        try await TestCluster.with(driver: "qemu") { cluster in
+            let token = cluster.adminToken
+            #expect(try await cluster.setCluster(#"{"memoryOvercommit":true}"#).0 == 200)
+            try #require(try await cluster.createVM("ball", memoryMiB: 256).state == .succeeded)
+            try #require(try await cluster.start("ball").state == .succeeded)
+            func guestTotalMiB() async throws -> Int {
+                let out = try await cluster.exec("ball", ["sh", "-c", "grep MemTotal /proc/meminfo"]).stdout
+                return (Int(out.split(separator: " ").dropFirst().first { !$0.isEmpty }.map(String.init) ?? "") ?? 0) / 1024
+            }
+            let full = try await guestTotalMiB()
+            try #require(full > 200, "the guest sees \(full) MiB")
+
+            let (set, answer) = try await cluster.raw("PATCH", "/api/v1/vms/ball/qos", token: token,
+                                                      body: #"{"memoryLimit":"128","memoryReservation":"96"}"#)
+            try #require(set == 200, "\(answer)")
+            var limited = full
+            let deadline = ContinuousClock.now + .seconds(30)
+            while ContinuousClock.now < deadline {
+                limited = try await guestTotalMiB()
+                if limited <= full - 100 { break }
+                try await Task.sleep(for: .seconds(1))
+            }
+            print("qos: memory limit 128 MiB: the guest's MemTotal went from \(full) to \(limited) MiB")
+            #expect(limited <= full - 100 && limited >= 64, "with a 128 MiB limit the guest sees \(limited) of \(full) MiB")
+
+            let pid = try #require(try await cluster.vm("ball").pid)
+            let memoryGroup = try Self.cgroupDirectory(pid: pid, controller: "memory")
+            let v2 = FileManager.default.fileExists(atPath: memoryGroup + "/memory.low")
+            #expect(try Self.read(memoryGroup + (v2 ? "/memory.low" : "/memory.soft_limit_in_bytes")) == "\(96 << 20)")
+
+            #expect(try await cluster.raw("PATCH", "/api/v1/vms/ball/qos", token: token, body: #"{"memoryLimit":"0"}"#).0 == 200)
+            var back = limited
+            let again = ContinuousClock.now + .seconds(30)
+            while ContinuousClock.now < again {
+                back = try await guestTotalMiB()
+                if back >= full - 8 { break }
+                try await Task.sleep(for: .seconds(1))
+            }
+            #expect(back >= full - 8, "without the limit the guest sees \(back) of \(full) MiB again")
+        }
+    }
+}
+}
