@@ -334,6 +334,17 @@ struct AgentRoutes: Sendable {
             for layer in body.layers { try checkOnDatastore(layer.active, field: "active"); try checkOnDatastore(layer.overlay, field: "overlay") }
             return JSONResponse.make(try await driver.snapshot(context.parameters.require("id"), body))
         }
+        vms.post(":id/hibernate") { request, context in
+            let body = try await request.decode(as: AgentWire.StateFileRequest.self, context: context)
+            try checkOnDatastore(body.file, field: "file")
+            try await driver.hibernate(context.parameters.require("id"), to: body.file)
+            return JSONResponse.make(AgentWire.Done())
+        }
+        vms.post(":id/resume") { request, context in
+            let body = try await request.decode(as: AgentWire.StateFileRequest.self, context: context)
+            try checkOnDatastore(body.file, field: "file")
+            return JSONResponse.make(try await driver.resumeHibernated(context.parameters.require("id"), from: body.file))
+        }
         vms.post(":id/revert") { request, context in
             let body = try await request.decode(as: AgentWire.RevertRequest.self, context: context)
             for layer in body.layers {

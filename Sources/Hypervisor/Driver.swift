@@ -59,6 +59,13 @@ public protocol HypervisorDriver: Sendable {
     /// Pulls a deleted snapshot's image into an image above it (live when the VM has it open).
     func merge(_ vm: String, _ request: AgentWire.MergeRequest) async throws
 
+    // MARK: hibernation
+
+    /// Saves the running guest's RAM and device state to `file` and ends QEMU.
+    func hibernate(_ vm: String, to file: String) async throws
+    /// Starts QEMU from a hibernation file (removed once the guest runs).
+    func resumeHibernated(_ vm: String, from file: String) async throws -> AgentWire.GuestStatus
+
     // MARK: storage migration
 
     /// Starts copying a running VM's disk to a new image; writes land on both once it is ready.

@@ -9,6 +9,8 @@ public actor FakeDriver: HypervisorDriver {
     private var definitions: [String: AgentWire.VMDefinition] = [:]
     private var running: Set<String> = []
     private var crashed: Set<String> = []
+    /// Hibernation files "written".
+    private var hibernated: Set<String> = []
     private var migrated: Set<String> = []
     private var nextPid: Int32 = 40_000
 
@@ -147,6 +149,17 @@ public actor FakeDriver: HypervisorDriver {
         }
         try repoint(vm, request.layers.map { ($0.active, $0.overlay) })
         return AgentWire.SnapshotAnswer(live: running.contains(vm), frozenFileSystems: request.quiesce ? 1 : nil)
+    }
+
+    public func hibernate(_ vm: String, to file: String) async throws {
+        guard running.contains(vm) else { throw ShepherdError(.illegalState, "VM \(vm) does not run here") }
+        running.remove(vm)
+        hibernated.insert(file)
+    }
+
+    public func resumeHibernated(_ vm: String, from file: String) async throws -> AgentWire.GuestStatus {
+        guard hibernated.remove(file) != nil else { throw ShepherdError(.notFound, "the saved memory '\(file)' is not on this host") }
+        return try await start(vm)
     }
 
     public func revert(_ vm: String, _ request: AgentWire.RevertRequest) async throws {

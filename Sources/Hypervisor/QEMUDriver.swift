@@ -379,7 +379,7 @@ actor GuestSupervisor {
 
     /// Ends QEMU: `quit` over QMP, then the SIGTERM→SIGKILL ladder; clears the pidfile so a
     /// power cut we asked for is never mistaken for a crash.
-    private func quit(pid: Int32) async {
+    func quit(pid: Int32) async {
         _ = try? await QMP.execute(socketPath: qmpSocket, "quit", timeout: .seconds(3))
         for _ in 0..<50 where Processes.isAlive(pid) { try? await Task.sleep(for: .milliseconds(100)) }
         if Processes.isAlive(pid) { _ = await Processes.terminate(pid, grace: .seconds(5)) }

@@ -137,6 +137,35 @@ extension GuestSupervisor {
         }
     }
 
+    /// Hibernation: the guest pauses, its RAM and device state go to `file`, and QEMU ends. If
+    /// the save fails the guest runs on and nothing is left behind.
+    func hibernate(to file: String) async throws {
+        try SnapshotTree.checkMemoryPath(file)
+        try await exclusive { me in
+            guard let pid = me.livePid() else { throw ShepherdError(.illegalState, "VM '\(me.definition.name)' does not run here") }
+            _ = try await me.qmp("stop")
+            do {
+                try await me.saveState(to: file)
+            } catch {
+                try? FileManager.default.removeItem(atPath: file)
+                _ = try? await me.qmp("cont")
+                throw error
+            }
+            await me.quit(pid: pid)
+        }
+    }
+
+    /// Resumes a hibernated guest from `file`, which is removed once the guest runs (its disks
+    /// move on from that moment, so the state can never be loaded twice).
+    func resumeHibernated(from file: String) async throws -> AgentWire.GuestStatus {
+        let pid = try await exclusive { me -> Int32? in
+            try await me.resume(from: file)
+            return me.livePid()
+        }
+        try? FileManager.default.removeItem(atPath: file)
+        return AgentWire.GuestStatus(vmId: id, power: .running, toolsRunning: false, pid: pid)
+    }
+
     /// Pulls `from`'s data into `into`, which then backs onto `from`'s backing file. Live
     /// (block-stream) when this VM's QEMU has `into` open; qemu-img rebase otherwise.
     func merge(_ request: AgentWire.MergeRequest, timeout: Duration = .seconds(900)) async throws {
@@ -232,4 +261,8 @@ extension QEMUDriver {
     }
     public func revert(_ vm: String, _ request: AgentWire.RevertRequest) async throws { try await supervisor(vm).revert(request) }
     public func merge(_ vm: String, _ request: AgentWire.MergeRequest) async throws { try await supervisor(vm).merge(request) }
+    public func hibernate(_ vm: String, to file: String) async throws { try await supervisor(vm).hibernate(to: file) }
+    public func resumeHibernated(_ vm: String, from file: String) async throws -> AgentWire.GuestStatus {
+        try await supervisor(vm).resumeHibernated(from: file)
+    }
 }

@@ -470,6 +470,11 @@ struct API: APIProtocol {
         return .accepted(.init(body: .json(Self.task(task))))
     }
 
+    func hibernateVM(_ input: Operations.HibernateVM.Input) async throws -> Operations.HibernateVM.Output {
+        let task = try await guarded { try await vms.hibernate(input.path.vm) }
+        return .accepted(.init(body: .json(Self.task(task))))
+    }
+
     func migrateVM(_ input: Operations.MigrateVM.Input) async throws -> Operations.MigrateVM.Output {
         guard case .json(let body) = input.body else { throw unsupportedBody }
         if body.dryRun == true {

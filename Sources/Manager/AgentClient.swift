@@ -141,6 +141,15 @@ final class AgentClient: Sendable {
         try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/snapshot", body: request, timeout: .seconds(90))
     }
 
+    /// Saving RAM goes at disk speed: up to 5 minutes (the agent's own limit), plus a margin.
+    func hibernate(_ endpoint: Endpoint, vm: String, file: String) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/hibernate", body: AgentWire.StateFileRequest(file: file), timeout: .seconds(330))
+    }
+
+    func resumeHibernated(_ endpoint: Endpoint, vm: String, file: String) async throws -> AgentWire.GuestStatus {
+        try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/resume", body: AgentWire.StateFileRequest(file: file), timeout: .seconds(210))
+    }
+
     func revert(_ endpoint: Endpoint, vm: String, _ request: AgentWire.RevertRequest) async throws {
         let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/revert", body: request, timeout: .seconds(120))
     }

@@ -151,7 +151,7 @@ final class HostService: Sendable {
                     changed.pid = guest.pid.map(Int.init)
                 }
             case .crashed:
-                if !owned, vm.lifecycle.name != "crashed", vm.lifecycle.name != "stopped" {
+                if !owned, !["crashed", "stopped", "hibernated"].contains(vm.lifecycle.name) {
                     let reason = guest.reason ?? "the QEMU process ended unexpectedly"
                     changed.lifecycle = .crashed(reason: reason)
                     event = (.error, "vm.crashed", "crashed on \(host.name): \(reason)")

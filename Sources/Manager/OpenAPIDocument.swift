@@ -610,6 +610,23 @@ paths:
             application/json:
               schema: { $ref: "#/components/schemas/Task" }
         default: { $ref: "#/components/responses/Error" }
+  /api/v1/vms/{vm}/hibernate:
+    post:
+      operationId: hibernateVM
+      description: |
+        Saves the running guest's RAM and device state beside its root disk and ends its QEMU
+        (the VM then holds no host memory). A start resumes it where it was and sets its clock
+        right through the tools; stop with force discards the saved state. Its disks cannot
+        change while it is hibernated. Needs the tools.
+      parameters:
+        - { $ref: "#/components/parameters/VMRef" }
+      responses:
+        "202":
+          description: Hibernation started.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/vms/{vm}/migrate:
     post:
       operationId: migrateVM
@@ -1347,7 +1364,7 @@ components:
         cmdline: { type: string }
     VMState:
       type: string
-      enum: [creating, stopped, starting, running, stopping, rebooting, crashed, deleting, migrating, unknown]
+      enum: [creating, stopped, starting, running, stopping, rebooting, crashed, deleting, migrating, unknown, hibernating, hibernated]
     ToolsStatus:
       type: string
       enum: [running, notRunning]

@@ -535,6 +535,10 @@ struct VMRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var memoryShares: Int = VMQoS.defaultShares
     var memoryLimitMiB: Int?
 
+    /// Where its RAM state goes while it is hibernated: beside its root disk, so any host that
+    /// sees the datastore can resume it.
+    var hibernationFile: String { (diskPath as NSString).deletingLastPathComponent + "/hibernated.state" }
+
     /// What admitting it to a host asks.
     var placementRequest: PlacementRequest {
         PlacementRequest(cpus: cpus, memoryMiB: memoryMiB, memoryReservationMiB: memoryReservationMiB,

@@ -260,7 +260,8 @@ final class VMService: Sendable {
         // The VM runs with the cluster's IMC baseline, else with the model its host provides.
         let cpuModel = try await store.db.write { db -> String? in
             let cluster = try ClusterRecord.fetchOne(db, key: host.clusterId)
-            let model = cluster?.imcBaseline ?? host.providedCPUModel
+            // A hibernated guest resumes on the CPU model it was saved with.
+            let model = previous == .hibernated ? vm.cpuModel : cluster?.imcBaseline ?? host.providedCPUModel
             guard var row = try VMRecord.fetchOne(db, key: vm.id) else { return model }
             row.cpuModel = model
             try row.update(db)
@@ -275,8 +276,14 @@ final class VMService: Sendable {
             do {
                 await progress.update(5, "defining the VM on \(host.name)")
                 _ = try await agents.define(Inventory.endpoint(host), definition)
-                await progress.update(15, "starting QEMU on \(host.name)")
-                let status = try await agents.start(Inventory.endpoint(host), vm: vm.id)
+                let status: AgentWire.GuestStatus
+                if previous == .hibernated {
+                    await progress.update(15, "resuming '\(vm.name)' from its saved memory on \(host.name)")
+                    status = try await agents.resumeHibernated(Inventory.endpoint(host), vm: vm.id, file: vm.hibernationFile)
+                } else {
+                    await progress.update(15, "starting QEMU on \(host.name)")
+                    status = try await agents.start(Inventory.endpoint(host), vm: vm.id)
+                }
                 await rollback.add("power off the half-started VM") { [agents] in
                     _ = try await agents.stop(Inventory.endpoint(host), vm: vm.id, force: true)
                 }
@@ -288,6 +295,10 @@ final class VMService: Sendable {
                 }
                 await progress.update(30, "booting; waiting for the guest's tools")
                 let tools = try await waitForTools(vm: vm, host: host, progress: progress, from: 30, to: 95)
+                if previous == .hibernated && tools {
+                    // It slept: its clock is as old as its hibernation (the seed's NTP sync after a resume).
+                    try? await agents.syncClock(Inventory.endpoint(host), vm: vm.id)
+                }
                 await events.record(.info, "vm.started", targetType: "vm", targetId: vm.id, targetName: vm.name,
                                     tools ? "powered on on \(host.name); tools answer" : "powered on on \(host.name); tools did not answer within \(timing.toolsTimeoutSeconds) s")
                 return tools ? "running on \(host.name); tools answer" : "running on \(host.name); tools did not answer within \(timing.toolsTimeoutSeconds) s"
@@ -363,6 +374,21 @@ final class VMService: Sendable {
         let (vm, task, host, previous) = try await beginTransition(reference, kind: force ? "vm.poweroff" : "vm.stop") { _, vm, _, task in
             try vm.lifecycle.stop(vm: vm.name, task: task.id, force: force)
         }
+        if previous == .hibernated {
+            tasks.run(task) { [self] progress in
+                await progress.update(50, "discarding the saved memory of '\(vm.name)'")
+                do {
+                    try await agents.deleteDisk(Inventory.endpoint(host), path: vm.hibernationFile)
+                } catch {
+                    try? await setLifecycle(vm.id, previous)
+                    throw failure(error, rolledBack: "'\(vm.name)' is hibernated again")
+                }
+                try await setLifecycle(vm.id, .stopped)
+                await events.record(.info, "vm.stopped", targetType: "vm", targetId: vm.id, targetName: vm.name, "powered off: its saved memory was discarded")
+                return "powered off (saved memory discarded)"
+            }
+            return task
+        }
         tasks.run(task) { [self] progress in
             do {
                 await progress.update(10, force ? "cutting power" : "asking the guest to shut down")
@@ -382,6 +408,34 @@ final class VMService: Sendable {
             } catch {
                 try? await setLifecycle(vm.id, previous)
                 throw failure(error, rolledBack: "'\(vm.name)' is \(previous.name) again")
+            }
+        }
+        return task
+    }
+
+    /// Hibernation (seed: 休眠): the guest's RAM and device state go to a file beside its root
+    /// disk and its QEMU ends; it then takes no host memory. A start resumes it where it was.
+    func hibernate(_ reference: String) async throws -> TaskRecord {
+        let (vm, task, host, previous) = try await beginTransition(reference, kind: "vm.hibernate") { _, vm, _, task in
+            let next = try vm.lifecycle.hibernate(vm: vm.name, task: task.id)
+            guard vm.toolsRunning else {
+                throw ShepherdError(.toolsNotRunning, "cannot hibernate '\(vm.name)': its tools do not answer (its clock is set right through them on resume)")
+            }
+            return next
+        }
+        tasks.run(task) { [self] progress in
+            do {
+                await progress.update(10, "pausing '\(vm.name)' and saving its \(vm.memoryMiB) MiB of memory")
+                let started = ContinuousClock.now
+                try await agents.hibernate(Inventory.endpoint(host), vm: vm.id, file: vm.hibernationFile)
+                let seconds = (ContinuousClock.now - started) / .seconds(1)
+                try await setLifecycle(vm.id, .hibernated)
+                let message = "hibernated in \(String(format: "%.1f", seconds)) s: its memory is saved in \(vm.hibernationFile)"
+                await events.record(.info, "vm.hibernated", targetType: "vm", targetId: vm.id, targetName: vm.name, message)
+                return message
+            } catch {
+                try? await setLifecycle(vm.id, previous)
+                throw failure(error, rolledBack: "'\(vm.name)' runs on, as before")
             }
         }
         return task
@@ -443,9 +497,10 @@ final class VMService: Sendable {
             }
             // Its QEMU and root disk are gone: from here on the VM is deleted even if one of its data disks is not.
             var disksNote = ""
-            let snapshotImages = Set((try? await store.db.read { db in
+            var snapshotImages = Set((try? await store.db.read { db in
                 try SnapshotService.snapshots(db, vmID: vm.id).flatMap { Array($0.imageMap.values) + [$0.memoryFile].compactMap { $0 } }
             }) ?? [])
+            if previous == .hibernated { snapshotImages.insert(vm.hibernationFile) }
             do {
                 for image in snapshotImages { try await agents.deleteDisk(Inventory.endpoint(host), path: image) }
                 let deleted = try await disks.deleteDisks(of: vm, host: host)

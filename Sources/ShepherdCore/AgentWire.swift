@@ -100,6 +100,12 @@ public enum AgentWire {
         }
     }
 
+    /// A hibernation file: where a running guest's state goes, or what a start resumes from.
+    public struct StateFileRequest: Codable, Sendable {
+        public var file: String
+        public init(file: String) { self.file = file }
+    }
+
     public struct PowerRequest: Codable, Sendable {
         public var force: Bool
         public init(force: Bool) { self.force = force }

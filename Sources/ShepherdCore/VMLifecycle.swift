@@ -15,6 +15,11 @@ public enum VMLifecycle: Sendable, Equatable {
     case migrating(task: String, target: String)
     /// The manager lost track (e.g. its host disconnected); the next heartbeat settles it.
     case unknown(reason: String)
+    /// Its RAM and device state are being written to its datastore; QEMU ends after.
+    case hibernating(task: String)
+    /// Off with its RAM state saved beside its disk (seed: 休眠); a start resumes it. Its disks
+    /// must not change meanwhile.
+    case hibernated
 
     /// The state's stable name, as the API spells it.
     public var name: String {
@@ -29,6 +34,8 @@ public enum VMLifecycle: Sendable, Equatable {
         case .deleting: "deleting"
         case .migrating: "migrating"
         case .unknown: "unknown"
+        case .hibernating: "hibernating"
+        case .hibernated: "hibernated"
         }
     }
 
@@ -36,7 +43,7 @@ public enum VMLifecycle: Sendable, Equatable {
     public var task: String? {
         switch self {
         case .creating(let task), .starting(let task), .stopping(let task), .rebooting(let task), .deleting(let task),
-             .migrating(let task, _): task
+             .migrating(let task, _), .hibernating(let task): task
         default: nil
         }
     }
@@ -58,7 +65,7 @@ public enum VMLifecycle: Sendable, Equatable {
     /// Does QEMU run (or is it about to) — what counts against a host's memory.
     public var consumesHostResources: Bool {
         switch self {
-        case .starting, .running, .stopping, .rebooting, .migrating: true
+        case .starting, .running, .stopping, .rebooting, .migrating, .hibernating: true
         default: false
         }
     }
@@ -81,6 +88,8 @@ public enum VMLifecycle: Sendable, Equatable {
         case "crashed": self = .crashed(reason: reason ?? "")
         case "deleting": self = .deleting(task: task ?? "")
         case "migrating": self = .migrating(task: task ?? "", target: migrationTarget ?? "")
+        case "hibernating": self = .hibernating(task: task ?? "")
+        case "hibernated": self = .hibernated
         default: self = .unknown(reason: reason ?? "stored state '\(name)' is not known")
         }
     }
@@ -89,8 +98,8 @@ public enum VMLifecycle: Sendable, Equatable {
 
     public func start(vm: String, task: String) throws -> VMLifecycle {
         switch self {
-        case .stopped, .crashed: return .starting(task: task)
-        default: throw illegal("start", vm: vm, allowed: ["stopped", "crashed"])
+        case .stopped, .crashed, .hibernated: return .starting(task: task)
+        default: throw illegal("start", vm: vm, allowed: ["stopped", "crashed", "hibernated"])
         }
     }
 
@@ -100,6 +109,9 @@ public enum VMLifecycle: Sendable, Equatable {
         case .unknown, .rebooting, .starting, .stopping, .crashed:
             if force { return .stopping(task: task) }
             throw illegal("stop", vm: vm, allowed: ["running"])
+        case .hibernated:
+            if force { return .stopping(task: task) }
+            throw ShepherdError(.illegalState, "VM '\(vm)' is hibernated: a start resumes it; stop --force discards its saved memory")
         default:
             throw illegal("stop", vm: vm, allowed: force ? ["running", "starting", "stopping", "rebooting", "crashed", "unknown"] : ["running"])
         }
@@ -114,12 +126,17 @@ public enum VMLifecycle: Sendable, Equatable {
 
     public func delete(vm: String, task: String, force: Bool) throws -> VMLifecycle {
         switch self {
-        case .stopped, .crashed, .unknown: return .deleting(task: task)
+        case .stopped, .crashed, .unknown, .hibernated: return .deleting(task: task)
         case .running, .starting, .stopping, .rebooting:
             if force { return .deleting(task: task) }
             throw ShepherdError(.illegalState, "cannot delete VM '\(vm)': it is \(name); stop it first or use --force to cut its power")
         default: throw illegal("delete", vm: vm, allowed: ["stopped", "crashed", "unknown"])
         }
+    }
+
+    public func hibernate(vm: String, task: String) throws -> VMLifecycle {
+        guard case .running = self else { throw illegal("hibernate", vm: vm, allowed: ["running"]) }
+        return .hibernating(task: task)
     }
 
     public func migrate(vm: String, task: String, target: String) throws -> VMLifecycle {

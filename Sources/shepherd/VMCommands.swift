@@ -26,7 +26,7 @@ struct TaskFlags: ParsableArguments {
 struct VMCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vm", abstract: "Create, run and remove virtual machines.",
-        subcommands: [List.self, Show.self, Create.self, Start.self, Stop.self, Reboot.self, Delete.self, Exec.self, Migrate.self,
+        subcommands: [List.self, Show.self, Create.self, Start.self, Stop.self, Reboot.self, Hibernate.self, Delete.self, Exec.self, Migrate.self,
                        MigrateStorage.self, Clone.self, ToTemplate.self, Set.self, QoS.self])
 
     struct List: AsyncParsableCommand {
@@ -142,6 +142,24 @@ struct VMCommand: AsyncParsableCommand {
         func run() async throws {
             try await calling(options) { client in
                 switch try await client.rebootVM(path: .init(vm: vm), body: .json(.init(force: force))) {
+                case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
+                case .default(let status, let error): throw CLIError.api(status, error)
+                }
+            }
+        }
+    }
+
+    struct Hibernate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Save a running VM's memory to its datastore and end its QEMU; 'vm start' resumes it where it was.",
+            discussion: "'vm stop --force' on a hibernated VM discards the saved memory instead.")
+        @OptionGroup var options: ClientOptions
+        @OptionGroup var flags: TaskFlags
+        @Argument(help: "The VM's name or id.") var vm: String
+
+        func run() async throws {
+            try await calling(options) { client in
+                switch try await client.hibernateVM(path: .init(vm: vm)) {
                 case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
                 case .default(let status, let error): throw CLIError.api(status, error)
                 }

@@ -122,5 +122,37 @@ struct QoSTests {
             #expect(back >= full - 8, "without the limit the guest sees \(back) of \(full) MiB again")
         }
     }
+
+    @Test("hibernate then start: the guest's QEMU is gone meanwhile, and it resumes in the same boot with its RAM-only counter going on")
+    func hibernateAndResume() async throws {
+        try await TestCluster.with(driver: "qemu") { cluster in
+            try #require(try await cluster.createVM("sleeper").state == .succeeded)
+            try #require(try await cluster.start("sleeper").state == .succeeded)
+            // /run is a tmpfs: the counter lives in the guest's RAM only.
+            #expect(try await cluster.exec("sleeper", ["sh", "-c", "(i=0; while :; do i=$((i+1)); echo $i > /run/counter; usleep 200000 || sleep 1; done) >/dev/null 2>&1 &"]).exitCode == 0)
+            func counter() async throws -> Int {
+                Int(try await cluster.exec("sleeper", ["cat", "/run/counter"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+            }
+            try await Task.sleep(for: .seconds(2))
+            let boot = try await cluster.exec("sleeper", ["cat", "/proc/sys/kernel/random/boot_id"]).stdout
+            let pid = try #require(try await cluster.vm("sleeper").pid)
+            let before = try await counter()
+            let hibernated = try await cluster.hibernate("sleeper")
+            try #require(hibernated.state == .succeeded, "\(hibernated.message)")
+            print("hibernate: \(hibernated.message)")
+            let vm = try await cluster.vm("sleeper")
+            let file = (vm.diskPath as NSString).deletingLastPathComponent + "/hibernated.state"
+            #expect(vm.state == .hibernated && !Processes.isAlive(Int32(pid)) && FileManager.default.fileExists(atPath: file))
+
+            try await Task.sleep(for: .seconds(3))
+            try #require(try await cluster.start("sleeper").state == .succeeded)
+            let after = try await counter()
+            #expect(try await cluster.exec("sleeper", ["cat", "/proc/sys/kernel/random/boot_id"]).stdout == boot, "the same boot: resumed, not rebooted")
+            #expect(after >= before && after < before + 40, "the counter went on from \(before), not from 0 and not through the sleep: \(after)")
+            try await Task.sleep(for: .seconds(2))
+            #expect(try await counter() > after, "and it keeps counting")
+            #expect(!FileManager.default.fileExists(atPath: file), "the saved memory is consumed by the resume")
+        }
+    }
 }
 }

@@ -135,3 +135,46 @@ struct QoSAPITests {
         }
     }
 }
+
+/// Hibernation through the API (fake driver: manager logic only).
+@Suite("Hibernation API", .serialized)
+struct HibernationAPITests {
+    @Test("a hibernated VM frees its host's memory, refuses disk changes and a plain stop, resumes on start, and stop --force discards its memory")
+    func hibernateResumeDiscard() async throws {
+        try await TestCluster.with(driver: "fake", hosts: 1, agentArguments: QoSAPITests.smallHost) { cluster in
+            let token = cluster.adminToken
+            #expect(try await cluster.createVM("h1", memoryMiB: 512, host: "host-1").state == .succeeded)
+            #expect(try await cluster.start("h1").state == .succeeded)
+            _ = try await cluster.waitForVM("h1") { $0.toolsStatus == .running }
+            #expect(try await cluster.host("host-1").memoryAllocatedMiB == 512)
+            let hibernated = try await cluster.hibernate("h1")
+            #expect(hibernated.state == .succeeded && hibernated.message.contains("hibernated.state"), "\(hibernated.message)")
+            #expect(try await cluster.vm("h1").state == .hibernated)
+            #expect(try await cluster.host("host-1").memoryAllocatedMiB == 0, "a hibernated VM holds no host memory")
+
+            let before = try cluster.databaseSnapshot()
+            for (method, path, body, words) in [
+                ("POST", "/api/v1/vms/h1/hibernate", nil as String?, "cannot hibernate VM 'h1': it is hibernated"),
+                ("POST", "/api/v1/vms/h1/stop", #"{"force":false}"#, "stop --force discards its saved memory"),
+                ("POST", "/api/v1/disks", #"{"vm":"h1","sizeBytes":16777216}"#, "is hibernated"),
+                ("POST", "/api/v1/vms/h1/snapshots", #"{"name":"s"}"#, "is hibernated"),
+            ] {
+                let (code, answer) = try await cluster.raw(method, path, token: token, body: body)
+                #expect(code == 409 && answer.contains(words), "\(method) \(path): \(code) \(answer)")
+            }
+            #expect(try cluster.databaseSnapshot() == before, "refusals change nothing")
+
+            #expect(try await cluster.start("h1").state == .succeeded)
+            #expect(try await cluster.vm("h1").state == .running)
+            let events = try await cluster.events().filter { $0.targetName == "h1" }.map(\.kind)
+            #expect(events.contains("vm.hibernated"), "\(events)")
+
+            // Hibernate again, then throw the saved memory away.
+            _ = try await cluster.waitForVM("h1") { $0.toolsStatus == .running }
+            #expect(try await cluster.hibernate("h1").state == .succeeded)
+            let discarded = try await cluster.stop("h1", force: true)
+            #expect(discarded.state == .succeeded && discarded.message.contains("saved memory discarded"), "\(discarded.message)")
+            #expect(try await cluster.vm("h1").state == .stopped)
+        }
+    }
+}

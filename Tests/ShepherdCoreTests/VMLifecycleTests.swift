@@ -24,6 +24,20 @@ struct VMLifecycleTests {
         #expect(throws: ShepherdError.self) { try VMLifecycle.stopped.stop(vm: "a", task: "t", force: true) }
     }
 
+    @Test("only a running VM hibernates; a hibernated one starts (resumes), is deleted, or is stopped only with force (its memory discarded)")
+    func hibernate() throws {
+        #expect(try VMLifecycle.running(since: Date()).hibernate(vm: "a", task: "t") == .hibernating(task: "t"))
+        #expect(VMLifecycle.hibernating(task: "t").consumesHostResources && !VMLifecycle.hibernated.consumesHostResources)
+        #expect(throws: ShepherdError.self) { try VMLifecycle.stopped.hibernate(vm: "a", task: "t") }
+        #expect(try VMLifecycle.hibernated.start(vm: "a", task: "t") == .starting(task: "t"))
+        #expect(try VMLifecycle.hibernated.delete(vm: "a", task: "t", force: false) == .deleting(task: "t"))
+        let error = #expect(throws: ShepherdError.self) { try VMLifecycle.hibernated.stop(vm: "a", task: "t", force: false) }
+        #expect(error?.message.contains("stop --force discards its saved memory") == true, "\(error?.message ?? "")")
+        #expect(try VMLifecycle.hibernated.stop(vm: "a", task: "t", force: true) == .stopping(task: "t"))
+        #expect(VMLifecycle(name: "hibernated", task: nil, reason: nil, since: nil) == .hibernated)
+        #expect(VMLifecycle(name: "hibernating", task: "t", reason: nil, since: nil) == .hibernating(task: "t"))
+    }
+
     @Test("deleting a running VM needs force, and the refusal says so")
     func delete() throws {
         #expect(try VMLifecycle.stopped.delete(vm: "a", task: "t", force: false) == .deleting(task: "t"))

@@ -305,6 +305,13 @@ public final class TestCluster: @unchecked Sendable {
         }
     }
 
+    public func hibernate(_ vm: String) async throws -> Components.Schemas.Task {
+        switch try await client().hibernateVM(path: .init(vm: vm)) {
+        case .accepted(let accepted): return try await wait(try accepted.body.json)
+        case .default(let status, let error): throw HarnessError("hibernate \(vm): HTTP \(status) \(String(describing: try? error.body.json))")
+        }
+    }
+
     public func reboot(_ vm: String, force: Bool = false) async throws -> Components.Schemas.Task {
         switch try await client().rebootVM(path: .init(vm: vm), body: .json(.init(force: force))) {
         case .accepted(let accepted): return try await wait(try accepted.body.json)
