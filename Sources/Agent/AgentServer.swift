@@ -334,6 +334,11 @@ struct AgentRoutes: Sendable {
             for layer in body.layers { try checkOnDatastore(layer.active, field: "active"); try checkOnDatastore(layer.overlay, field: "overlay") }
             return JSONResponse.make(try await driver.snapshot(context.parameters.require("id"), body))
         }
+        vms.post(":id/balloon") { request, context in
+            let body = try await request.decode(as: AgentWire.BalloonRequest.self, context: context)
+            try await driver.setBalloon(context.parameters.require("id"), targetMiB: body.targetMiB)
+            return JSONResponse.make(AgentWire.Done())
+        }
         vms.post(":id/hibernate") { request, context in
             let body = try await request.decode(as: AgentWire.StateFileRequest.self, context: context)
             try checkOnDatastore(body.file, field: "file")

@@ -93,7 +93,8 @@ final class ManagerLink: Service, Sendable {
         let guests = await driver.statuses().map { status in
             Components.Schemas.GuestReport(vmId: status.vmId, power: .init(rawValue: status.power.rawValue) ?? .crashed,
                                            toolsRunning: status.toolsRunning, pid: status.pid.map(Int.init), reason: status.reason,
-                                           cpuSeconds: status.pid.flatMap { Processes.cpuSeconds($0) })
+                                           cpuSeconds: status.pid.flatMap { Processes.cpuSeconds($0) },
+                                           balloonMiB: status.balloonMiB, guestAvailableMiB: status.guestAvailableMiB)
         }
         let response = try await client.agentHeartbeat(body: .json(.init(
             hostId: current.hostId, host: try await hostReport(), datastores: datastoreReports(), guests: guests,

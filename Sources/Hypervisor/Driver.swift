@@ -59,6 +59,9 @@ public protocol HypervisorDriver: Sendable {
     /// Pulls a deleted snapshot's image into an image above it (live when the VM has it open).
     func merge(_ vm: String, _ request: AgentWire.MergeRequest) async throws
 
+    /// Moves the VM's balloon so its guest has `targetMiB` (the balloon controller).
+    func setBalloon(_ vm: String, targetMiB: Int) async throws
+
     // MARK: hibernation
 
     /// Saves the running guest's RAM and device state to `file` and ends QEMU.

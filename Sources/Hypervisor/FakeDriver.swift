@@ -151,6 +151,10 @@ public actor FakeDriver: HypervisorDriver {
         return AgentWire.SnapshotAnswer(live: running.contains(vm), frozenFileSystems: request.quiesce ? 1 : nil)
     }
 
+    public func setBalloon(_ vm: String, targetMiB: Int) async throws {
+        guard running.contains(vm) else { throw ShepherdError(.illegalState, "VM \(vm) does not run here") }
+    }
+
     public func hibernate(_ vm: String, to file: String) async throws {
         guard running.contains(vm) else { throw ShepherdError(.illegalState, "VM \(vm) does not run here") }
         running.remove(vm)

@@ -113,6 +113,7 @@ public final class QEMUDriver: HypervisorDriver {
     public func startPostcopy(_ vm: String) async throws { try await supervisor(vm).startPostcopy() }
     public func cancelMigration(_ vm: String) async throws { try await supervisor(vm).cancelMigration() }
     public func syncGuestClock(_ vm: String) async throws { try await supervisor(vm).syncGuestClock() }
+    public func setBalloon(_ vm: String, targetMiB: Int) async throws { try await supervisor(vm).setBalloon(targetMiB: targetMiB) }
 
     public func release(_ vm: String) async throws {
         guard let supervisor = await supervisors.get(vm) else { return }
@@ -228,6 +229,27 @@ actor GuestSupervisor {
                             cpuPeriodMicros: VMQoS.cfsPeriodMicros, memoryProtectedBytes: UInt64(qos.memoryReservationMiB) << 20)
     }
 
+    /// What the guest has (memory less the balloon) and what it counts as available of it;
+    /// nil where QEMU or the guest's balloon driver does not say (yet).
+    func balloonReport() async -> (Int?, Int?) {
+        let actual = (try? await qmp("query-balloon", timeout: .seconds(2)))?["actual"]?.doubleValue
+        let stats = try? await qmp("qom-get", ["path": .string(Self.balloonPath), "property": "guest-stats"], timeout: .seconds(2))
+        let available = stats?["stats"]?["stat-available-memory"]?.doubleValue
+        // A statistic the guest has not reported yet reads as -1 or as 2^64-1.
+        func mib(_ bytes: Double?) -> Int? { bytes.flatMap { $0 >= 0 && $0 < 1e15 ? Int($0) >> 20 : nil } }
+        return (mib(actual), mib(available))
+    }
+
+    static let balloonPath = "/machine/peripheral/balloon0"
+
+    /// Moves the balloon so the guest has `targetMiB` (never below 64 MiB nor above its memory ceiling).
+    func setBalloon(targetMiB: Int) async throws {
+        guard livePid() != nil else { throw ShepherdError(.illegalState, "VM '\(definition.name)' does not run here") }
+        let ceiling = (definition.qos ?? VMQoS(memoryReservationMiB: 0)).memoryCeilingMiB(memoryMiB: definition.memoryMiB)
+        let target = min(ceiling, max(VMQoS.minimumMemoryLimitMiB, targetMiB))
+        _ = try await qmp("balloon", ["value": .number(Double(UInt64(target) << 20))])
+    }
+
     /// Puts QEMU into the VM's cgroup (or updates its limits there) and sets the balloon to the
     /// memory limit. A start whose QoS cannot be enforced fails rather than run unbounded.
     func applyQoS(pid: Int32, placing: Bool) async throws {
@@ -236,6 +258,10 @@ actor GuestSupervisor {
         }
         let ceiling = (definition.qos ?? VMQoS(memoryReservationMiB: 0)).memoryCeilingMiB(memoryMiB: definition.memoryMiB)
         _ = try await qmp("balloon", ["value": .number(Double(UInt64(ceiling) << 20))])
+        if placing {
+            // The guest's balloon driver reports its memory use every 2 s (the balloon controller's input).
+            _ = try await qmp("qom-set", ["path": .string(Self.balloonPath), "property": "guest-stats-polling-interval", "value": 2])
+        }
     }
 
     func save() throws {
@@ -291,7 +317,8 @@ actor GuestSupervisor {
             tools = lastToolsRunning
         }
         let power: AgentWire.GuestPower = qemuStatus == "running" ? .running : .paused
-        return AgentWire.GuestStatus(vmId: id, power: power, toolsRunning: tools, pid: pid)
+        let (balloon, available) = power == .running ? await balloonReport() : (nil, nil)
+        return AgentWire.GuestStatus(vmId: id, power: power, toolsRunning: tools, pid: pid, balloonMiB: balloon, guestAvailableMiB: available)
     }
 
     func lastLogLine() -> String? {

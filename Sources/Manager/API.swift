@@ -23,6 +23,7 @@ struct API: APIProtocol {
     let storage: StorageMigrationService
     let datastores: DatastoreService
     let qos: QoSService
+    let balloons: BalloonService
     let tasks: TaskEngine
     let version: String
 
@@ -697,7 +698,7 @@ struct API: APIProtocol {
         let guests = body.guests.map { guest in
             AgentWire.GuestStatus(vmId: guest.vmId, power: AgentWire.GuestPower(rawValue: guest.power.rawValue) ?? .crashed,
                                   toolsRunning: guest.toolsRunning, pid: guest.pid.map(Int32.init), reason: guest.reason,
-                                  cpuSeconds: guest.cpuSeconds)
+                                  cpuSeconds: guest.cpuSeconds, balloonMiB: guest.balloonMiB, guestAvailableMiB: guest.guestAvailableMiB)
         }
         let outcome = try await guarded {
             try await hosts.heartbeat(bearer: RequestBearer.token, hostId: body.hostId, host: Self.report(body.host),
@@ -705,6 +706,7 @@ struct API: APIProtocol {
                                       datastores: body.datastores.map(Self.report), guests: guests, leaseRenewedAt: body.leaseRenewedAt)
         }
         await drs.record(guests, hostId: body.hostId)
+        await balloons.adjust(hostId: body.hostId, guests: guests)
         if !outcome.failures.isEmpty { await ha.handleFailures(outcome.failures) }
         return .ok(.init(body: .json(.init(isolationResponse: Schemas.IsolationResponse(rawValue: outcome.isolationResponse.rawValue) ?? .leaveRunning,
                                            peers: outcome.peers))))

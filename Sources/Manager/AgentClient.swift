@@ -141,6 +141,10 @@ final class AgentClient: Sendable {
         try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/snapshot", body: request, timeout: .seconds(90))
     }
 
+    func setBalloon(_ endpoint: Endpoint, vm: String, targetMiB: Int) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/balloon", body: AgentWire.BalloonRequest(targetMiB: targetMiB), timeout: .seconds(10))
+    }
+
     /// Saving RAM goes at disk speed: up to 5 minutes (the agent's own limit), plus a margin.
     func hibernate(_ endpoint: Endpoint, vm: String, file: String) async throws {
         let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/hibernate", body: AgentWire.StateFileRequest(file: file), timeout: .seconds(330))

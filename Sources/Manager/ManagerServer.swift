@@ -65,6 +65,7 @@ public enum ManagerServer {
                       snapshots: snapshots, storage: StorageMigrationService(store: store, agents: agents, tasks: tasks, events: events, vms: vms),
                       datastores: DatastoreService(store: store, agents: agents, events: events),
                       qos: QoSService(store: store, agents: agents, events: events, vms: vms, hostReserveMiB: configuration.hostReserveMiB),
+                      balloons: BalloonService(store: store, agents: agents, events: events, hostReserveMiB: configuration.hostReserveMiB),
                       tasks: tasks, version: version)
 
         let router = Router()

@@ -1578,6 +1578,8 @@ components:
         pid: { type: integer }
         reason: { type: string }
         cpuSeconds: { type: number, format: double, description: "CPU time the VM's QEMU process has used (user + system, s)." }
+        balloonMiB: { type: integer, description: "Memory the guest has now (its memory less the balloon)." }
+        guestAvailableMiB: { type: integer, description: "Memory the guest itself counts as available (its balloon driver's statistics)." }
     Heartbeat:
       type: object
       required: [hostId, host, datastores, guests]

@@ -93,11 +93,21 @@ public enum AgentWire {
         public var reason: String?
         /// CPU time the VM's QEMU process has used (s); DRS turns its growth into load.
         public var cpuSeconds: Double?
+        /// Memory the guest has now (its memory less the balloon), and what it counts as
+        /// available of it (balloon statistics): the balloon controller's inputs.
+        public var balloonMiB: Int?
+        public var guestAvailableMiB: Int?
         public init(vmId: String, power: GuestPower, toolsRunning: Bool, pid: Int32? = nil, reason: String? = nil,
-                    cpuSeconds: Double? = nil) {
+                    cpuSeconds: Double? = nil, balloonMiB: Int? = nil, guestAvailableMiB: Int? = nil) {
             self.vmId = vmId; self.power = power; self.toolsRunning = toolsRunning; self.pid = pid; self.reason = reason
-            self.cpuSeconds = cpuSeconds
+            self.cpuSeconds = cpuSeconds; self.balloonMiB = balloonMiB; self.guestAvailableMiB = guestAvailableMiB
         }
+    }
+
+    /// The memory a running guest is to have (the balloon controller's target).
+    public struct BalloonRequest: Codable, Sendable {
+        public var targetMiB: Int
+        public init(targetMiB: Int) { self.targetMiB = targetMiB }
     }
 
     /// A hibernation file: where a running guest's state goes, or what a start resumes from.

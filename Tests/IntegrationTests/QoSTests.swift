@@ -154,5 +154,59 @@ struct QoSTests {
             #expect(!FileManager.default.fileExists(atPath: file), "the saved memory is consumed by the resume")
         }
     }
+
+    /// The guest's MemTotal in MiB (what the balloon leaves it).
+    static func guestTotalMiB(_ cluster: TestCluster, _ vm: String) async throws -> Int {
+        let out = try await cluster.exec(vm, ["sh", "-c", "grep MemTotal /proc/meminfo"]).stdout
+        return (Int(out.split(separator: " ").dropFirst().first { !$0.isEmpty }.map(String.init) ?? "") ?? 0) / 1024
+    }
+
+    /// Polls until `condition` holds for the guest's MemTotal; returns it and the seconds waited.
+    static func waitForTotal(_ cluster: TestCluster, _ vm: String, seconds: Int, _ condition: (Int) -> Bool) async throws -> (Int, Double) {
+        let started = ContinuousClock.now
+        var total = try await guestTotalMiB(cluster, vm)
+        while !condition(total), ContinuousClock.now - started < .seconds(seconds) {
+            try await Task.sleep(for: .seconds(1))
+            total = try await guestTotalMiB(cluster, vm)
+        }
+        return (total, (ContinuousClock.now - started) / .seconds(1))
+    }
+
+    @Test("on a host short of memory the balloon controller takes memory from an idle guest, never from one its reservation protects, and hands it to a guest that fills its memory")
+    func balloonController() async throws {
+        // 1280 MiB host: 768 MiB for VMs; two 512 MiB guests only fit with overcommit.
+        try await TestCluster.with(driver: "qemu", agentArguments: ["host-1": ["--memory", "1280"]]) { cluster in
+            let token = cluster.adminToken
+            #expect(try await cluster.setCluster(#"{"memoryOvercommit":true}"#).0 == 200)
+            for name in ["keeper", "idle"] { try #require(try await cluster.createVM(name, memoryMiB: 512).state == .succeeded) }
+            try #require(try await cluster.raw("PATCH", "/api/v1/vms/keeper/qos", token: token, body: #"{"memoryReservation":"448"}"#).0 == 200)
+            for name in ["keeper", "idle"] {
+                let started = try await cluster.start(name)
+                try #require(started.state == .succeeded, "\(name): \(started.message) \(started.error?.message ?? "")")
+            }
+            let keeperFull = try await Self.guestTotalMiB(cluster, "keeper"), idleFull = try await Self.guestTotalMiB(cluster, "idle")
+
+            let (idleShrunk, shrinkSeconds) = try await Self.waitForTotal(cluster, "idle", seconds: 60) { $0 <= idleFull - 150 }
+            let keeperNow = try await Self.guestTotalMiB(cluster, "keeper")
+            print("balloon: idle guest \(idleFull) → \(idleShrunk) MiB in \(String(format: "%.0f", shrinkSeconds)) s; reserved guest \(keeperFull) → \(keeperNow) MiB")
+            #expect(idleShrunk <= idleFull - 150, "the idle guest kept \(idleShrunk) of \(idleFull) MiB")
+            #expect(keeperNow >= keeperFull - 16, "the reserved guest lost memory: \(keeperNow) of \(keeperFull) MiB")
+            let events = try await cluster.events().filter { $0.kind == "host.balloon" }
+            #expect(events.contains { $0.message.contains("idle 512→") }, "\(events.map(\.message))")
+
+            // Without the reservation both idle guests share the host alike; then one fills its memory.
+            try #require(try await cluster.raw("PATCH", "/api/v1/vms/keeper/qos", token: token, body: #"{"memoryReservation":"0"}"#).0 == 200)
+            let (keeperShared, _) = try await Self.waitForTotal(cluster, "keeper", seconds: 60) { $0 <= keeperFull - 80 }
+            #expect(keeperShared <= keeperFull - 80, "without a reservation the idle keeper gives memory back too: \(keeperShared) of \(keeperFull) MiB")
+            let fill = "mkdir -p /run/fill && mount -t tmpfs -o size=400m tmpfs /run/fill && " + fillMemory(256, file: "/run/fill/data")
+            let filled = try await cluster.exec("keeper", ["sh", "-c", fill])
+            #expect(filled.exitCode == 0, "\(filled.stderr)")
+            let (keeperGrown, growSeconds) = try await Self.waitForTotal(cluster, "keeper", seconds: 90) { $0 >= keeperShared + 100 }
+            let idleAfter = try await Self.guestTotalMiB(cluster, "idle")
+            print("balloon: the busy guest grew \(keeperShared) → \(keeperGrown) MiB \(String(format: "%.0f", growSeconds)) s after filling 256 MiB; the idle one has \(idleAfter) MiB")
+            #expect(keeperGrown >= keeperShared + 100, "the busy guest got \(keeperGrown - keeperShared) MiB more")
+            #expect(idleAfter < keeperGrown - 150, "the idle guest (\(idleAfter) MiB) gave way to the busy one (\(keeperGrown) MiB)")
+        }
+    }
 }
 }
