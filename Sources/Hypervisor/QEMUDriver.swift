@@ -31,8 +31,11 @@ public final class QEMUDriver: HypervisorDriver {
             let file = "\(root)/\(id)/vm.json"
             guard let data = FileManager.default.contents(atPath: file),
                   let definition = try? JSONDecoder().decode(AgentWire.VMDefinition.self, from: data) else { continue }
-            await supervisors.insert(GuestSupervisor(definition: definition, directory: "\(root)/\(id)",
-                                                     accelerator: accelerator, qemuBinary: qemuBinary, cgroups: cgroups))
+            let supervisor = GuestSupervisor(definition: definition, directory: "\(root)/\(id)",
+                                             accelerator: accelerator, qemuBinary: qemuBinary, cgroups: cgroups)
+            // A QEMU that ended while no agent watched leaves its swap disk on.
+            if await !supervisor.isRunning { await supervisor.disableSwap() }
+            await supervisors.insert(supervisor)
         }
         return await statuses()
     }
@@ -145,6 +148,8 @@ actor GuestSupervisor {
     private let accelerator: String
     private let qemuBinary: String
     private let cgroups: CGroups?
+    /// The swap disk this VM's start switched on (off again when its QEMU ends).
+    private var activeSwap: String?
     private var guestAgentBusy = 0
     private var changingProcess = false
     private var lastToolsRunning = false
@@ -351,9 +356,18 @@ actor GuestSupervisor {
         }
         let argv = QEMUCommandLine(definition: definition, accelerator: accelerator, qmpSocket: qmpSocket,
                                    guestAgentSocket: guestAgentSocket, pidFile: pidFile, logFile: logFile, serialLog: serialLog).arguments
+        if let swap = definition.swap {
+            do {
+                try await Swap.enable(path: swap.path, sizeBytes: UInt64(swap.sizeBytes))
+            } catch {
+                throw ShepherdError(.agentFailed, "cannot start '\(definition.name)': its swap disk '\(swap.path)' (\(swap.sizeBytes >> 30) GiB) could not be switched on: \(error)")
+            }
+            activeSwap = swap.path
+        }
         do {
             try await Command.check(qemuBinary, argv + extraArguments, timeout: .seconds(60))
         } catch let error as HostKitError {
+            await disableSwap()
             let logLine = lastLogLine()
             // QEMU's image lock: another QEMU (on this or another host) still has the disk open.
             let locked = logLine.map { $0.contains("Is another process using the image") || $0.contains("Failed to get \"write\" lock") } ?? false
@@ -363,6 +377,7 @@ actor GuestSupervisor {
         lastToolsRunning = false
         missedPings = 0
         guard let pid = livePid() else {
+            await disableSwap()
             throw ShepherdError(.agentFailed, "QEMU for '\(definition.name)' exited right after starting\(lastLogLine().map { ": " + $0 } ?? "")")
         }
         do {
@@ -413,6 +428,15 @@ actor GuestSupervisor {
         try? FileManager.default.removeItem(atPath: pidFile)
         lastToolsRunning = false
         await cgroups?.remove(vm: id)
+        await disableSwap()
+    }
+
+    /// Switches off the swap disk this VM had on (or, after an agent restart, its definition's
+    /// if the kernel still has it on). The file stays for the next start.
+    func disableSwap() async {
+        guard let path = activeSwap ?? definition.swap?.path else { return }
+        activeSwap = nil
+        try? await Swap.disable(path: path)
     }
 
     var isRunning: Bool { livePid() != nil }
@@ -528,6 +552,8 @@ actor GuestSupervisor {
     /// Ends QEMU if it runs and removes this host's record of the VM, keeping the disk.
     func forget() async throws {
         await exclusive { me in if let pid = me.livePid() { await me.quit(pid: pid) } }
+        // The VM has left this host: so has its swap disk here.
+        if let swap = definition.swap { try? await Swap.remove(path: swap.path) }
         try? FileManager.default.removeItem(atPath: directory)
         try? FileManager.default.removeItem(atPath: socketDirectory)
     }
@@ -535,6 +561,7 @@ actor GuestSupervisor {
     /// Cuts power if needed and removes the VM's directory and disk.
     func destroy() async throws {
         await exclusive { me in if let pid = me.livePid() { await me.quit(pid: pid) } }
+        if let swap = definition.swap { try? await Swap.remove(path: swap.path) }
         let diskDirectory = (definition.disk as NSString).deletingLastPathComponent
         try? FileManager.default.removeItem(atPath: definition.disk)
         try? FileManager.default.removeItem(atPath: definition.disk + ".partial")

@@ -13,7 +13,7 @@ actor BalloonService {
     let agents: AgentClient
     let events: EventLog
     let hostReserveMiB: Int
-    static let interval: Duration = .seconds(6)
+    static let interval: Duration = .milliseconds(1900)
     private var lastRound: [String: ContinuousClock.Instant] = [:]
     private var running: Set<String> = []
 

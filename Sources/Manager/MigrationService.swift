@@ -182,12 +182,13 @@ final class MigrationService: Sendable {
             try vm.update(db)
             return (vm, task)
         }
-        var definition = try await vms.definitionFor(vm)
+        var definition = try await vms.definitionFor(vm, on: plan.target.id)
         if let storage = plan.storage {
             // The target opens the images its datastore will hold.
             let moved = Dictionary(uniqueKeysWithValues: storage.disks.map { ($0.source, $0.target) })
             definition.disk = moved[definition.disk] ?? definition.disk
             for index in definition.disks.indices { definition.disks[index].path = moved[definition.disks[index].path] ?? definition.disks[index].path }
+            if definition.swap != nil { definition.swap = VMService.swapFile(disk: definition.disk, host: plan.target.name, memoryMiB: vm.memoryMiB) }
             definition.linkedClone = false
         }
         let storage = plan.storage

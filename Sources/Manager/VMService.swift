@@ -587,14 +587,25 @@ final class VMService: Sendable {
         }
     }
 
-    func definitionFor(_ vm: VMRecord) async throws -> AgentWire.VMDefinition {
-        let template = try await store.db.read { db in
-            try TemplateRecord.filter(Column("name") == vm.template).fetchOne(db)
+    /// The definition for the VM's host, or for `hostId` (a migration's target).
+    func definitionFor(_ vm: VMRecord, on hostId: String? = nil) async throws -> AgentWire.VMDefinition {
+        let (template, host, overcommit) = try await store.db.read { db in
+            let host = try Inventory.host(db, hostId ?? vm.hostId)
+            return (try TemplateRecord.filter(Column("name") == vm.template).fetchOne(db), host,
+                    try ClusterRecord.fetchOne(db, key: host.clusterId)?.memoryOvercommit ?? false)
         }
         guard let template else { throw ShepherdError(.notFound, "template '\(vm.template)' of VM '\(vm.name)' no longer exists") }
         var result = try await definition(vm, template: template)
         result.cpuModel = vm.cpuModel
+        if overcommit { result.swap = Self.swapFile(disk: result.disk, host: host.name, memoryMiB: vm.memoryMiB) }
         return result
+    }
+
+    /// A VM's swap disk on one host: beside its root disk, one per host (a host's kernel owns a
+    /// swap area while it is on; a migration target gets its own), of the seed's size.
+    static func swapFile(disk: String, host: String, memoryMiB: Int) -> AgentWire.SwapFile {
+        AgentWire.SwapFile(path: (disk as NSString).deletingLastPathComponent + "/swap-\(host).img",
+                           sizeBytes: Int64(SwapDisk.sizeGiB(memoryMiB: memoryMiB)) << 30)
     }
 
     func setLifecycle(_ id: String, _ lifecycle: VMLifecycle) async throws {

@@ -26,7 +26,7 @@ public struct BalloonVM: Sendable, Equatable {
 /// A per-host balloon controller (the seed's 内存气泡), pure: it hands memory from VMs that do
 /// not use it to VMs that do, within the memory the host has for VMs.
 ///
-/// Each VM's demand is what it uses plus headroom (a quarter of that, at least 32 MiB), held
+/// Each VM's demand is what it uses plus headroom (a quarter of that, at least 64 MiB: room for a burst until the next round), held
 /// between its reservation (floor) and its limit (ceiling). While every VM's ceiling fits, nobody
 /// is ballooned. When the demands fit, every VM gets its demand and the rest goes by shares up
 /// to the ceilings; when they do not, every VM gets its floor and the rest goes by shares up to
@@ -34,7 +34,7 @@ public struct BalloonVM: Sendable, Equatable {
 public enum BalloonPlanner {
     /// Changes smaller than this are not worth a balloon move (and would flap with the guest's statistics).
     public static let hysteresisMiB = 16
-    public static let minimumHeadroomMiB = 32
+    public static let minimumHeadroomMiB = 64
 
     public struct Decision: Sendable, Equatable, CustomStringConvertible {
         public var vm: Int

@@ -23,12 +23,15 @@ public enum AgentWire {
         /// CPU and memory QoS, applied through the VM's cgroup and balloon at start and whenever
         /// the definition changes while it runs. nil (a definition saved before QoS): none.
         public var qos: VMQoS?
+        /// Its swap disk, used as host swap while it runs on this host (memory overcommit on).
+        public var swap: SwapFile?
 
         public init(id: String, name: String, cpus: Int, memoryMiB: Int, kernel: String, initrd: String,
                     cmdline: String, disk: String, sourceDisk: String?, cpuModel: String? = nil, disks: [DiskDefinition] = [],
-                    linkedClone: Bool = false, qos: VMQoS? = nil) {
+                    linkedClone: Bool = false, qos: VMQoS? = nil, swap: SwapFile? = nil) {
             self.cpuModel = cpuModel
             self.qos = qos
+            self.swap = swap
             self.disks = disks
             self.linkedClone = linkedClone
             self.id = id; self.name = name; self.cpus = cpus; self.memoryMiB = memoryMiB
@@ -36,7 +39,7 @@ public enum AgentWire {
             self.disk = disk; self.sourceDisk = sourceDisk
         }
 
-        private enum CodingKeys: String, CodingKey { case id, name, cpus, memoryMiB, kernel, initrd, cmdline, disk, sourceDisk, cpuModel, disks, linkedClone, qos }
+        private enum CodingKeys: String, CodingKey { case id, name, cpus, memoryMiB, kernel, initrd, cmdline, disk, sourceDisk, cpuModel, disks, linkedClone, qos, swap }
 
         /// A definition saved before data disks existed has none.
         public init(from decoder: any Decoder) throws {
@@ -49,7 +52,7 @@ public enum AgentWire {
                       cpuModel: try c.decodeIfPresent(String.self, forKey: .cpuModel),
                       disks: try c.decodeIfPresent([DiskDefinition].self, forKey: .disks) ?? [],
                       linkedClone: try c.decodeIfPresent(Bool.self, forKey: .linkedClone) ?? false,
-                      qos: try c.decodeIfPresent(VMQoS.self, forKey: .qos))
+                      qos: try c.decodeIfPresent(VMQoS.self, forKey: .qos), swap: try c.decodeIfPresent(SwapFile.self, forKey: .swap))
         }
     }
 
@@ -102,6 +105,13 @@ public enum AgentWire {
             self.vmId = vmId; self.power = power; self.toolsRunning = toolsRunning; self.pid = pid; self.reason = reason
             self.cpuSeconds = cpuSeconds; self.balloonMiB = balloonMiB; self.guestAvailableMiB = guestAvailableMiB
         }
+    }
+
+    /// A VM's swap disk on one host.
+    public struct SwapFile: Codable, Sendable, Equatable {
+        public var path: String
+        public var sizeBytes: Int64
+        public init(path: String, sizeBytes: Int64) { self.path = path; self.sizeBytes = sizeBytes }
     }
 
     /// The memory a running guest is to have (the balloon controller's target).

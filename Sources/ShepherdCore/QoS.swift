@@ -153,6 +153,15 @@ public struct QoSChange: Sendable, Equatable {
     }
 }
 
+/// The swap disk every VM gets while its cluster overcommits memory (seed: 内存交换).
+public enum SwapDisk {
+    /// The seed's size: ceil((memory_GB × 1024 + 128) × 11 / 10240) GB — the VM's memory plus
+    /// 128 MiB of device state, and 10 % more.
+    public static func sizeGiB(memoryMiB: Int) -> Int {
+        ((memoryMiB + 128) * 11 + 10_239) / 10_240
+    }
+}
+
 /// The seed's rules for the cluster's memory overcommit switch.
 public enum MemoryOvercommit {
     public static let ratioRange = 100...400

@@ -15,7 +15,7 @@ struct BallooningTests {
 
     @Test("an idle VM gives memory to a busy one: demands first, the rest by shares up to the ceilings")
     func idleToBusy() {
-        // demands: idle 40+32 = 72, busy 400+100 = 500; surplus 768-572 = 196 → busy takes 12 (to 512), idle the rest.
+        // demands: idle 40+64 = 104, busy 400+100 = 500; surplus 768-604 = 164 → busy takes 12 (to 512), idle the rest.
         let targets = BalloonPlanner.targets(budgetMiB: 768, vms: [vm("idle", used: 40), vm("busy", used: 400)])
         #expect(targets == [256, 512])
         #expect(targets.reduce(0, +) == 768)
@@ -43,7 +43,7 @@ struct BallooningTests {
     func plan() {
         #expect(BalloonPlanner.plan(budgetMiB: 768, vms: [vm("idle", current: 260, used: 40), vm("busy", current: 505, used: 400)]).isEmpty)
         let decisions = BalloonPlanner.plan(budgetMiB: 768, vms: [vm("idle", used: 40), vm("busy", current: 256, used: 230)])
-        #expect(decisions.map(\.description) == ["idle 512→277 MiB (uses 40)", "busy 256→491 MiB (uses 230)"], "\(decisions)")
+        #expect(decisions.map(\.description) == ["idle 512→289 MiB (uses 40)", "busy 256→479 MiB (uses 230)"], "\(decisions)")
         #expect(BalloonPlanner.plan(budgetMiB: 600, vms: [vm("blind", used: nil), vm("b", used: 500)]).allSatisfy { $0.name != "blind" })
     }
 }

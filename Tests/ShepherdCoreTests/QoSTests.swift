@@ -68,6 +68,13 @@ struct QoSTests {
         #expect(message.hasSuffix("shepherd vm qos set --cluster c --memory-reservation 100% --memory-limit 0"), "\(message)")
     }
 
+    @Test("a VM's swap disk has the seed's size: ceil((memory_GB × 1024 + 128) × 11 / 10240) GB", arguments: [
+        (128, 1), (512, 1), (802, 1), (803, 2), (1024, 2), (4096, 5), (8192, 9), (65_536, 71),
+    ])
+    func swapDisk(memoryMiB: Int, gib: Int) {
+        #expect(SwapDisk.sizeGiB(memoryMiB: memoryMiB) == gib)
+    }
+
     @Test("shares and limits map onto both cgroup versions", arguments: [
         (1000, nil as Int?, 1024, 100, nil as Int?), (2000, 500, 2048, 200, 50_000), (1, 50, 2, 1, 5000), (100_000, 3000, 102_400, 10_000, 300_000),
     ])

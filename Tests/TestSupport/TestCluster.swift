@@ -474,6 +474,8 @@ public final class TestCluster: @unchecked Sendable {
         }
         bmcs = [:]
         for pid in qemuPids() { _ = await Processes.terminate(pid, grace: .seconds(3)) }
+        // Swap disks the agents switched on (memory overcommit) under this cluster's folder.
+        for path in Swap.active() where path.hasPrefix(directory + "/") { try? await Swap.disable(path: path) }
         // The hosts' cgroups (VM QoS), now that their QEMUs are gone.
         for name in agentPorts.keys {
             await CGroups(host: name, stateDirectory: agentDirectory(name))?.removeEmptyGroups(includingHost: true, waiting: .seconds(5))
