@@ -334,6 +334,12 @@ struct AgentRoutes: Sendable {
             for layer in body.layers { try checkOnDatastore(layer.active, field: "active"); try checkOnDatastore(layer.overlay, field: "overlay") }
             return JSONResponse.make(try await driver.snapshot(context.parameters.require("id"), body))
         }
+        vms.post(":id/resize") { request, context in
+            let body = try await request.decode(as: AgentWire.ResizeRequest.self, context: context)
+            try Validate.cpus(body.cpus)
+            try Validate.memoryMiB(body.memoryMiB)
+            return JSONResponse.make(try await driver.resize(context.parameters.require("id"), body))
+        }
         vms.post(":id/balloon") { request, context in
             let body = try await request.decode(as: AgentWire.BalloonRequest.self, context: context)
             try await driver.setBalloon(context.parameters.require("id"), targetMiB: body.targetMiB)

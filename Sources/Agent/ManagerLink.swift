@@ -16,6 +16,8 @@ final class ManagerLink: Service, Sendable {
     let credential = Mutex<Credential?>(nil)
     /// The manager's last heartbeat answer and when it came: the isolation monitor's input.
     let lastAnswer = Mutex<ManagerAnswer?>(nil)
+    /// The KSM scan rate last set (nil: not yet), so it is written only when it changes.
+    private let ksmPagesToScan = Mutex<Int?>(nil)
     /// When the lease keeper last renewed every storage lease; reported with each heartbeat.
     let leaseRenewedAt = Mutex<Date?>(nil)
 
@@ -96,8 +98,10 @@ final class ManagerLink: Service, Sendable {
                                            cpuSeconds: status.pid.flatMap { Processes.cpuSeconds($0) },
                                            balloonMiB: status.balloonMiB, guestAvailableMiB: status.guestAvailableMiB)
         }
+        let host = try await hostReport()
+        tuneKSM(total: host.memoryTotalBytes, available: host.memoryAvailableBytes)
         let response = try await client.agentHeartbeat(body: .json(.init(
-            hostId: current.hostId, host: try await hostReport(), datastores: datastoreReports(), guests: guests,
+            hostId: current.hostId, host: host, datastores: datastoreReports(), guests: guests,
             accelerator: driver.accelerator, agentVersion: AgentServer.version, leaseRenewedAt: leaseRenewedAt.withLock { $0 })))
         switch response {
         case .ok(let ok):
@@ -110,6 +114,15 @@ final class ManagerLink: Service, Sendable {
             let body = try? error.body.json
             throw ShepherdError(.agentFailed, "the manager refused the heartbeat (\(status)): \(body?.message ?? "no details")")
         }
+    }
+
+    /// KSM scans faster as the host's memory fills (machine-wide: hosts sharing one machine set
+    /// the same knob; the fullest one's last beat wins).
+    private func tuneKSM(total: Int64, available: Int64) {
+        guard configuration.ksm, configuration.driver == "qemu", total > 0 else { return }
+        let pages = KSMPolicy.pagesToScan(usedFraction: 1 - Double(available) / Double(total))
+        guard ksmPagesToScan.withLock({ $0 }) != pages else { return }
+        if (try? KSM.setPagesToScan(pages)) != nil { ksmPagesToScan.withLock { $0 = pages } }
     }
 
     private func hostReport() async throws -> Components.Schemas.HostReport {

@@ -59,6 +59,8 @@ public protocol HypervisorDriver: Sendable {
     /// Pulls a deleted snapshot's image into an image above it (live when the VM has it open).
     func merge(_ vm: String, _ request: AgentWire.MergeRequest) async throws
 
+    /// A new size; a running guest gets its new vCPUs hot-plugged and its memory through the balloon.
+    func resize(_ vm: String, _ request: AgentWire.ResizeRequest) async throws -> AgentWire.ResizeAnswer
     /// Moves the VM's balloon so its guest has `targetMiB` (the balloon controller).
     func setBalloon(_ vm: String, targetMiB: Int) async throws
 

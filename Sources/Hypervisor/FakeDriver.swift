@@ -151,6 +151,14 @@ public actor FakeDriver: HypervisorDriver {
         return AgentWire.SnapshotAnswer(live: running.contains(vm), frozenFileSystems: request.quiesce ? 1 : nil)
     }
 
+    public func resize(_ vm: String, _ request: AgentWire.ResizeRequest) async throws -> AgentWire.ResizeAnswer {
+        guard var definition = definitions[vm] else { throw ShepherdError.notFound("VM", vm) }
+        definition.cpus = request.cpus
+        definition.memoryMiB = request.memoryMiB
+        definitions[vm] = definition
+        return AgentWire.ResizeAnswer(onlineCpus: running.contains(vm) ? request.cpus : nil)
+    }
+
     public func setBalloon(_ vm: String, targetMiB: Int) async throws {
         guard running.contains(vm) else { throw ShepherdError(.illegalState, "VM \(vm) does not run here") }
     }

@@ -117,6 +117,9 @@ public final class QEMUDriver: HypervisorDriver {
     public func cancelMigration(_ vm: String) async throws { try await supervisor(vm).cancelMigration() }
     public func syncGuestClock(_ vm: String) async throws { try await supervisor(vm).syncGuestClock() }
     public func setBalloon(_ vm: String, targetMiB: Int) async throws { try await supervisor(vm).setBalloon(targetMiB: targetMiB) }
+    public func resize(_ vm: String, _ request: AgentWire.ResizeRequest) async throws -> AgentWire.ResizeAnswer {
+        try await supervisor(vm).resize(request)
+    }
 
     public func release(_ vm: String) async throws {
         guard let supervisor = await supervisors.get(vm) else { return }
@@ -246,6 +249,67 @@ actor GuestSupervisor {
     }
 
     static let balloonPath = "/machine/peripheral/balloon0"
+
+    /// A new size: a running guest gets its new vCPUs hot-plugged (and onlined through its
+    /// tools) and its memory through the balloon; a VM that is off just keeps the new size.
+    func resize(_ request: AgentWire.ResizeRequest) async throws -> AgentWire.ResizeAnswer {
+        try await exclusive { me in
+            var changed = me.definition
+            let before = changed.cpus
+            changed.cpus = request.cpus
+            changed.memoryMiB = request.memoryMiB
+            guard me.livePid() != nil else {
+                try me.redefine(changed)
+                return AgentWire.ResizeAnswer(onlineCpus: nil)
+            }
+            let most = changed.maxCpus ?? before
+            guard request.cpus >= before, request.cpus <= most, request.memoryMiB <= (changed.maxMemoryMiB ?? changed.memoryMiB) else {
+                throw ShepherdError(.illegalState, "'\(changed.name)' runs with \(before) of at most \(most) vCPUs and at most \(changed.maxMemoryMiB ?? me.definition.memoryMiB) MiB; asked \(request.cpus) vCPUs, \(request.memoryMiB) MiB")
+            }
+            if changed.bootCpus == nil { changed.bootCpus = before }
+            let model = QEMUCommandLine.cpuModel(changed, accelerator: me.accelerator)
+            let original = me.definition
+            var added: [String] = []
+            do {
+                for index in before..<request.cpus {
+                    _ = try await me.qmp("device_add", ["driver": .string("\(model)-x86_64-cpu"), "id": .string("vcpu\(index)"),
+                                                        "socket-id": .number(Double(index)), "core-id": 0, "thread-id": 0])
+                    added.append("vcpu\(index)")
+                }
+            } catch {
+                // Nothing half-done: the vCPUs this call added go again (ACPI unplug).
+                for id in added.reversed() { _ = try? await me.qmp("device_del", ["id": .string(id)]) }
+                try? me.redefine(original)
+                throw error
+            }
+            try me.redefine(changed)
+            let ceiling = (changed.qos ?? VMQoS(memoryReservationMiB: 0)).memoryCeilingMiB(memoryMiB: changed.memoryMiB)
+            _ = try await me.qmp("balloon", ["value": .number(Double(UInt64(ceiling) << 20))])
+            return AgentWire.ResizeAnswer(onlineCpus: request.cpus > before ? await me.onlineAllVCPUs(expecting: request.cpus) : nil)
+        }
+    }
+
+    /// Hot-added vCPUs arrive offline in a guest without udev: its tools bring them online.
+    /// Returns how many are online (nil when the tools do not answer).
+    private func onlineAllVCPUs(expecting count: Int, timeout: Duration = .seconds(20)) async -> Int? {
+        let started = ContinuousClock.now
+        var online: Int?
+        while ContinuousClock.now - started < timeout {
+            guard let vcpus = try? await withGuestAgent({ try await GuestAgent.execute(socketPath: self.guestAgentSocket, "guest-get-vcpus", timeout: .seconds(5)) }),
+                  let list = vcpus.arrayValue else { return online }
+            let offline = list.filter { $0["online"]?.boolValue == false }.compactMap { $0["logical-id"]?.intValue }
+            online = list.count - offline.count
+            if online! >= count { return online }
+            if !offline.isEmpty {
+                let wanted: [JSONValue] = offline.map { ["logical-id": .number(Double($0)), "online": true] }
+                _ = try? await withGuestAgent {
+                    try await GuestAgent.execute(socketPath: self.guestAgentSocket, "guest-set-vcpus", arguments: ["vcpus": .array(wanted)], timeout: .seconds(5))
+                }
+            }
+            try? await Task.sleep(for: .milliseconds(500))
+        }
+        return online
+    }
 
     /// Moves the balloon so the guest has `targetMiB` (never below 64 MiB nor above its memory ceiling).
     func setBalloon(targetMiB: Int) async throws {
@@ -642,12 +706,37 @@ public struct QEMUCommandLine: Sendable {
         self.guestAgentSocket = guestAgentSocket; self.pidFile = pidFile; self.logFile = logFile; self.serialLog = serialLog
     }
 
+    var cpuModel: String { Self.cpuModel(definition, accelerator: accelerator) }
+
+    static func cpuModel(_ definition: AgentWire.VMDefinition, accelerator: String) -> String {
+        definition.cpuModel ?? (accelerator == "kvm" ? "host" : "max")
+    }
+
+    /// `-smp`: the boot vCPUs within the maximum (one per socket, so socket k is vCPU k).
+    var smp: String {
+        let boot = definition.bootCpus ?? definition.cpus
+        let most = max(definition.maxCpus ?? definition.cpus, definition.cpus)
+        return most > boot ? "cpus=\(boot),maxcpus=\(most),sockets=\(most),cores=1,threads=1" : "\(boot)"
+    }
+
+    /// vCPUs hot-added since boot, as devices: a migration target or a resume needs them too.
+    var hotpluggedCPUs: [String] {
+        let boot = definition.bootCpus ?? definition.cpus
+        guard definition.cpus > boot else { return [] }
+        return (boot..<definition.cpus).flatMap { ["-device", QEMUCommandLine.cpuDevice(model: cpuModel, index: $0)] }
+    }
+
+    static func cpuDevice(model: String, index: Int) -> String {
+        "\(model)-x86_64-cpu,id=vcpu\(index),socket-id=\(index),core-id=0,thread-id=0"
+    }
+
     public var arguments: [String] {
         [
             "-name", "guest=\(definition.name.replacingOccurrences(of: ",", with: ",,")),debug-threads=on",
             "-uuid", definition.id,
-            "-machine", "pc", "-accel", accelerator, "-cpu", definition.cpuModel ?? (accelerator == "kvm" ? "host" : "max"),
-            "-m", "\(definition.memoryMiB)", "-smp", "\(definition.cpus)",
+            "-machine", "pc", "-accel", accelerator, "-cpu", cpuModel,
+            // Memory up to the maximum; the balloon holds the guest to its size (`applyQoS`).
+            "-m", "\(max(definition.maxMemoryMiB ?? definition.memoryMiB, definition.memoryMiB))", "-smp", smp,
             "-nodefaults", "-no-user-config", "-display", "none",
             "-kernel", definition.kernel, "-initrd", definition.initrd, "-append", definition.cmdline,
             "-blockdev", "driver=qcow2,node-name=disk0,discard=unmap,file.driver=file,file.discard=unmap,file.filename=\(definition.disk.replacingOccurrences(of: ",", with: ",,"))",
@@ -667,6 +756,6 @@ public struct QEMUCommandLine: Sendable {
             "-serial", "file:\(serialLog)",
             "-D", logFile,
             "-no-shutdown", "-daemonize", "-pidfile", pidFile,
-        ]
+        ] + hotpluggedCPUs
     }
 }

@@ -396,6 +396,7 @@ struct API: APIProtocol {
                    toolsStatus: row.toolsRunning ? .running : .notRunning, datastore: row.datastore, diskPath: row.diskPath,
                    pid: row.pid, createdAt: row.createdAt, haPolicy: Schemas.HAPolicy(rawValue: row.haPolicy),
                    haPriority: Schemas.HAPriority(rawValue: row.haPriority), drsExcluded: row.drsExcluded, linkedTemplate: row.linkedTemplate,
+                   maxCpus: row.maxCpus, maxMemoryMiB: row.maxMemoryMiB,
                    qos: Schemas.VMQoS(cpuShares: row.cpuShares, cpuReservationMHz: row.cpuReservationMHz, cpuLimitMHz: row.cpuLimitMHz,
                                       memoryReservationMiB: row.memoryReservationMiB, memoryShares: row.memoryShares,
                                       memoryLimitMiB: row.memoryLimitMiB))
@@ -424,7 +425,10 @@ struct API: APIProtocol {
 
     func updateVM(_ input: Operations.UpdateVM.Input) async throws -> Operations.UpdateVM.Output {
         guard case .json(let body) = input.body else { throw unsupportedBody }
-        let vm = try await guarded {
+        let size = SizeChange(cpus: body.cpus, memoryMiB: body.memoryMiB, maxCpus: body.maxCpus, maxMemoryMiB: body.maxMemoryMiB)
+        var onlineCpus: Int?
+        if !size.isEmpty { onlineCpus = try await guarded { try await vms.resize(input.path.vm, size) }.onlineCpus }
+        var vm = try await guarded {
             try await store.db.write { db in
                 var vm = try Inventory.vm(db, input.path.vm)
                 if let policy = body.haPolicy { vm.haPolicy = policy.rawValue }
@@ -434,6 +438,7 @@ struct API: APIProtocol {
                 return Self.vm(vm, hostName: try HostRecord.fetchOne(db, key: vm.hostId)?.name ?? "")
             }
         }
+        vm.onlineCpus = onlineCpus
         return .ok(.init(body: .json(vm)))
     }
 
@@ -442,7 +447,7 @@ struct API: APIProtocol {
         let task = try await guarded {
             try await vms.create(VMCreateRequest(name: body.name, cpus: body.cpus, memoryMiB: body.memoryMiB,
                                                  template: body.template, host: body.host, datastore: body.datastore,
-                                                 linked: body.linked ?? false))
+                                                 linked: body.linked ?? false, maxCpus: body.maxCpus, maxMemoryMiB: body.maxMemoryMiB))
         }
         return .accepted(.init(body: .json(Self.task(task))))
     }

@@ -141,6 +141,11 @@ final class AgentClient: Sendable {
         try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/snapshot", body: request, timeout: .seconds(90))
     }
 
+    /// Hot-plugging vCPUs and waiting for the guest to bring them online: up to 30 s.
+    func resize(_ endpoint: Endpoint, vm: String, _ request: AgentWire.ResizeRequest) async throws -> AgentWire.ResizeAnswer {
+        try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/resize", body: request, timeout: .seconds(45))
+    }
+
     func setBalloon(_ endpoint: Endpoint, vm: String, targetMiB: Int) async throws {
         let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/balloon", body: AgentWire.BalloonRequest(targetMiB: targetMiB), timeout: .seconds(10))
     }

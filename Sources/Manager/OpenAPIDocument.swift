@@ -500,7 +500,10 @@ paths:
   /api/v1/vms/{vm}:
     patch:
       operationId: updateVM
-      description: Changes a VM's settings (its HA policy and restart priority).
+      description: |
+        Changes a VM's settings: HA policy and restart priority, DRS exclusion, and its size.
+        A running VM grows online within the maximums it started with and is admitted on its
+        host like a start; a failed online change leaves the VM as it was.
       parameters:
         - { $ref: "#/components/parameters/VMRef" }
       requestBody:
@@ -1047,6 +1050,10 @@ components:
         haPolicy: { $ref: "#/components/schemas/HAPolicy" }
         haPriority: { $ref: "#/components/schemas/HAPriority" }
         drsExcluded: { type: boolean, description: "DRS and DPM never move this VM (rules and maintenance still may)." }
+        cpus: { type: integer, description: "Running: only more, up to maxCpus (hot-added, brought online through the tools). Off: 1-64." }
+        memoryMiB: { type: integer, description: "Running: up to maxMemoryMiB and down to its reservation (through the balloon). Off: 16-1048576." }
+        maxCpus: { type: integer, description: "Only while it is off." }
+        maxMemoryMiB: { type: integer, description: "Only while it is off." }
     DRSMode:
       type: string
       enum: [off, manual, automatic]
@@ -1390,6 +1397,9 @@ components:
         haPriority: { $ref: "#/components/schemas/HAPriority" }
         drsExcluded: { type: boolean, description: "DRS and DPM leave this VM where it is." }
         linkedTemplate: { type: string, description: "The template whose image its root disk is a differencing disk over (a linked clone)." }
+        maxCpus: { type: integer, description: "vCPUs it may grow to while running (QEMU's maxcpus, fixed at start)." }
+        maxMemoryMiB: { type: integer, description: "Memory it may grow to while running (fixed at start; the balloon holds it to memoryMiB)." }
+        onlineCpus: { type: integer, description: "In the answer to an online resize: the vCPUs the guest has online." }
         qos: { $ref: "#/components/schemas/VMQoS" }
     VMQoS:
       type: object
@@ -1423,6 +1433,8 @@ components:
         host: { type: string, description: "Host name or id; placed by the scheduler when absent." }
         datastore: { type: string, description: "Datastore for the disk; default the template's." }
         linked: { type: boolean, description: "A linked clone: the root disk is a differencing disk over the template's image." }
+        maxCpus: { type: integer, description: "Room to add vCPUs while it runs (default: cpus)." }
+        maxMemoryMiB: { type: integer, description: "Room to add memory while it runs (default: memoryMiB)." }
     MaintenanceRequest:
       type: object
       required: [action]

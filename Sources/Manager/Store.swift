@@ -270,6 +270,14 @@ public final class Store: Sendable {
                 t.add(column: "overcommitRatioPercent", .integer).notNull().defaults(to: MemoryOvercommit.defaultRatioPercent)
             }
         }
+        migrator.registerMigration("v15: online resize") { db in
+            try db.alter(table: "vm") { t in
+                t.add(column: "maxCpus", .integer).notNull().defaults(to: 0)
+                t.add(column: "maxMemoryMiB", .integer).notNull().defaults(to: 0)
+                t.add(column: "bootCpus", .integer)
+            }
+            try db.execute(sql: "UPDATE vm SET maxCpus = cpus, maxMemoryMiB = memoryMiB")
+        }
         return migrator
     }
 }
@@ -528,6 +536,11 @@ struct VMRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var operationTask: String?
     /// The template whose image its root disk is a differencing disk over (a linked clone).
     var linkedTemplate: String?
+    /// What QEMU is started with: below these a running VM grows online.
+    var maxCpus: Int = 0
+    var maxMemoryMiB: Int = 0
+    /// vCPUs its QEMU booted with (the rest of `cpus` were hot-added); nil while off.
+    var bootCpus: Int?
     var cpuShares: Int = VMQoS.defaultShares
     var cpuReservationMHz: Int = 0
     var cpuLimitMHz: Int?
@@ -538,6 +551,11 @@ struct VMRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     /// Where its RAM state goes while it is hibernated: beside its root disk, so any host that
     /// sees the datastore can resume it.
     var hibernationFile: String { (diskPath as NSString).deletingLastPathComponent + "/hibernated.state" }
+
+    var size: VMSize {
+        get { VMSize(cpus: cpus, memoryMiB: memoryMiB, maxCpus: maxCpus, maxMemoryMiB: maxMemoryMiB) }
+        set { cpus = newValue.cpus; memoryMiB = newValue.memoryMiB; maxCpus = newValue.maxCpus; maxMemoryMiB = newValue.maxMemoryMiB }
+    }
 
     /// What admitting it to a host asks.
     var placementRequest: PlacementRequest {

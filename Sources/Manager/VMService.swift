@@ -14,9 +14,12 @@ public struct VMCreateRequest: Sendable {
     public var datastore: String?
     /// A linked clone: the root disk is a differencing disk over the template's image, not a copy.
     public var linked: Bool
+    /// Room to grow online (nil: none).
+    public var maxCpus: Int?
+    public var maxMemoryMiB: Int?
     public init(name: String, cpus: Int, memoryMiB: Int, template: String? = nil, host: String? = nil, datastore: String? = nil,
-                linked: Bool = false) {
-        self.name = name; self.cpus = cpus; self.memoryMiB = memoryMiB
+                linked: Bool = false, maxCpus: Int? = nil, maxMemoryMiB: Int? = nil) {
+        self.name = name; self.cpus = cpus; self.memoryMiB = memoryMiB; self.maxCpus = maxCpus; self.maxMemoryMiB = maxMemoryMiB
         self.template = template; self.host = host; self.datastore = datastore; self.linked = linked
     }
 }
@@ -42,8 +45,7 @@ final class VMService: Sendable {
 
     func create(_ request: VMCreateRequest) async throws -> TaskRecord {
         try Validate.name(request.name)
-        try Validate.cpus(request.cpus)
-        try Validate.memoryMiB(request.memoryMiB)
+        let size = try VMSize.validated(cpus: request.cpus, memoryMiB: request.memoryMiB, maxCpus: request.maxCpus, maxMemoryMiB: request.maxMemoryMiB)
         let templateName = request.template ?? "tiny"
         if let host = request.host { try Validate.name(host, field: "host") }
 
@@ -75,6 +77,7 @@ final class VMService: Sendable {
                 diskPath: datastore.rootDiskPath(vm: request.name, id: id), pid: nil, createdAt: Date(),
                 migrationTarget: nil, cpuModel: nil, linkedTemplate: request.linked ? template.name : nil)
             vm.qos = VMQoS.defaults(memoryMiB: vm.memoryMiB, overcommit: chosen.memoryOvercommit)
+            vm.size = size
             try task.insert(db)
             try vm.insert(db)
             return (vm, task, template, host)
@@ -110,11 +113,15 @@ final class VMService: Sendable {
             (try Inventory.datastore(db, named: template.datastore, field: "template"), try DiskService.definitions(db, vmID: vm.id))
         }
         let base = templateStore.path
-        return AgentWire.VMDefinition(
+        var result = AgentWire.VMDefinition(
             id: vm.id, name: vm.name, cpus: vm.cpus, memoryMiB: vm.memoryMiB,
             kernel: "\(base)/\(template.kernel)", initrd: "\(base)/\(template.initrd)", cmdline: template.cmdline,
             disk: vm.diskPath, sourceDisk: "\(base)/\(template.disk)", disks: disks,
             linkedClone: vm.linkedTemplate != nil, qos: vm.qos)
+        result.maxCpus = vm.maxCpus
+        result.maxMemoryMiB = vm.maxMemoryMiB
+        result.bootCpus = vm.bootCpus
+        return result
     }
 
     // MARK: clones and templates
@@ -146,6 +153,7 @@ final class VMService: Sendable {
                 diskPath: target.rootDiskPath(vm: name, id: id), pid: nil, createdAt: Date(), migrationTarget: nil,
                 cpuModel: nil, haPolicy: source.haPolicy, haPriority: source.haPriority)
             clone.qos = source.qos
+            clone.size = source.size
             try Self.hold(db, &source, for: task)
             try clone.insert(db)
             return (source, clone, host, target, task, try DiskService.attached(db, vmID: source.id))
@@ -260,6 +268,11 @@ final class VMService: Sendable {
         // The VM runs with the cluster's IMC baseline, else with the model its host provides.
         let cpuModel = try await store.db.write { db -> String? in
             let cluster = try ClusterRecord.fetchOne(db, key: host.clusterId)
+            // A fresh boot starts with all its vCPUs; a resumed one with what it was saved with.
+            if previous != .hibernated, var row = try VMRecord.fetchOne(db, key: vm.id) {
+                row.bootCpus = row.cpus
+                try row.update(db)
+            }
             // A hibernated guest resumes on the CPU model it was saved with.
             let model = previous == .hibernated ? vm.cpuModel : cluster?.imcBaseline ?? host.providedCPUModel
             guard var row = try VMRecord.fetchOne(db, key: vm.id) else { return model }
@@ -267,7 +280,7 @@ final class VMService: Sendable {
             try row.update(db)
             return model
         }
-        var configured = try await definitionFor(vm)
+        var configured = try await definitionFor(try await store.db.read { db in try Inventory.vm(db, vm.id) })
         configured.cpuModel = cpuModel
         let definition = configured
         tasks.run(task) { [self] progress in
@@ -411,6 +424,61 @@ final class VMService: Sendable {
             }
         }
         return task
+    }
+
+    /// A new size. A running VM grows online within the maximums it started with (vCPUs
+    /// hot-added and brought online through its tools, memory through the balloon), admitted on
+    /// its host like a start; one that is off takes any valid size at its next start. Without
+    /// overcommit the reservation follows the memory. Returns the VM and its guest's online vCPUs.
+    func resize(_ reference: String, _ change: SizeChange) async throws -> (VMRecord, onlineCpus: Int?) {
+        guard !change.isEmpty else { throw ShepherdError(.invalidBody, "nothing to change: give cpus, memoryMiB, maxCpus or maxMemoryMiB") }
+        let (before, after, host) = try await store.db.write { [placement] db -> (VMRecord, VMRecord, HostRecord) in
+            let vm = try Inventory.vm(db, reference)
+            try Self.checkNoOperation(db, vm)
+            switch vm.lifecycle {
+            case .running, .stopped, .crashed: break
+            case .hibernated:
+                throw ShepherdError(.illegalState, "VM '\(vm.name)' is hibernated: its saved memory has its current size; start it, then resize")
+            default:
+                throw ShepherdError(.illegalState, "VM '\(vm.name)' is \(vm.state)\(vm.lifecycle.task.map { " (task \($0))" } ?? ""); resize it when that ends")
+            }
+            let running = vm.lifecycle.consumesHostResources
+            let host = try Inventory.host(db, vm.hostId)
+            let overcommit = try ClusterRecord.fetchOne(db, key: host.clusterId)?.memoryOvercommit ?? false
+            var next = vm
+            next.size = try vm.size.applying(change, vm: vm.name, running: running, floorMiB: vm.memoryReservationMiB)
+            // Without overcommit a VM reserves all its memory; QoS stays within the new size.
+            next.memoryReservationMiB = overcommit ? min(vm.memoryReservationMiB, next.memoryMiB) : next.memoryMiB
+            if let limit = next.memoryLimitMiB, limit >= next.memoryMiB { next.memoryLimitMiB = nil }
+            next.cpuReservationMHz = min(next.cpuReservationMHz, next.cpus * 1000)
+            if let limit = next.cpuLimitMHz, limit >= next.cpus * 1000 { next.cpuLimitMHz = nil }
+            if running {
+                var asked = next.placementRequest
+                asked.datastore = nil
+                if let refusal = placement.admit(asked, on: try Inventory.candidate(db, host, excluding: vm.id), vm: vm.name) { throw refusal }
+            }
+            try next.update(db)
+            return (vm, next, host)
+        }
+        guard before.lifecycle.consumesHostResources else {
+            await events.record(.info, "vm.resized", targetType: "vm", targetId: after.id, targetName: after.name,
+                                "now \(after.cpus) vCPU (at most \(after.maxCpus)), \(after.memoryMiB) MiB (at most \(after.maxMemoryMiB)); from its next start")
+            return (after, nil)
+        }
+        do {
+            let answer = try await agents.resize(Inventory.endpoint(host), vm: after.id, .init(cpus: after.cpus, memoryMiB: after.memoryMiB))
+            await events.record(.info, "vm.resized", targetType: "vm", targetId: after.id, targetName: after.name,
+                                "online: \(before.cpus) → \(after.cpus) vCPU\(answer.onlineCpus.map { " (\($0) online in the guest)" } ?? ""), \(before.memoryMiB) → \(after.memoryMiB) MiB")
+            return (after, answer.onlineCpus)
+        } catch {
+            _ = try? await store.db.write { db in
+                guard var row = try VMRecord.fetchOne(db, key: before.id) else { return }
+                row.size = before.size
+                row.qos = before.qos
+                try row.update(db)
+            }
+            throw failure(error, rolledBack: "'\(before.name)' keeps \(before.cpus) vCPU and \(before.memoryMiB) MiB")
+        }
     }
 
     /// Hibernation (seed: 休眠): the guest's RAM and device state go to a file beside its root

@@ -25,6 +25,12 @@ public enum AgentWire {
         public var qos: VMQoS?
         /// Its swap disk, used as host swap while it runs on this host (memory overcommit on).
         public var swap: SwapFile?
+        /// QEMU's `-smp maxcpus` and `-m`; nil: `cpus` and `memoryMiB` (no room to grow online).
+        public var maxCpus: Int?
+        public var maxMemoryMiB: Int?
+        /// vCPUs QEMU boots with; the rest of `cpus` are hot-plugged CPU devices (a migration
+        /// target must start with the same). nil: all of `cpus`.
+        public var bootCpus: Int?
 
         public init(id: String, name: String, cpus: Int, memoryMiB: Int, kernel: String, initrd: String,
                     cmdline: String, disk: String, sourceDisk: String?, cpuModel: String? = nil, disks: [DiskDefinition] = [],
@@ -39,7 +45,7 @@ public enum AgentWire {
             self.disk = disk; self.sourceDisk = sourceDisk
         }
 
-        private enum CodingKeys: String, CodingKey { case id, name, cpus, memoryMiB, kernel, initrd, cmdline, disk, sourceDisk, cpuModel, disks, linkedClone, qos, swap }
+        private enum CodingKeys: String, CodingKey { case id, name, cpus, memoryMiB, kernel, initrd, cmdline, disk, sourceDisk, cpuModel, disks, linkedClone, qos, swap, maxCpus, maxMemoryMiB, bootCpus }
 
         /// A definition saved before data disks existed has none.
         public init(from decoder: any Decoder) throws {
@@ -53,6 +59,9 @@ public enum AgentWire {
                       disks: try c.decodeIfPresent([DiskDefinition].self, forKey: .disks) ?? [],
                       linkedClone: try c.decodeIfPresent(Bool.self, forKey: .linkedClone) ?? false,
                       qos: try c.decodeIfPresent(VMQoS.self, forKey: .qos), swap: try c.decodeIfPresent(SwapFile.self, forKey: .swap))
+            maxCpus = try c.decodeIfPresent(Int.self, forKey: .maxCpus)
+            maxMemoryMiB = try c.decodeIfPresent(Int.self, forKey: .maxMemoryMiB)
+            bootCpus = try c.decodeIfPresent(Int.self, forKey: .bootCpus)
         }
     }
 
@@ -105,6 +114,20 @@ public enum AgentWire {
             self.vmId = vmId; self.power = power; self.toolsRunning = toolsRunning; self.pid = pid; self.reason = reason
             self.cpuSeconds = cpuSeconds; self.balloonMiB = balloonMiB; self.guestAvailableMiB = guestAvailableMiB
         }
+    }
+
+    /// A running VM's new size (vCPUs hot-added, memory through the balloon).
+    public struct ResizeRequest: Codable, Sendable {
+        public var cpus: Int
+        public var memoryMiB: Int
+        public init(cpus: Int, memoryMiB: Int) { self.cpus = cpus; self.memoryMiB = memoryMiB }
+    }
+
+    /// What the guest sees after a resize.
+    public struct ResizeAnswer: Codable, Sendable {
+        /// vCPUs the guest has online (nil: its tools did not say).
+        public var onlineCpus: Int?
+        public init(onlineCpus: Int?) { self.onlineCpus = onlineCpus }
     }
 
     /// A VM's swap disk on one host.

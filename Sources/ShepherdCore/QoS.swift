@@ -162,6 +162,19 @@ public enum SwapDisk {
     }
 }
 
+/// How hard KSM looks for identical pages: the kernel's 100 pages per 20 ms wake-up while the
+/// host has room, more as its memory fills (merging is what lets it take more), up to 2000.
+public enum KSMPolicy {
+    public static func pagesToScan(usedFraction: Double) -> Int {
+        switch usedFraction {
+        case ..<0.5: 100
+        case ..<0.75: 500
+        case ..<0.9: 1000
+        default: 2000
+        }
+    }
+}
+
 /// The seed's rules for the cluster's memory overcommit switch.
 public enum MemoryOvercommit {
     public static let ratioRange = 100...400

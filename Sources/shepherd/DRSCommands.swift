@@ -166,21 +166,30 @@ extension Components.Schemas.IsolationResponse: ExpressibleByArgument {}
 extension VMCommand {
     struct Set: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Change a VM's settings: its HA policy and restart priority, whether DRS may move it.",
-            discussion: "Examples: shepherd vm set web1 --ha-policy restart-in-cluster --ha-priority high · shepherd vm set db1 --drs-excluded on")
+            abstract: "Change a VM's settings: its size (online while it runs), HA policy and restart priority, whether DRS may move it.",
+            discussion: """
+                Examples: shepherd vm set web1 --cpus 4 --memory 512     (running: within the maximums it started with)
+                          shepherd vm set web1 --max-cpus 8 --max-memory 2048   (while off: room to grow online)
+                          shepherd vm set web1 --ha-policy restart-in-cluster --ha-priority high · shepherd vm set db1 --drs-excluded on
+                """)
         @OptionGroup var options: ClientOptions
         @Flag(help: "Print JSON.") var json = false
         @Argument(help: "The VM's name or id.") var vm: String
+        @Option(help: "vCPUs (running: only more, up to its maximum).") var cpus: Int?
+        @Option(help: "Memory in MiB (running: up to its maximum, through the balloon).") var memory: Int?
+        @Option(help: "Most vCPUs it may grow to while running (only while off).") var maxCpus: Int?
+        @Option(help: "Most memory (MiB) it may grow to while running (only while off).") var maxMemory: Int?
         @Option(help: "restart-in-cluster, restart-on-original-host or stop (HA leaves it down).") var haPolicy: Components.Schemas.HAPolicy?
         @Option(help: "high, medium or low: restart order and admission.") var haPriority: Components.Schemas.HAPriority?
         @Option(help: "on: DRS and DPM never move this VM (rules and maintenance still may); off: they may.") var drsExcluded: String?
 
         func run() async throws {
-            guard haPolicy != nil || haPriority != nil || drsExcluded != nil else {
-                throw ValidationError("give --ha-policy, --ha-priority and/or --drs-excluded")
+            guard haPolicy != nil || haPriority != nil || drsExcluded != nil || cpus != nil || memory != nil || maxCpus != nil || maxMemory != nil else {
+                throw ValidationError("give --cpus, --memory, --max-cpus, --max-memory, --ha-policy, --ha-priority and/or --drs-excluded")
             }
             if let drsExcluded, !["on", "off"].contains(drsExcluded) { throw ValidationError("--drs-excluded: '\(drsExcluded)' is not on or off") }
-            let body = Components.Schemas.VMUpdate(haPolicy: haPolicy, haPriority: haPriority, drsExcluded: drsExcluded.map { $0 == "on" })
+            let body = Components.Schemas.VMUpdate(haPolicy: haPolicy, haPriority: haPriority, drsExcluded: drsExcluded.map { $0 == "on" },
+                                                   cpus: cpus, memoryMiB: memory, maxCpus: maxCpus, maxMemoryMiB: maxMemory)
             let updated = try await calling(options) { client in
                 switch try await client.updateVM(path: .init(vm: vm), body: .json(body)) {
                 case .ok(let ok): return try ok.body.json
@@ -188,7 +197,9 @@ extension VMCommand {
                 }
             }
             if json { return try printJSON(updated) }
-            print("\(updated.name): HA policy \(updated.haPolicy?.rawValue ?? "-"), priority \(updated.haPriority?.rawValue ?? "-"), DRS \(updated.drsExcluded == true ? "excluded" : "may move it")")
+            print("\(updated.name): \(updated.cpus) vCPU (at most \(updated.maxCpus ?? updated.cpus)), \(formatMiB(updated.memoryMiB)) (at most \(formatMiB(updated.maxMemoryMiB ?? updated.memoryMiB)))"
+                  + (updated.onlineCpus.map { "; the guest has \($0) vCPU online" } ?? ""))
+            print("HA policy \(updated.haPolicy?.rawValue ?? "-"), priority \(updated.haPriority?.rawValue ?? "-"), DRS \(updated.drsExcluded == true ? "excluded" : "may move it")")
         }
     }
 }

@@ -65,7 +65,8 @@ struct VMCommand: AsyncParsableCommand {
             let state = found.state.rawValue + (found.stateReason.map { " (\($0))" } ?? "")
             var rows: [(String, String)] = [
                 ("name", found.name), ("id", found.id), ("state", state),
-                ("host", found.hostName), ("cpus", "\(found.cpus)"), ("memory", formatMiB(found.memoryMiB)),
+                ("host", found.hostName), ("cpus", "\(found.cpus) (at most \(found.maxCpus ?? found.cpus) online)"),
+                ("memory", "\(formatMiB(found.memoryMiB)) (at most \(formatMiB(found.maxMemoryMiB ?? found.memoryMiB)) online)"),
                 ("tools", found.toolsStatus.rawValue), ("template", found.template), ("datastore", found.datastore),
                 ("disk", found.diskPath), ("pid", found.pid.map(String.init) ?? "-"), ("created", formatDate(found.createdAt)),
                 ("qos", qosSummary(found)),
@@ -86,11 +87,14 @@ struct VMCommand: AsyncParsableCommand {
         @Option(help: "Host name; placed by the scheduler when absent.") var host: String?
         @Option(help: "Datastore for the disk (default: the template's).") var datastore: String?
         @Flag(help: "A linked clone: a differencing disk over the template's image instead of a copy.") var linked = false
+        @Option(help: "Most vCPUs it may grow to while running (default: --cpus).") var maxCpus: Int?
+        @Option(help: "Most memory (MiB) it may grow to while running (default: --memory).") var maxMemory: Int?
 
         func run() async throws {
             try await calling(options) { client in
                 let response = try await client.createVM(body: .json(.init(
-                    name: name, cpus: cpus, memoryMiB: memory, template: template, host: host, datastore: datastore, linked: linked)))
+                    name: name, cpus: cpus, memoryMiB: memory, template: template, host: host, datastore: datastore, linked: linked,
+                    maxCpus: maxCpus, maxMemoryMiB: maxMemory)))
                 switch response {
                 case .accepted(let accepted): try await flags.handle(try accepted.body.json, client: client)
                 case .default(let status, let error): throw CLIError.api(status, error)

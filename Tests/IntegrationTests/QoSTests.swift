@@ -270,5 +270,40 @@ struct QoSTests {
             #expect(!FileManager.default.fileExists(atPath: oc3Swap), "deleted with the VM")
         }
     }
+
+    @Test("a running guest grows online: hot-added vCPUs show in nproc, memory in /proc/meminfo; it migrates with them and boots with them next time")
+    func onlineResize() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 2) { cluster in
+            let token = cluster.adminToken
+            let (created, answer) = try await cluster.raw("POST", "/api/v1/vms", token: token,
+                                                          body: #"{"name":"grow","cpus":1,"memoryMiB":192,"maxCpus":2,"maxMemoryMiB":384,"host":"host-1"}"#)
+            try #require(created == 202, "\(answer)")
+            _ = try await cluster.waitForVM("grow") { $0.state == .stopped }
+            try #require(try await cluster.start("grow").state == .succeeded)
+            func nproc() async throws -> String { try await cluster.exec("grow", ["nproc"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) }
+            #expect(try await nproc() == "1")
+            let memoryBefore = try await Self.guestTotalMiB(cluster, "grow")
+
+            let (resized, vm) = try await cluster.raw("PATCH", "/api/v1/vms/grow", token: token, body: #"{"cpus":2,"memoryMiB":320}"#)
+            try #require(resized == 200, "\(vm)")
+            #expect(vm.replacingOccurrences(of: " ", with: "").contains(#""onlineCpus":2"#), "\(vm)")
+            #expect(try await nproc() == "2")
+            let (memoryAfter, _) = try await Self.waitForTotal(cluster, "grow", seconds: 30) { $0 >= memoryBefore + 100 }
+            print("resize: 1 → 2 vCPU online; MemTotal \(memoryBefore) → \(memoryAfter) MiB")
+            #expect(memoryAfter >= memoryBefore + 100, "the guest sees \(memoryAfter) MiB after growing from \(memoryBefore)")
+
+            let (refused, why) = try await cluster.raw("PATCH", "/api/v1/vms/grow", token: token, body: #"{"memoryMiB":512}"#)
+            #expect(refused == 400 && why.contains("beyond the maximum of 384 MiB"), "\(why)")
+
+            let migrated = try await cluster.migrate("grow", to: "host-2")
+            #expect(migrated.state == .succeeded, "\(migrated.message) \(migrated.error?.message ?? "")")
+            #expect(try await nproc() == "2", "the hot-added vCPU moved with it")
+            #expect(try await Self.guestTotalMiB(cluster, "grow") >= memoryBefore + 100)
+
+            #expect(try await cluster.stop("grow", force: true).state == .succeeded)
+            try #require(try await cluster.start("grow").state == .succeeded)
+            #expect(try await nproc() == "2", "it boots with its new size")
+        }
+    }
 }
 }

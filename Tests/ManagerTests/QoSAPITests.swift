@@ -178,3 +178,44 @@ struct HibernationAPITests {
         }
     }
 }
+
+/// Online resize through the API (fake driver: manager logic only).
+@Suite("Resize API", .serialized)
+struct ResizeAPITests {
+    @Test("a running VM grows within its maximums and is admitted on its host; beyond them, or shrinking vCPUs, is refused and changes nothing")
+    func resize() async throws {
+        try await TestCluster.with(driver: "fake", hosts: 1, agentArguments: QoSAPITests.smallHost) { cluster in
+            let token = cluster.adminToken
+            let (created, answer) = try await cluster.raw("POST", "/api/v1/vms", token: token,
+                                                          body: #"{"name":"g1","cpus":1,"memoryMiB":256,"maxCpus":2,"maxMemoryMiB":768,"host":"host-1"}"#)
+            #expect(created == 202, "\(answer)")
+            _ = try await cluster.waitForVM("g1") { $0.state == .stopped }
+            #expect(try await cluster.createVM("other", memoryMiB: 512, host: "host-1").state == .succeeded)
+            #expect(try await cluster.start("g1").state == .succeeded)
+            #expect(try await cluster.start("other").state == .succeeded)
+
+            let (grown, vm) = try await cluster.raw("PATCH", "/api/v1/vms/g1", token: token, body: #"{"cpus":2,"memoryMiB":512}"#)
+            let compact = vm.replacingOccurrences(of: " ", with: "")
+            #expect(grown == 200 && compact.contains(#""cpus":2"#) && compact.contains(#""memoryMiB":512"#) && compact.contains(#""onlineCpus":2"#), "\(vm)")
+            #expect(try await cluster.vm("g1").qos?.memoryReservationMiB == 512, "without overcommit the reservation follows the memory")
+
+            let before = try cluster.databaseSnapshot()
+            for (body, status, words) in [
+                (#"{"cpus":3}"#, 400, "beyond the maximum of 2"),
+                (#"{"cpus":1}"#, 409, "only gains vCPUs"),
+                (#"{"memoryMiB":768}"#, 422, "asked 768 MiB; 512 MiB free"),
+                (#"{"maxCpus":4}"#, 409, "stop it to change it"),
+                (#"{}"#, 200, "g1"),
+            ] {
+                let (code, answer) = try await cluster.raw("PATCH", "/api/v1/vms/g1", token: token, body: body)
+                #expect(code == status && answer.contains(words), "\(body): \(code) \(answer)")
+            }
+            #expect(try cluster.databaseSnapshot() == before, "refusals change nothing")
+
+            #expect(try await cluster.stop("g1", force: true).state == .succeeded)
+            let (off, stopped) = try await cluster.raw("PATCH", "/api/v1/vms/g1", token: token, body: #"{"cpus":4,"memoryMiB":128}"#)
+            let offCompact = stopped.replacingOccurrences(of: " ", with: "")
+            #expect(off == 200 && offCompact.contains(#""cpus":4"#) && offCompact.contains(#""maxCpus":4"#), "\(stopped)")
+        }
+    }
+}

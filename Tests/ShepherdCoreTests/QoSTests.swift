@@ -75,6 +75,11 @@ struct QoSTests {
         #expect(SwapDisk.sizeGiB(memoryMiB: memoryMiB) == gib)
     }
 
+    @Test("KSM scans harder as the host's memory fills", arguments: [(0.1, 100), (0.49, 100), (0.5, 500), (0.8, 1000), (0.95, 2000)])
+    func ksmRate(used: Double, pages: Int) {
+        #expect(KSMPolicy.pagesToScan(usedFraction: used) == pages)
+    }
+
     @Test("shares and limits map onto both cgroup versions", arguments: [
         (1000, nil as Int?, 1024, 100, nil as Int?), (2000, 500, 2048, 200, 50_000), (1, 50, 2, 1, 5000), (100_000, 3000, 102_400, 10_000, 300_000),
     ])
