@@ -8,7 +8,7 @@ STATE_DIR ?= /var/lib/shepherd
 GUEST ?= guest/tiny
 SWIFT_BUILD_FLAGS ?=
 
-.PHONY: all deps build guest install demo test bench bench-storage faults openapi clean
+.PHONY: all deps build guest install demo test bench bench-storage bench-memory faults openapi clean
 
 all: build
 
@@ -38,12 +38,20 @@ bench: build guest
 	bench/boot-to-tools.sh
 	bench/planetlab.sh
 	$(MAKE) bench-storage
+	$(MAKE) bench-memory
 
 # Storage migration next to qemu-img convert, and the guest's write latency during the mirror.
 bench-storage: deps guest
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
 	SHEPHERD_GUEST_IMAGE=$(abspath $(GUEST)) SHEPHERD_BINARY=$(abspath .build/debug/shepherd) \
-	  swift test --skip-build --filter Benchmarks $(SWIFT_BUILD_FLAGS)
+	  swift test --skip-build --filter Benchmarks.StorageBenchmark $(SWIFT_BUILD_FLAGS)
+
+# Memory overcommit: density of tiny guests off / 150 % / 200 %, KSM and balloon savings, the
+# balloon controller's hand-over time.
+bench-memory: deps guest
+	swift build --build-tests $(SWIFT_BUILD_FLAGS)
+	SHEPHERD_GUEST_IMAGE=$(abspath $(GUEST)) SHEPHERD_BINARY=$(abspath .build/debug/shepherd) \
+	  swift test --skip-build --filter Benchmarks.MemoryBenchmark $(SWIFT_BUILD_FLAGS)
 
 # The randomized HA fault campaign (FAULT_ROUNDS rounds, FAULT_SEED to replay); results in bench/results/.
 FAULT_ROUNDS ?= 20

@@ -377,7 +377,7 @@ struct API: APIProtocol {
                 return try VMRecord.order(Column("name")).fetchAll(db).map { Self.vm($0, hostName: hostNames[$0.hostId] ?? "") }
             }
         }
-        return .ok(.init(body: .json(rows)))
+        return .ok(.init(body: .json(await balloons.withMemory(rows))))
     }
 
     func getVM(_ input: Operations.GetVM.Input) async throws -> Operations.GetVM.Output {
@@ -387,7 +387,7 @@ struct API: APIProtocol {
                 return Self.vm(vm, hostName: try HostRecord.fetchOne(db, key: vm.hostId)?.name ?? "")
             }
         }
-        return .ok(.init(body: .json(vm)))
+        return .ok(.init(body: .json(await balloons.withMemory([vm])[0])))
     }
 
     static func vm(_ row: VMRecord, hostName: String) -> Schemas.Vm {

@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Scheduling
+import ShepherdAPI
 import ShepherdCore
 
 /// The per-host balloon controller (seed: 内存气泡): after a host's heartbeat, at most every
@@ -16,6 +17,8 @@ actor BalloonService {
     static let interval: Duration = .milliseconds(1900)
     private var lastRound: [String: ContinuousClock.Instant] = [:]
     private var running: Set<String> = []
+    /// What each running guest last reported: memory it has (less the balloon) and uses.
+    private var latest: [String: (balloonMiB: Int, usedMiB: Int?)] = [:]
 
     init(store: Store, agents: AgentClient, events: EventLog, hostReserveMiB: Int) {
         self.store = store; self.agents = agents; self.events = events; self.hostReserveMiB = hostReserveMiB
@@ -23,6 +26,10 @@ actor BalloonService {
 
     /// Called with every heartbeat; returns at once (the round runs on its own).
     func adjust(hostId: String, guests: [AgentWire.GuestStatus]) {
+        for guest in guests {
+            guard guest.power == .running, let balloon = guest.balloonMiB else { latest[guest.vmId] = nil; continue }
+            latest[guest.vmId] = (balloon, guest.guestAvailableMiB.map { max(0, balloon - $0) })
+        }
         guard !running.contains(hostId), lastRound[hostId].map({ ContinuousClock.now - $0 >= Self.interval }) ?? true else { return }
         running.insert(hostId)
         lastRound[hostId] = .now
@@ -33,6 +40,18 @@ actor BalloonService {
     }
 
     private func finish(_ hostId: String) { running.remove(hostId) }
+
+    /// VMs as the API shows them, with what their guests last reported of their memory.
+    func withMemory(_ vms: [Components.Schemas.Vm]) -> [Components.Schemas.Vm] {
+        vms.map { vm in
+            var vm = vm
+            if vm.state == .running, let report = latest[vm.id] {
+                vm.guestMemoryMiB = report.balloonMiB
+                vm.guestUsedMiB = report.usedMiB
+            }
+            return vm
+        }
+    }
 
     private func round(hostId: String, guests: [AgentWire.GuestStatus]) async {
         let reports = Dictionary(guests.map { ($0.vmId, $0) }, uniquingKeysWith: { a, _ in a })

@@ -1400,6 +1400,8 @@ components:
         maxCpus: { type: integer, description: "vCPUs it may grow to while running (QEMU's maxcpus, fixed at start)." }
         maxMemoryMiB: { type: integer, description: "Memory it may grow to while running (fixed at start; the balloon holds it to memoryMiB)." }
         onlineCpus: { type: integer, description: "In the answer to an online resize: the vCPUs the guest has online." }
+        guestMemoryMiB: { type: integer, description: "Running: the memory its guest has now (its memory less the balloon), from the last heartbeat." }
+        guestUsedMiB: { type: integer, description: "Running: what its guest uses of that (the balloon driver's statistics)." }
         qos: { $ref: "#/components/schemas/VMQoS" }
     VMQoS:
       type: object

@@ -66,7 +66,8 @@ struct VMCommand: AsyncParsableCommand {
             var rows: [(String, String)] = [
                 ("name", found.name), ("id", found.id), ("state", state),
                 ("host", found.hostName), ("cpus", "\(found.cpus) (at most \(found.maxCpus ?? found.cpus) online)"),
-                ("memory", "\(formatMiB(found.memoryMiB)) (at most \(formatMiB(found.maxMemoryMiB ?? found.memoryMiB)) online)"),
+                ("memory", "\(formatMiB(found.memoryMiB)) (at most \(formatMiB(found.maxMemoryMiB ?? found.memoryMiB)) online)"
+                    + (found.guestMemoryMiB.map { "; the guest has \(formatMiB($0))" + (found.guestUsedMiB.map { ", uses \(formatMiB($0))" } ?? "") } ?? "")),
                 ("tools", found.toolsStatus.rawValue), ("template", found.template), ("datastore", found.datastore),
                 ("disk", found.diskPath), ("pid", found.pid.map(String.init) ?? "-"), ("created", formatDate(found.createdAt)),
                 ("qos", qosSummary(found)),
