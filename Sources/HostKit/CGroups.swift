@@ -8,7 +8,7 @@ public struct CGroupLimits: Sendable, Equatable {
     /// CFS quota per period (µs); nil: no ceiling.
     public var cpuQuotaMicros: Int?
     public var cpuPeriodMicros: Int
-    /// Memory the VM keeps when the host is short: v1 soft limit, v2 memory.low.
+    /// Memory the VM keeps when the host is short: v1 soft limit (reclaimed last), v2 memory.min (never reclaimed).
     public var memoryProtectedBytes: UInt64
 
     public init(cpuSharesV1: Int, cpuWeightV2: Int, cpuQuotaMicros: Int?, cpuPeriodMicros: Int, memoryProtectedBytes: UInt64) {
@@ -108,7 +108,7 @@ public struct CGroups: Sendable {
         case .v2:
             try write(cpu + "/cpu.weight", "\(limits.cpuWeightV2)")
             try write(cpu + "/cpu.max", "\(limits.cpuQuotaMicros.map(String.init) ?? "max") \(limits.cpuPeriodMicros)")
-            try write(memory + "/memory.low", "\(limits.memoryProtectedBytes)")
+            try write(memory + "/memory.min", "\(limits.memoryProtectedBytes)")
         }
     }
 

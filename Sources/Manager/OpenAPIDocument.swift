@@ -551,7 +551,7 @@ paths:
       description: |
         Changes a VM's CPU and memory QoS (reservation, shares, limit). A running VM gets it at
         once: cgroup cpu.shares/cfs quota (v1) or cpu.weight/cpu.max (v2), memory soft limit (v1)
-        or memory.low (v2) for the reservation, and the balloon for a memory limit. Reservations
+        or memory.min (v2) for the reservation, and the balloon for a memory limit. Reservations
         are admitted: a host's never exceed its real memory and cores.
       parameters:
         - { $ref: "#/components/parameters/VMRef" }

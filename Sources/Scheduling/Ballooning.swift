@@ -20,21 +20,31 @@ public struct BalloonVM: Sendable, Equatable {
     }
 
     var ceilingMiB: Int { min(memoryMiB, limitMiB ?? memoryMiB) }
-    var floorMiB: Int { min(reservationMiB, ceilingMiB) }
+    /// Never below its reservation, nor below what its guest uses plus a guard: a guest without
+    /// swap of its own would start killing processes. (Past that, host swap takes the pressure.)
+    /// A guest that does not report keeps what it has.
+    var floorMiB: Int {
+        let working = usedMiB.map { $0 + BalloonPlanner.guardMiB } ?? currentMiB
+        return min(max(reservationMiB, working), ceilingMiB)
+    }
 }
 
 /// A per-host balloon controller (the seed's 内存气泡), pure: it hands memory from VMs that do
 /// not use it to VMs that do, within the memory the host has for VMs.
 ///
-/// Each VM's demand is what it uses plus headroom (a quarter of that, at least 64 MiB: room for a burst until the next round), held
-/// between its reservation (floor) and its limit (ceiling). While every VM's ceiling fits, nobody
+/// Each VM's demand is what it uses plus headroom (a quarter of that, at least 64 MiB: room for a
+/// burst until the next round), held between its floor (its reservation, and never less than its
+/// use plus 32 MiB) and its ceiling (its limit). While every VM's ceiling fits, nobody
 /// is ballooned. When the demands fit, every VM gets its demand and the rest goes by shares up
 /// to the ceilings; when they do not, every VM gets its floor and the rest goes by shares up to
-/// the demands (reservations always fit: admission keeps them within the host's memory).
+/// the demands. Floors are kept even when they add up to more than the host has for VMs: the
+/// host's swap takes the rest, not the guests.
 public enum BalloonPlanner {
     /// Changes smaller than this are not worth a balloon move (and would flap with the guest's statistics).
     public static let hysteresisMiB = 16
     public static let minimumHeadroomMiB = 64
+    /// What a guest keeps above its use even when the host is short.
+    public static let guardMiB = 32
 
     public struct Decision: Sendable, Equatable, CustomStringConvertible {
         public var vm: Int

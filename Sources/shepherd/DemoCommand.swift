@@ -21,10 +21,13 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "auto, kvm or tcg for the agents.") var accel = "auto"
     @Option(help: "Comma-separated QEMU CPU models the hosts provide, in host order (e.g. EPYC-Rome,EPYC,EPYC), so IMC matters; default: every host its own CPU.")
     var cpuModels: String?
+    @Option(help: "Each host's memory in MiB, enforced by its cgroup (so overcommit pressure is real); 0: the machine's.")
+    var hostMemory = 2048
 
     func run() async throws {
         guard getuid() == 0 else { throw CLIError("the demo creates network namespaces: run it as root") }
         guard (1...9).contains(hosts) else { throw ValidationError("--hosts must be 1-9") }
+        guard hostMemory == 0 || hostMemory >= 768 else { throw ValidationError("--host-memory must be 0 or at least 768 (MiB)") }
         let models = cpuModels.map { $0.split(separator: ",").map(String.init) } ?? []
         for model in models { try CPUModels.validate(model, field: "--cpu-models") }
         guard models.isEmpty || models.count == hosts else {
@@ -33,12 +36,13 @@ struct DemoCommand: AsyncParsableCommand {
         let demo = try Demo(stateDirectory: stateDir, image: image, prefix: prefix, subnet: subnet, port: port,
                             hostCount: hosts, accelerator: accel)
         demo.cpuModels = models
+        demo.hostMemoryMiB = hostMemory
         let signals = SignalWatcher([SIGINT, SIGTERM])
         do {
             try await demo.up(withGuests: !noGuests, stop: signals)
             demo.say("""
 
-                Shepherd demo is ready: \(hosts) hosts, manager at http://127.0.0.1:\(port)
+                Shepherd demo is ready: \(hosts) hosts\(hostMemory > 0 ? " of \(hostMemory) MiB each" : ""), manager at http://127.0.0.1:\(port)
                 In another terminal, try:
                   shepherd host list
                   shepherd cluster list
@@ -52,6 +56,9 @@ struct DemoCommand: AsyncParsableCommand {
                   shepherd vm migrate web1 --to \(prefix)host-3
                   shepherd host maintenance enter \(prefix)host-1
                   shepherd host show \(prefix)host-3
+                  shepherd cluster set \(prefix)cluster-1 --memory-overcommit on --overcommit-ratio 150%
+                  shepherd vm qos set web1 --cpu-shares 2000 --memory-limit 96
+                  shepherd vm hibernate web1 && shepherd vm start web1
                   shepherd host power off \(prefix)host-3 --force    # through its Redfish BMC
                   shepherd host power on \(prefix)host-3
                   shepherd vm stop web1
@@ -117,6 +124,8 @@ final class Demo: @unchecked Sendable {
     let hostCount: Int
     let accelerator: String
     var cpuModels: [String] = []
+    /// Each host's memory (agent --memory); 0: the machine's.
+    var hostMemoryMiB = 0
     var logDirectory: String { stateDirectory + "/logs" }
     private var manager: ChildProcess?
     private var agents: [ChildProcess] = []
@@ -186,7 +195,8 @@ final class Demo: @unchecked Sendable {
                 "--state-dir", hostStateDirectory(index), "--join-token-file", stateDirectory + "/join-token",
                 "--datastore", "shared=\(sharedDatastore),shared",
                 "--datastore", "local-\(name)=\(stateDirectory)/datastores/local-\(name),local", "--accel", accelerator]
-                + (cpuModels.isEmpty ? [] : ["--cpu-model", cpuModels[index - 1]]))
+                + (cpuModels.isEmpty ? [] : ["--cpu-model", cpuModels[index - 1]])
+                + (hostMemoryMiB > 0 ? ["--memory", "\(hostMemoryMiB)"] : []))
             // Each host's agent runs under its own Redfish BMC, as a server under its BMC: power-off
             // through it ends every process of that host, power-on starts the agent again.
             agents.append(try ChildProcess.spawn(selfPath, [

@@ -39,14 +39,23 @@ struct MemoryBenchmark {
             var refusal = ""
             for index in 1...40 {
                 let name = "d\(index)"
-                _ = try await cluster.createVM(name, memoryMiB: 128)
+                // Creating places the VM: a full host already refuses here.
+                let (created, why) = try await cluster.raw("POST", "/api/v1/vms", token: cluster.adminToken,
+                                                           body: #"{"name":"\#(name)","cpus":1,"memoryMiB":128,"host":"host-1"}"#)
+                guard created == 202 else { refusal = why; break }
+                _ = try await cluster.waitForVM(name) { $0.state == .stopped }
                 let (code, answer) = try await cluster.raw("POST", "/api/v1/vms/\(name)/start", token: cluster.adminToken)
                 guard code == 202 else { refusal = answer; break }
                 let task = try await cluster.waitForVM(name, timeout: .seconds(180)) { $0.state != .starting }
                 guard task.state == .running else { refusal = "\(name) is \(task.state.rawValue): \(task.stateReason ?? "")"; break }
                 names.append(name)
             }
-            for name in names { _ = try await cluster.waitForVM(name, timeout: .seconds(180)) { $0.toolsStatus == .running } }
+            // A guest whose tools stop answering under the host's pressure counts as not responsive.
+            var unresponsive: [String] = []
+            for name in names where (try? await cluster.waitForVM(name, timeout: .seconds(120)) { $0.toolsStatus == .running }) == nil {
+                unresponsive.append(name)
+            }
+            if !unresponsive.isEmpty { refusal += "; tools not answering: " + unresponsive.joined(separator: ", ") }
             try await Task.sleep(for: .seconds(20))
             var latencies: [Double] = []
             for _ in 0..<30 {
@@ -62,7 +71,7 @@ struct MemoryBenchmark {
                 let vm = try await cluster.vm(name)
                 ballooned += max(0, vm.memoryMiB - (vm.guestMemoryMiB ?? vm.memoryMiB))
             }
-            let refusalText = refusal.split(separator: "\"").first { $0.contains("cannot take") || $0.contains("asked") }.map(String.init) ?? refusal
+            let refusalText = refusal.components(separatedBy: "\"message\":\"").last.map { $0.replacingOccurrences(of: "\"}", with: "") } ?? refusal
             return Density(mode: mode, running: names.count, refusal: refusalText, p50: Self.percentile(latencies, 0.5),
                            p99: Self.percentile(latencies, 0.99), ksmMiB: host.ksmSavedMiB ?? 0, balloonMiB: ballooned)
         }
@@ -71,9 +80,11 @@ struct MemoryBenchmark {
     @Test("density of 128 MiB guests on a 1536 MiB host with overcommit off, at 150 % and at 200 %; the balloon's hand-over time")
     func memoryOvercommit() async throws {
         var rows: [Density] = []
-        for (mode, settings) in [("off", #"{"memoryOvercommit":false}"#),
-                                 ("on, 150 %", #"{"memoryOvercommit":true,"overcommitRatioPercent":150}"#),
-                                 ("on, 200 %", #"{"memoryOvercommit":true,"overcommitRatioPercent":200}"#)] {
+        // SHEPHERD_BENCH_MODES=off,150,200 (default all three) picks the density runs.
+        let wanted = Set((ProcessInfo.processInfo.environment["SHEPHERD_BENCH_MODES"] ?? "off,150,200").split(separator: ",").map(String.init))
+        for (key, mode, settings) in [("off", "off", #"{"memoryOvercommit":false}"#),
+                                      ("150", "on, 150 %", #"{"memoryOvercommit":true,"overcommitRatioPercent":150}"#),
+                                      ("200", "on, 200 %", #"{"memoryOvercommit":true,"overcommitRatioPercent":200}"#)] where wanted.contains(key) {
             rows.append(try await density(mode: mode, settings: settings))
             print("memory: \(rows.last!)")
         }
@@ -124,6 +135,6 @@ struct MemoryBenchmark {
         try? FileManager.default.createDirectory(atPath: results, withIntermediateDirectories: true)
         try table.write(toFile: "\(results)/memory-\(stamp).md", atomically: true, encoding: .utf8)
         for row in rows { #expect(row.running > 0 && row.p99 < 2, "\(row.mode): \(row.running) guests, p99 \(row.p99) s") }
-        #expect(rows.last!.running >= 16, "at 200 % the host runs 16 guests of 128 MiB")
+        if wanted.contains("200") { #expect(rows.last!.running >= 16, "at 200 % the host runs 16 guests of 128 MiB") }
     }
 }

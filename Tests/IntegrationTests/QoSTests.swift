@@ -108,8 +108,8 @@ struct QoSTests {
 
             let pid = try #require(try await cluster.vm("ball").pid)
             let memoryGroup = try Self.cgroupDirectory(pid: pid, controller: "memory")
-            let v2 = FileManager.default.fileExists(atPath: memoryGroup + "/memory.low")
-            #expect(try Self.read(memoryGroup + (v2 ? "/memory.low" : "/memory.soft_limit_in_bytes")) == "\(96 << 20)")
+            let v2 = FileManager.default.fileExists(atPath: memoryGroup + "/memory.min")
+            #expect(try Self.read(memoryGroup + (v2 ? "/memory.min" : "/memory.soft_limit_in_bytes")) == "\(96 << 20)")
 
             #expect(try await cluster.raw("PATCH", "/api/v1/vms/ball/qos", token: token, body: #"{"memoryLimit":"0"}"#).0 == 200)
             var back = limited

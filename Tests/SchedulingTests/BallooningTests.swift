@@ -21,14 +21,18 @@ struct BallooningTests {
         #expect(targets.reduce(0, +) == 768)
     }
 
-    @Test("short of memory: reservations first, then shares decide who gets closer to its demand")
+    @Test("short of memory: floors first (reservation, and use plus 32 MiB), then shares decide who gets closer to its demand")
     func shortage() {
-        // Floors 300 and 0; the 200 MiB left split evenly (equal shares) toward demands of 512 each.
-        let targets = BalloonPlanner.targets(budgetMiB: 500, vms: [vm("gold", reservation: 300, shares: 1000, used: 450), vm("bronze", used: 450)])
-        #expect(targets == [400, 100])
-        // No reservations: shares 3000:1000 split the 500 MiB 3:1.
-        let weighted = BalloonPlanner.targets(budgetMiB: 500, vms: [vm("gold", shares: 3000, used: 450), vm("bronze", shares: 1000, used: 450)])
-        #expect(weighted == [375, 125])
+        // gold: floor 300 (reserved), demand 300; bronze: floor 232, demand 264; 8 MiB left after the floors.
+        #expect(BalloonPlanner.targets(budgetMiB: 540, vms: [vm("gold", reservation: 300, used: 200), vm("bronze", used: 200)]) == [300, 240])
+        // No reservations: floors 232 each, 36 MiB left, split 3:1 by shares.
+        #expect(BalloonPlanner.targets(budgetMiB: 500, vms: [vm("gold", shares: 3000, used: 200), vm("bronze", shares: 1000, used: 200)]) == [259, 241])
+    }
+
+    @Test("a guest is never ballooned below what it uses plus 32 MiB, even when that is more than the host has: host swap takes the rest")
+    func floorsOverBudget() {
+        #expect(BalloonPlanner.targets(budgetMiB: 300, vms: [vm("a", used: 200), vm("b", used: 200)]) == [232, 232])
+        #expect(BalloonPlanner.targets(budgetMiB: 300, vms: [vm("a", current: 400, used: nil), vm("b", used: 100)]) == [400, 132])
     }
 
     @Test("nobody goes below its reservation or above its limit, for any budget", arguments: [300, 500, 700, 900, 1100])
@@ -36,7 +40,8 @@ struct BallooningTests {
         let vms = [vm("r", reservation: 256, used: 100), vm("l", limit: 300, used: 500), vm("s", shares: 2000, used: 350), vm("q", used: nil)]
         let targets = BalloonPlanner.targets(budgetMiB: budget, vms: vms)
         #expect(targets[0] >= 256 && targets[1] <= 300 && targets.allSatisfy { $0 <= 512 })
-        #expect(targets.reduce(0, +) <= max(budget, 256), "\(targets) for a budget of \(budget)")
+        let floors = vms.map(\.floorMiB).reduce(0, +)
+        #expect(targets.reduce(0, +) <= max(budget, floors), "\(targets) for a budget of \(budget)")
     }
 
     @Test("small moves are not made, and a guest without statistics is never shrunk")
