@@ -232,7 +232,7 @@ actor GuestSupervisor {
 
     /// The VM's cgroup limits for its QoS (defaults without one).
     var cgroupLimits: CGroupLimits {
-        let qos = definition.qos ?? VMQoS(memoryReservationMiB: 0)
+        let qos = definition.effectiveQoS
         return CGroupLimits(cpuSharesV1: qos.cgroupV1CPUShares, cpuWeightV2: qos.cgroupV2CPUWeight, cpuQuotaMicros: qos.cfsQuotaMicros,
                             cpuPeriodMicros: VMQoS.cfsPeriodMicros, memoryProtectedBytes: UInt64(qos.memoryReservationMiB) << 20)
     }
@@ -283,8 +283,7 @@ actor GuestSupervisor {
                 throw error
             }
             try me.redefine(changed)
-            let ceiling = (changed.qos ?? VMQoS(memoryReservationMiB: 0)).memoryCeilingMiB(memoryMiB: changed.memoryMiB)
-            _ = try await me.qmp("balloon", ["value": .number(Double(UInt64(ceiling) << 20))])
+            try await me.balloon(to: changed.memoryCeilingMiB)
             return AgentWire.ResizeAnswer(onlineCpus: request.cpus > before ? await me.onlineAllVCPUs(expecting: request.cpus) : nil)
         }
     }
@@ -314,9 +313,11 @@ actor GuestSupervisor {
     /// Moves the balloon so the guest has `targetMiB` (never below 64 MiB nor above its memory ceiling).
     func setBalloon(targetMiB: Int) async throws {
         guard livePid() != nil else { throw ShepherdError(.illegalState, "VM '\(definition.name)' does not run here") }
-        let ceiling = (definition.qos ?? VMQoS(memoryReservationMiB: 0)).memoryCeilingMiB(memoryMiB: definition.memoryMiB)
-        let target = min(ceiling, max(VMQoS.minimumMemoryLimitMiB, targetMiB))
-        _ = try await qmp("balloon", ["value": .number(Double(UInt64(target) << 20))])
+        try await balloon(to: min(definition.memoryCeilingMiB, max(VMQoS.minimumMemoryLimitMiB, targetMiB)))
+    }
+
+    private func balloon(to mib: Int) async throws {
+        _ = try await qmp("balloon", ["value": .number(Double(UInt64(mib) << 20))])
     }
 
     /// Puts QEMU into the VM's cgroup (or updates its limits there) and sets the balloon to the
@@ -325,8 +326,7 @@ actor GuestSupervisor {
         if let cgroups {
             if placing { try cgroups.place(pid: pid, vm: id, limits: cgroupLimits) } else { try cgroups.apply(cgroupLimits, vm: id) }
         }
-        let ceiling = (definition.qos ?? VMQoS(memoryReservationMiB: 0)).memoryCeilingMiB(memoryMiB: definition.memoryMiB)
-        _ = try await qmp("balloon", ["value": .number(Double(UInt64(ceiling) << 20))])
+        try await balloon(to: definition.memoryCeilingMiB)
         if placing {
             // The guest's balloon driver reports its memory use every 2 s (the balloon controller's input).
             _ = try await qmp("qom-set", ["path": .string(Self.balloonPath), "property": "guest-stats-polling-interval", "value": 2])

@@ -7,14 +7,15 @@ import ShepherdCore
 /// The per-host balloon controller (seed: 内存气泡): after a host's heartbeat, at most every
 /// `interval`, it plans with `BalloonPlanner` from the guests' own memory statistics and moves
 /// the balloons that need it. Only in clusters with memory overcommit on (off, every VM reserves
-/// all its memory and nothing may be taken). Each round that moves memory is one event with
-/// the numbers.
+/// all its memory and nothing may be taken). Each round that moves 64 MiB or more is one event
+/// with the numbers.
 actor BalloonService {
     let store: Store
     let agents: AgentClient
     let events: EventLog
     let hostReserveMiB: Int
     static let interval: Duration = .milliseconds(1900)
+    static let eventThresholdMiB = 64
     private var lastRound: [String: ContinuousClock.Instant] = [:]
     private var running: Set<String> = []
     /// What each running guest last reported: memory it has (less the balloon) and uses.
@@ -78,6 +79,10 @@ actor BalloonService {
                 failed.append("\(decision.name): \(error)")
             }
         }
+        // Small trims (a guest's use wanders) are made but not written down: the event log is
+        // for rounds that move real memory.
+        let moved = decisions.reduce(0) { $0 + abs($1.toMiB - $1.fromMiB) }
+        guard moved >= Self.eventThresholdMiB || !failed.isEmpty else { return }
         let demand = inputs.map(BalloonPlanner.demandMiB).reduce(0, +)
         let message = "balloons on \(host.name) (\(budget) MiB for VMs; they need about \(demand) MiB): " + made.joined(separator: ", ")
             + (failed.isEmpty ? "" : "; not moved: " + failed.joined(separator: "; "))

@@ -36,6 +36,11 @@ struct Inventory: Sendable {
         return (snapshot, Dictionary(uniqueKeysWithValues: hosts.enumerated().map { ($1.id, $0) }))
     }
 
+    /// The VMs on a cluster's hosts, by name.
+    static func vms(_ db: Database, inCluster clusterID: String) throws -> [VMRecord] {
+        try VMRecord.filter(sql: "hostId IN (SELECT id FROM host WHERE clusterId = ?)", arguments: [clusterID]).order(Column("name")).fetchAll(db)
+    }
+
     /// A host by name or id.
     static func host(_ db: Database, _ reference: String, field: String? = nil) throws -> HostRecord {
         if let host = try HostRecord.filter(Column("name") == reference).fetchOne(db) ?? HostRecord.fetchOne(db, key: reference) {

@@ -26,8 +26,7 @@ final class QoSService: Sendable {
     func set(cluster reference: String, _ change: QoSChange) async throws -> [VMRecord] {
         try await apply(change, describe: "cluster '\(reference)'") { db in
             let cluster = try Inventory.cluster(db, reference)
-            return try VMRecord.filter(sql: "hostId IN (SELECT id FROM host WHERE clusterId = ?)", arguments: [cluster.id])
-                .order(Column("name")).fetchAll(db)
+            return try Inventory.vms(db, inCluster: cluster.id)
         }
     }
 
@@ -113,7 +112,7 @@ final class QoSService: Sendable {
         if let ratioPercent, !MemoryOvercommit.ratioRange.contains(ratioPercent) {
             throw ShepherdError.invalidField("overcommitRatioPercent", "\(ratioPercent) % is outside \(MemoryOvercommit.ratioRange.lowerBound)–\(MemoryOvercommit.ratioRange.upperBound) % (the seed's default: \(MemoryOvercommit.defaultRatioPercent) %)")
         }
-        let vms = try VMRecord.filter(sql: "hostId IN (SELECT id FROM host WHERE clusterId = ?)", arguments: [cluster.id]).order(Column("name")).fetchAll(db)
+        let vms = try Inventory.vms(db, inCluster: cluster.id)
         if overcommit == false && cluster.memoryOvercommit {
             let running = vms.filter { $0.lifecycle.consumesHostResources }
             try MemoryOvercommit.checkTurningOff(cluster: cluster.name, running: running.map {

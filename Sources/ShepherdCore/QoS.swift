@@ -47,6 +47,13 @@ public struct VMQoS: Codable, Sendable, Equatable {
     public static let cfsPeriodMicros = 100_000
 }
 
+extension AgentWire.VMDefinition {
+    /// Its QoS, or the defaults for a definition saved before QoS existed.
+    public var effectiveQoS: VMQoS { qos ?? VMQoS(memoryReservationMiB: 0) }
+    /// The memory its guest may have now: its size, or its limit below it (the balloon's target).
+    public var memoryCeilingMiB: Int { effectiveQoS.memoryCeilingMiB(memoryMiB: memoryMiB) }
+}
+
 /// An amount of memory given absolutely or as a share of the VM's size (`--memory-reservation 100%`).
 public enum MemoryAmount: Sendable, Equatable {
     case mib(Int)
