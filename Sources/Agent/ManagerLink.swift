@@ -1,5 +1,6 @@
 import Foundation
 import HostKit
+import OpenAPIRuntime
 import Hypervisor
 import Logging
 import ServiceLifecycle
@@ -83,10 +84,16 @@ final class ManagerLink: Service, Sendable {
     func run() async throws {
         try? await cancelWhenGracefulShutdown { [self] in
             while !Task.isCancelled {
-                do { try await beat() } catch { logger.warning("heartbeat failed: \(error)") }
+                do { try await beat() } catch { logger.warning("heartbeat failed: \(Self.brief(error))") }
                 try await Task.sleep(for: Heartbeats.interval)
             }
         }
+    }
+
+    /// A client error without the request it carried (the whole heartbeat, CPU flags and all).
+    static func brief(_ error: any Error) -> String {
+        guard let client = error as? ClientError else { return "\(error)" }
+        return "\(client.causeDescription): \(client.underlyingError)"
     }
 
     private func beat() async throws {

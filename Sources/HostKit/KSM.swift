@@ -15,19 +15,19 @@ public enum KSM {
     }
 
     /// Turns merging on. Fails where the kernel has no KSM or the file is read-only.
-    public static func enable() throws {
-        let path = directory + "/run"
-        guard let handle = FileHandle(forWritingAtPath: path) else { throw HostKitError.errno("KSM: opening \(path)") }
-        defer { try? handle.close() }
-        try handle.write(contentsOf: Data("1".utf8))
-    }
+    public static func enable() throws { try write("run", "1") }
+
+    /// Stops merging; pages merged so far stay merged.
+    public static func disable() throws { try write("run", "0") }
 
     /// Scan rate: pages looked at per wake-up (the kernel's default 100; more under pressure).
-    public static func setPagesToScan(_ pages: Int) throws {
-        let path = directory + "/pages_to_scan"
+    public static func setPagesToScan(_ pages: Int) throws { try write("pages_to_scan", String(pages)) }
+
+    private static func write(_ name: String, _ value: String) throws {
+        let path = directory + "/" + name
         guard let handle = FileHandle(forWritingAtPath: path) else { throw HostKitError.errno("KSM: opening \(path)") }
         defer { try? handle.close() }
-        try handle.write(contentsOf: Data(String(pages).utf8))
+        try handle.write(contentsOf: Data(value.utf8))
     }
 
     public static func status() -> Status? {

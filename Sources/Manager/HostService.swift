@@ -138,11 +138,13 @@ final class HostService: Sendable {
             // "Stopped" about a VM that just started may predate the start: not evidence it ended.
             // (A crash report is acted on at once: after a guest panic the agent reports it once.)
             let settled = vm.runningSince.map { Date().timeIntervalSince($0) >= Heartbeats.startSettleSeconds } ?? true
+            // Likewise "running" about a VM that just stopped (a status collected before the stop).
+            let stoppedSettled = vm.stateChangedAt.map { Date().timeIntervalSince($0) >= Heartbeats.startSettleSeconds } ?? true
             var changed = vm
             var event: (EventLog.Severity, String, String)?
             switch guest.power {
             case .running, .paused:
-                if !owned, vm.lifecycle.since == nil {
+                if !owned, stoppedSettled, vm.lifecycle.since == nil {
                     changed.lifecycle = .running(since: Date())
                     event = (.info, "vm.running", "found running on \(host.name) (was \(vm.lifecycle.name))")
                 }

@@ -275,6 +275,7 @@ public final class Store: Sendable {
                 t.add(column: "maxCpus", .integer).notNull().defaults(to: 0)
                 t.add(column: "maxMemoryMiB", .integer).notNull().defaults(to: 0)
                 t.add(column: "bootCpus", .integer)
+                t.add(column: "stateChangedAt", .datetime)
             }
             try db.execute(sql: "UPDATE vm SET maxCpus = cpus, maxMemoryMiB = memoryMiB")
         }
@@ -541,6 +542,9 @@ struct VMRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var maxMemoryMiB: Int = 0
     /// vCPUs its QEMU booted with (the rest of `cpus` were hot-added); nil while off.
     var bootCpus: Int?
+    /// When its state last changed (the manager's clock): a heartbeat collected before that may
+    /// arrive after it and must not undo it.
+    var stateChangedAt: Date?
     var cpuShares: Int = VMQoS.defaultShares
     var cpuReservationMHz: Int = 0
     var cpuLimitMHz: Int?
@@ -577,6 +581,7 @@ struct VMRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var lifecycle: VMLifecycle {
         get { VMLifecycle(name: state, task: stateTask, reason: stateReason, since: runningSince, migrationTarget: migrationTarget) }
         set {
+            if newValue.name != state { stateChangedAt = Date() }
             state = newValue.name
             stateTask = newValue.task
             stateReason = newValue.reason

@@ -30,8 +30,9 @@ public enum Heartbeats {
     /// A heartbeat's guest statuses are collected before it is sent (pinging each guest takes up
     /// to a second), so one collected before a start may arrive after the start finished. A
     /// "stopped" report about a VM that started less than this long ago is left to the next
-    /// heartbeats to confirm (a QEMU that ends during boot fails its start task anyway). Crash
-    /// reports are not delayed: after a guest panic the agent reports the crash only once.
+    /// heartbeats to confirm (a QEMU that ends during boot fails its start task anyway), and so is
+    /// a "running" report about a VM whose state changed (it stopped) less than this long ago.
+    /// Crash reports are not delayed: after a guest panic the agent reports the crash only once.
     public static let startSettleSeconds: Double = 5
 }
 

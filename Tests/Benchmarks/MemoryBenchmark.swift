@@ -14,7 +14,7 @@ import TestSupport
 /// The tables go to stdout and to `bench/results/memory-<date>T<time>Z.md`.
 @Suite("Memory benchmark")
 struct MemoryBenchmark {
-    static let host = ["host-1": ["--memory", "1536"]]
+    static let host = ["host-1": ["--memory", "1536", "--ksm", "on"]]
 
     struct Density {
         var mode: String

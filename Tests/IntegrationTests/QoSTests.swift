@@ -219,7 +219,7 @@ struct QoSTests {
     @Test("a host of 1 GiB runs guests adding up to 150 % of its memory for VMs, each with a swap disk of the seed's size, all answering within 2 s while one fills its memory; identical guests share pages through KSM")
     func overcommittedHost() async throws {
         // 1024 MiB host: 512 MiB for VMs; three 256 MiB guests are 150 % of it.
-        try await TestCluster.with(driver: "qemu", agentArguments: ["host-1": ["--memory", "1024"]]) { cluster in
+        try await TestCluster.with(driver: "qemu", agentArguments: ["host-1": ["--memory", "1024", "--ksm", "on"]]) { cluster in
             #expect(try await cluster.setCluster(#"{"memoryOvercommit":true,"overcommitRatioPercent":150}"#).0 == 200)
             let names = ["oc1", "oc2", "oc3"]
             for name in names { try #require(try await cluster.createVM(name, memoryMiB: 256).state == .succeeded) }

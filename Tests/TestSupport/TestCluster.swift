@@ -64,6 +64,8 @@ public final class TestCluster: @unchecked Sendable {
     private var agentPorts: [String: Int] = [:]
     /// Extra flags for each agent, by host name.
     public var agentArguments: [String: [String]] = [:]
+    /// Whether KSM ran before this cluster started (a test that switches it on switches it back).
+    private var ksmBefore: Bool?
     private let binary: String
     private let managerArguments: [String]
 
@@ -78,6 +80,7 @@ public final class TestCluster: @unchecked Sendable {
                              namespaced: Set<String> = []) async throws -> TestCluster {
         let cluster = try TestCluster(driver: driver, managerArguments: managerArguments, bmc: bmc, namespaced: namespaced)
         cluster.agentArguments = agentArguments
+        cluster.ksmBefore = KSM.status()?.running
         do {
             if !namespaced.isEmpty { try await Net.addBridge(cluster.bridge, address: "\(cluster.subnet).1/24") }
             try await cluster.startFirstManager()
@@ -177,6 +180,8 @@ public final class TestCluster: @unchecked Sendable {
             "--state-dir", agentDirectory(name), "--join-token-file", stateDirectory + "/join-token",
             "--datastore", "shared=\(sharedDatastore),shared", "--driver", driver,
         ] + (agentArguments[name] ?? [])
+            // KSM is machine-wide: only tests that ask for it (--ksm on) switch it on.
+            + ((agentArguments[name] ?? []).contains("--ksm") ? [] : ["--ksm", "off"])
         guard withBMC else {
             let argv = namespaced ? Net.inNamespace(namespace(name), [binary] + agentArgv) : [binary] + agentArgv
             agents[name] = try ChildProcess.spawn(argv[0], Array(argv.dropFirst()), logFile: "\(directory)/agent-\(name).log")
@@ -474,6 +479,7 @@ public final class TestCluster: @unchecked Sendable {
         }
         bmcs = [:]
         for pid in qemuPids() { _ = await Processes.terminate(pid, grace: .seconds(3)) }
+        if ksmBefore == false, KSM.status()?.running == true { try? KSM.disable() }
         // Swap disks the agents switched on (memory overcommit) under this cluster's folder.
         for path in Swap.active() where path.hasPrefix(directory + "/") { try? await Swap.disable(path: path) }
         // The hosts' cgroups (VM QoS), now that their QEMUs are gone.
