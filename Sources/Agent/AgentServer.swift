@@ -151,11 +151,17 @@ public enum AgentServer {
             } else {
                 accelerator = configuration.accelerator
             }
-            let cgroups = CGroups(host: configuration.name, stateDirectory: configuration.stateDirectory)
-            if let cgroups {
-                try cgroups.prepareHost(memoryLimitBytes: configuration.memoryMiB.map { UInt64($0) << 20 })
-                await cgroups.removeEmptyGroups()
-                logger.info("cgroups \(cgroups.version.rawValue): VMs under \(cgroups.path(vm: "<vm>"))\(configuration.memoryMiB.map { ", held to \($0) MiB together" } ?? "")")
+            var cgroups = CGroups(host: configuration.name, stateDirectory: configuration.stateDirectory)
+            if let found = cgroups {
+                do {
+                    try found.prepareHost(memoryLimitBytes: configuration.memoryMiB.map { UInt64($0) << 20 })
+                    await found.removeEmptyGroups()
+                    logger.info("cgroups \(found.version.rawValue): VMs under \(found.path(vm: "<vm>"))\(configuration.memoryMiB.map { ", held to \($0) MiB together" } ?? "")")
+                } catch {
+                    // A read-only cgroup file system (some containers) or a busy v2 root: run without.
+                    cgroups = nil
+                    logger.warning("cgroups cannot be used (\(error)): VM QoS (shares, limits, reservations) and --memory are not enforced on this host")
+                }
             } else {
                 logger.warning("no cgroup cpu and memory controllers: VM QoS (shares, limits, reservations) is not enforced on this host")
             }
@@ -256,6 +262,7 @@ struct AgentRoutes: Sendable {
             try await driver.migrate(context.parameters.require("id"), body)
             return JSONResponse.make(AgentWire.Done())
         }
+        vms.get(":id/definition") { _, context in JSONResponse.make(try await driver.definition(context.parameters.require("id"))) }
         vms.get(":id/migration") { _, context in JSONResponse.make(try await driver.migrationProgress(context.parameters.require("id"))) }
         // Actions on one VM that answer only that they were done.
         let actions: [(String, @Sendable (String) async throws -> Void)] = [

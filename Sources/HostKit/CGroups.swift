@@ -109,7 +109,24 @@ public struct CGroups: Sendable {
             try write(cpu + "/cpu.weight", "\(limits.cpuWeightV2)")
             try write(cpu + "/cpu.max", "\(limits.cpuQuotaMicros.map(String.init) ?? "max") \(limits.cpuPeriodMicros)")
             try write(memory + "/memory.min", "\(limits.memoryProtectedBytes)")
+            try refreshProtection()
         }
+    }
+
+    /// v2 protects a group's memory.min only as far as every ancestor's covers it: the host's
+    /// group and `shepherd` carry the sum of what their children protect.
+    func refreshProtection() throws {
+        guard version == .v2 else { return }
+        func children(_ directory: String) -> [String] {
+            ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).map { directory + "/" + $0 }
+                .filter { FileManager.default.fileExists(atPath: $0 + "/memory.min") }
+        }
+        func protected(_ directory: String) -> UInt64 {
+            (try? String(contentsOfFile: directory + "/memory.min", encoding: .utf8)).flatMap { UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 0
+        }
+        let host = "\(root)/\(hostGroup)", top = "\(root)/shepherd"
+        try write(host + "/memory.min", "\(children(host).reduce(0) { $0 + protected($1) })")
+        try write(top + "/memory.min", "\(children(top).reduce(0) { $0 + protected($1) })")
     }
 
     /// Whether the VM's process is in its group.
@@ -135,6 +152,7 @@ public struct CGroups: Sendable {
     /// group has tasks, and an ended QEMU stays one until it is reaped: retried for up to 5 s.
     public func remove(vm: String) async {
         for directory in directories("\(hostGroup)/\(vm)") { await Self.removeDirectory(directory, waiting: .seconds(5)) }
+        try? refreshProtection()
     }
 
     /// Removes the groups of VMs whose QEMU is gone (ended while no agent watched; the kernel

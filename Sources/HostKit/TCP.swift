@@ -5,8 +5,28 @@ import Glibc
 
 /// Small TCP facts about this host's network (IPv4).
 public enum TCP {
-    /// A port free right now on `address` (bound to port 0, read back, released).
+    /// Ports this process handed out lately: the kernel may give a port that was just released
+    /// to the next `bind(0)`, so two callers that pick a port before either binds it (two
+    /// incoming migrations; two test clusters starting at once) could otherwise get the same one.
+    private static let recent = Locked<[Int]>([])
+
+    /// A port free right now on `address` (bound to port 0, read back, released), not one this
+    /// process handed out among its last 256.
     public static func freePort(on address: String = "127.0.0.1") throws -> Int {
+        for _ in 0..<32 {
+            let port = try probeFreePort(on: address)
+            let fresh = recent.withLock { ports -> Bool in
+                guard !ports.contains(port) else { return false }
+                ports.append(port)
+                if ports.count > 256 { ports.removeFirst(ports.count - 256) }
+                return true
+            }
+            if fresh { return port }
+        }
+        throw HostKitError(kind: .failed, message: "no free port on \(address) that this process has not just handed out")
+    }
+
+    private static func probeFreePort(on address: String) throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw HostKitError(kind: .failed, message: "socket(): errno \(errno)") }
         defer { close(fd) }

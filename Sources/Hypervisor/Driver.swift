@@ -13,6 +13,8 @@ public protocol HypervisorDriver: Sendable {
     /// Graceful through the tools; `force` resets.
     func reboot(_ vm: String, force: Bool) async throws -> AgentWire.GuestStatus
     func status(_ vm: String) async throws -> AgentWire.GuestStatus
+    /// The definition this host keeps for the VM (what it runs with).
+    func definition(_ vm: String) async throws -> AgentWire.VMDefinition
     /// Every VM this host knows, including the QEMU processes found running at start.
     func statuses() async -> [AgentWire.GuestStatus]
     /// Cuts power when needed and removes the VM's files.

@@ -151,6 +151,11 @@ public actor FakeDriver: HypervisorDriver {
         return AgentWire.SnapshotAnswer(live: running.contains(vm), frozenFileSystems: request.quiesce ? 1 : nil)
     }
 
+    public func definition(_ vm: String) async throws -> AgentWire.VMDefinition {
+        guard let definition = definitions[vm] else { throw ShepherdError.notFound("VM", vm) }
+        return definition
+    }
+
     public func resize(_ vm: String, _ request: AgentWire.ResizeRequest) async throws -> AgentWire.ResizeAnswer {
         guard var definition = definitions[vm] else { throw ShepherdError.notFound("VM", vm) }
         definition.cpus = request.cpus

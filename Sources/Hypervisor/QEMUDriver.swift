@@ -60,6 +60,7 @@ public final class QEMUDriver: HypervisorDriver {
     public func stop(_ vm: String, force: Bool) async throws -> AgentWire.GuestStatus { try await supervisor(vm).stop(force: force) }
     public func reboot(_ vm: String, force: Bool) async throws -> AgentWire.GuestStatus { try await supervisor(vm).reboot(force: force) }
     public func status(_ vm: String) async throws -> AgentWire.GuestStatus { try await supervisor(vm).status() }
+    public func definition(_ vm: String) async throws -> AgentWire.VMDefinition { try await supervisor(vm).definition }
 
     public func statuses() async -> [AgentWire.GuestStatus] {
         let all = await supervisors.all()
@@ -153,6 +154,9 @@ actor GuestSupervisor {
     private let cgroups: CGroups?
     /// The swap disk this VM's start switched on (off again when its QEMU ends).
     private var activeSwap: String?
+    /// A swapoff going on after QEMU ended: it pages everything back in, which can take minutes,
+    /// so a stop does not wait for it; a start or removal of the same disk does.
+    private var swapRelease: Task<Void, Never>?
     private var guestAgentBusy = 0
     private var changingProcess = false
     private var lastToolsRunning = false
@@ -221,11 +225,18 @@ actor GuestSupervisor {
         try save()
     }
 
-    /// The manager's new definition; a running VM whose QoS changed gets the new one at once.
+    /// The manager's new definition; a running VM whose QoS changed gets the new one at once,
+    /// and if it cannot, the old definition stays (so a retry applies it again).
     func update(_ definition: AgentWire.VMDefinition) async throws {
-        let changed = definition.qos != self.definition.qos
+        let previous = self.definition
         try redefine(definition)
-        if changed, let pid = livePid() { try await applyQoS(pid: pid, placing: false) }
+        guard definition.qos != previous.qos, let pid = livePid() else { return }
+        do {
+            try await applyQoS(pid: pid, placing: false)
+        } catch {
+            try? redefine(previous)
+            throw error
+        }
     }
 
     // MARK: QoS
@@ -324,9 +335,16 @@ actor GuestSupervisor {
     /// memory limit. A start whose QoS cannot be enforced fails rather than run unbounded.
     func applyQoS(pid: Int32, placing: Bool) async throws {
         if let cgroups {
-            if placing { try cgroups.place(pid: pid, vm: id, limits: cgroupLimits) } else { try cgroups.apply(cgroupLimits, vm: id) }
+            // A QEMU started before QoS existed has no group yet: it gets one now.
+            if placing || !cgroups.contains(pid: pid, vm: id) { try cgroups.place(pid: pid, vm: id, limits: cgroupLimits) } else {
+                try cgroups.apply(cgroupLimits, vm: id)
+            }
         }
-        try await balloon(to: definition.memoryCeilingMiB)
+        do {
+            try await balloon(to: definition.memoryCeilingMiB)
+        } catch where !placing && definition.effectiveQoS.memoryLimitMiB == nil {
+            // A QEMU started before the balloon existed has none; only a memory limit needs it.
+        }
         if placing {
             // The guest's balloon driver reports its memory use every 2 s (the balloon controller's input).
             _ = try await qmp("qom-set", ["path": .string(Self.balloonPath), "property": "guest-stats-polling-interval", "value": 2])
@@ -353,6 +371,7 @@ actor GuestSupervisor {
         guard let pid = livePid() else {
             if let stale = Processes.readPidFile(pidFile) {
                 await cgroups?.remove(vm: id)
+                if activeSwap != nil { await disableSwap() }
                 return AgentWire.GuestStatus(vmId: id, power: .crashed, toolsRunning: false, pid: nil,
                                              reason: "the QEMU process (pid \(stale)) ended unexpectedly\(lastLogLine().map { ": " + $0 } ?? "")")
             }
@@ -421,6 +440,7 @@ actor GuestSupervisor {
         let argv = QEMUCommandLine(definition: definition, accelerator: accelerator, qmpSocket: qmpSocket,
                                    guestAgentSocket: guestAgentSocket, pidFile: pidFile, logFile: logFile, serialLog: serialLog).arguments
         if let swap = definition.swap {
+            await swapSettled()
             do {
                 try await Swap.enable(path: swap.path, sizeBytes: UInt64(swap.sizeBytes))
             } catch {
@@ -500,7 +520,24 @@ actor GuestSupervisor {
     func disableSwap() async {
         guard let path = activeSwap ?? definition.swap?.path else { return }
         activeSwap = nil
-        try? await Swap.disable(path: path)
+        let previous = swapRelease
+        swapRelease = Task {
+            await previous?.value
+            try? await Swap.disable(path: path)
+        }
+    }
+
+    /// Waits for a swapoff still going on.
+    func swapSettled() async { await swapRelease?.value }
+
+    /// Deletes the swap disk once any swapoff has ended, without making the caller wait.
+    func removeSwapDisk() {
+        guard let path = definition.swap?.path else { return }
+        let previous = swapRelease
+        swapRelease = Task {
+            await previous?.value
+            try? await Swap.remove(path: path)
+        }
     }
 
     var isRunning: Bool { livePid() != nil }
@@ -616,8 +653,8 @@ actor GuestSupervisor {
     /// Ends QEMU if it runs and removes this host's record of the VM, keeping the disk.
     func forget() async throws {
         await exclusive { me in if let pid = me.livePid() { await me.quit(pid: pid) } }
-        // The VM has left this host: so has its swap disk here.
-        if let swap = definition.swap { try? await Swap.remove(path: swap.path) }
+        // The VM has left this host: so has its swap disk here (after its swapoff, in the background).
+        removeSwapDisk()
         try? FileManager.default.removeItem(atPath: directory)
         try? FileManager.default.removeItem(atPath: socketDirectory)
     }
@@ -625,7 +662,7 @@ actor GuestSupervisor {
     /// Cuts power if needed and removes the VM's directory and disk.
     func destroy() async throws {
         await exclusive { me in if let pid = me.livePid() { await me.quit(pid: pid) } }
-        if let swap = definition.swap { try? await Swap.remove(path: swap.path) }
+        removeSwapDisk()
         let diskDirectory = (definition.disk as NSString).deletingLastPathComponent
         try? FileManager.default.removeItem(atPath: definition.disk)
         try? FileManager.default.removeItem(atPath: definition.disk + ".partial")
@@ -734,10 +771,7 @@ public struct QEMUCommandLine: Sendable {
         [
             "-name", "guest=\(definition.name.replacingOccurrences(of: ",", with: ",,")),debug-threads=on",
             "-uuid", definition.id,
-            // TCG (tests, demo hosts sharing one machine): QEMU's translation cache (up to 1 GiB by
-            // default) fills as code runs; 32 MiB is plenty for these guests (measured: a booted
-            // 128 MiB guest's QEMU holds 174 MiB instead of 204 MiB).
-            "-machine", "pc", "-accel", accelerator == "tcg" ? "tcg,tb-size=32" : accelerator, "-cpu", cpuModel,
+            "-machine", "pc", "-accel", accelerator, "-cpu", cpuModel,
             // Memory up to the maximum; the balloon holds the guest to its size (`applyQoS`).
             "-m", "\(max(definition.maxMemoryMiB ?? definition.memoryMiB, definition.memoryMiB))", "-smp", smp,
             "-nodefaults", "-no-user-config", "-display", "none",
@@ -755,7 +789,7 @@ public struct QEMUCommandLine: Sendable {
             "-device", "pvpanic-pci", "-action", "panic=pause",
             // The balloon (memory limit, later overcommit); a fixed slot keeps the layout the same
             // on a migration target. Freed guest pages go back to the host as the guest frees them.
-            "-device", "virtio-balloon-pci,id=balloon0,addr=0x0f,free-page-reporting=on",
+            "-device", "virtio-balloon-pci,id=balloon0,addr=0x0f",
             "-serial", "file:\(serialLog)",
             "-D", logFile,
             "-no-shutdown", "-daemonize", "-pidfile", pidFile,

@@ -107,19 +107,25 @@ extension GuestSupervisor {
         guard FileManager.default.fileExists(atPath: file) else {
             throw ShepherdError(.notFound, "the saved memory '\(file)' is not on this host")
         }
-        _ = try await launch(extraArguments: ["-incoming", "exec:cat '\(file)'"])
+        let pid = try await launch(extraArguments: ["-incoming", "exec:cat '\(file)'"])
         let started = ContinuousClock.now
-        while true {
-            let status = try await qmp("query-status")["status"]?.stringValue
-            if status == "running" { return }
-            if status == "postmigrate" || status == "paused" || status == "prelaunch" {
-                // Loaded but not started (QEMU leaves it paused when the state was saved paused).
-                if (try? await qmp("query-migrate"))?["status"]?.stringValue == "completed" { _ = try await qmp("cont"); return }
+        do {
+            while true {
+                let status = try await qmp("query-status")["status"]?.stringValue
+                if status == "running" { return }
+                if status == "postmigrate" || status == "paused" || status == "prelaunch" {
+                    // Loaded but not started (QEMU leaves it paused when the state was saved paused).
+                    if (try? await qmp("query-migrate"))?["status"]?.stringValue == "completed" { _ = try await qmp("cont"); return }
+                }
+                guard ContinuousClock.now - started < timeout else {
+                    throw ShepherdError(.timedOut, "'\(definition.name)' did not resume from '\(file)' within \(timeout.inSeconds) s (it is \(status ?? "unknown"))")
+                }
+                try await Task.sleep(for: .milliseconds(200))
             }
-            guard ContinuousClock.now - started < timeout else {
-                throw ShepherdError(.timedOut, "'\(definition.name)' did not resume from '\(file)' within \(timeout.inSeconds) s (it is \(status ?? "unknown"))")
-            }
-            try await Task.sleep(for: .milliseconds(200))
+        } catch {
+            // Nothing half-started stays behind: the saved state is still there to try again.
+            if livePid() == pid { await quit(pid: pid) }
+            throw error
         }
     }
 

@@ -27,6 +27,10 @@ final class AgentClient: Sendable {
         try await call(endpoint, .GET, "/agent/v1/vms/\(vm)", body: Optional<AgentWire.PowerRequest>.none, timeout: .seconds(10))
     }
 
+    func definition(_ endpoint: Endpoint, vm: String) async throws -> AgentWire.VMDefinition {
+        try await call(endpoint, .GET, "/agent/v1/vms/\(vm)/definition", body: Optional<AgentWire.PowerRequest>.none, timeout: .seconds(10))
+    }
+
     func start(_ endpoint: Endpoint, vm: String) async throws -> AgentWire.GuestStatus {
         try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/start", body: Optional<AgentWire.PowerRequest>.none, timeout: .seconds(60))
     }

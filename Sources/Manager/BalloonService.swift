@@ -56,12 +56,17 @@ actor BalloonService {
 
     private func round(hostId: String, guests: [AgentWire.GuestStatus]) async {
         let reports = Dictionary(guests.map { ($0.vmId, $0) }, uniquingKeysWith: { a, _ in a })
-        guard let (host, vms) = try? await store.db.read({ db -> (HostRecord, [VMRecord])? in
+        guard let (host, vms, others) = try? await store.db.read({ db -> (HostRecord, [VMRecord], Int)? in
             guard let host = try HostRecord.fetchOne(db, key: hostId),
                   try ClusterRecord.fetchOne(db, key: host.clusterId)?.memoryOvercommit == true else { return nil }
-            return (host, try VMRecord.filter(Column("hostId") == hostId && Column("state") == "running").order(Column("name")).fetchAll(db))
+            let here = try VMRecord.filter(Column("hostId") == hostId || Column("migrationTarget") == hostId).order(Column("name")).fetchAll(db)
+                .filter { $0.lifecycle.consumesHostResources }
+            let planned = here.filter { $0.hostId == hostId && $0.state == "running" }
+            // VMs starting, stopping, migrating in or out keep what they hold; the plan shares the rest.
+            let held = here.filter { vm in !planned.contains { $0.id == vm.id } }.reduce(0) { $0 + $1.memoryMiB }
+            return (host, planned, held)
         }) ?? nil, !vms.isEmpty else { return }
-        let budget = max(0, host.memoryTotalMiB - hostReserveMiB)
+        let budget = max(0, host.memoryTotalMiB - hostReserveMiB - others)
         let inputs = vms.map { vm -> BalloonVM in
             let report = reports[vm.id]
             let current = report?.balloonMiB ?? vm.qos.memoryCeilingMiB(memoryMiB: vm.memoryMiB)

@@ -135,6 +135,8 @@ final class HostService: Sendable {
         for vm in vms {
             guard let guest = reported[vm.id] else { continue }
             let owned = await tasks.isLive(vm.stateTask)
+            // A migration a previous manager process left behind is MigrationService's to settle.
+            if vm.state == "migrating" && !owned { continue }
             // "Stopped" about a VM that just started may predate the start: not evidence it ended.
             // (A crash report is acted on at once: after a guest panic the agent reports it once.)
             let settled = vm.runningSince.map { Date().timeIntervalSince($0) >= Heartbeats.startSettleSeconds } ?? true

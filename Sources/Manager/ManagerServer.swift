@@ -55,6 +55,8 @@ public enum ManagerServer {
         let vms = VMService(store: store, agents: agents, tasks: tasks, events: events, placement: placement, timing: configuration.timing)
         let migrations = MigrationService(store: store, agents: agents, tasks: tasks, events: events, placement: placement, vms: vms,
                                           settings: configuration.migration, logger: logger)
+        // Migrations the previous process left mid-way: the hosts say how they ended.
+        Task { await migrations.recoverInterrupted() }
         let maintenance = MaintenanceService(store: store, tasks: tasks, events: events, placement: placement, migrations: migrations)
         let power = PowerService(store: store, tasks: tasks, events: events)
         let drs = DRSService(store: store, events: events, migrations: migrations, loads: LoadTracker(), power: power,

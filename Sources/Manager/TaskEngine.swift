@@ -75,6 +75,21 @@ final class TaskEngine: Sendable {
         Task { await live.insert(task.id, work) }
     }
 
+    /// Runs a short operation as `task` in the caller's context (its answer is the API's answer),
+    /// recording it like any task: running, then succeeded with `body`'s message or failed.
+    func perform<T: Sendable>(_ task: TaskRecord, _ body: (Progress) async throws -> (T, String)) async throws -> T {
+        let progress = Progress(taskID: task.id, store: store)
+        await progress.begin()
+        do {
+            let (value, message) = try await body(progress)
+            await progress.finish(.succeeded, message: message, error: nil)
+            return value
+        } catch {
+            await progress.finish(.failed, message: "failed", error: (error as? ShepherdError) ?? ShepherdError(.internal, "\(error)"))
+            throw error
+        }
+    }
+
     /// Asks a running task to stop; its workflow rolls back and it fails as cancelled.
     func cancel(_ taskID: String) async throws -> TaskRecord {
         guard let task = try await store.db.read({ db in try TaskRecord.fetchOne(db, key: taskID) }) else {
@@ -165,6 +180,12 @@ actor Rollback {
     /// Registers how to give back what a step just acquired.
     func add(_ name: String, _ action: @escaping @Sendable () async throws -> Void) {
         undos.append((name, action))
+    }
+
+    /// Forgets an undo a later step made wrong (a resumed VM's saved memory is gone: it cannot
+    /// be "hibernated again").
+    func remove(named name: String) {
+        undos.removeAll { $0.name == name }
     }
 
     /// Runs every undo, newest first, outside any cancellation of the caller; says what was

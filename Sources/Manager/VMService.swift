@@ -285,7 +285,8 @@ final class VMService: Sendable {
         let definition = configured
         tasks.run(task) { [self] progress in
             let rollback = Rollback()
-            await rollback.add("mark '\(vm.name)' \(previous.name) again") { try await self.setLifecycle(vm.id, previous) }
+            let markPrevious = "mark '\(vm.name)' \(previous.name) again"
+            await rollback.add(markPrevious) { try await self.setLifecycle(vm.id, previous) }
             do {
                 await progress.update(5, "defining the VM on \(host.name)")
                 _ = try await agents.define(Inventory.endpoint(host), definition)
@@ -293,6 +294,11 @@ final class VMService: Sendable {
                 if previous == .hibernated {
                     await progress.update(15, "resuming '\(vm.name)' from its saved memory on \(host.name)")
                     status = try await agents.resumeHibernated(Inventory.endpoint(host), vm: vm.id, file: vm.hibernationFile)
+                    // The saved memory is consumed: from here a failure leaves the VM off, not hibernated.
+                    await rollback.remove(named: markPrevious)
+                    await rollback.add("mark '\(vm.name)' stopped (its saved memory was consumed by the resume)") {
+                        try await self.setLifecycle(vm.id, .stopped)
+                    }
                 } else {
                     await progress.update(15, "starting QEMU on \(host.name)")
                     status = try await agents.start(Inventory.endpoint(host), vm: vm.id)
@@ -432,8 +438,8 @@ final class VMService: Sendable {
     /// overcommit the reservation follows the memory. Returns the VM and its guest's online vCPUs.
     func resize(_ reference: String, _ change: SizeChange) async throws -> (VMRecord, onlineCpus: Int?) {
         guard !change.isEmpty else { throw ShepherdError(.invalidBody, "nothing to change: give cpus, memoryMiB, maxCpus or maxMemoryMiB") }
-        let (before, after, host) = try await store.db.write { [placement] db -> (VMRecord, VMRecord, HostRecord) in
-            let vm = try Inventory.vm(db, reference)
+        let (before, after, host, task) = try await store.db.write { [placement, tasks] db -> (VMRecord, VMRecord, HostRecord, TaskRecord) in
+            var vm = try Inventory.vm(db, reference)
             try Self.checkNoOperation(db, vm)
             switch vm.lifecycle {
             case .running, .stopped, .crashed: break
@@ -454,30 +460,53 @@ final class VMService: Sendable {
             if let limit = next.cpuLimitMHz, limit >= next.cpus * 1000 { next.cpuLimitMHz = nil }
             if running {
                 var asked = next.placementRequest
-                asked.datastore = nil
+                asked.datastore = nil   // it is already there
                 if let refusal = placement.admit(asked, on: try Inventory.candidate(db, host, excluding: vm.id), vm: vm.name) { throw refusal }
             }
+            // The VM's operation lock: no migration, snapshot or other change while its size moves.
+            let task = tasks.newTask(kind: "vm.resize", targetType: "vm", targetId: vm.id, targetName: vm.name)
+            try Self.hold(db, &vm, for: task)
+            next.operationTask = vm.operationTask
             try next.update(db)
-            return (vm, next, host)
-        }
-        guard before.lifecycle.consumesHostResources else {
-            await events.record(.info, "vm.resized", targetType: "vm", targetId: after.id, targetName: after.name,
-                                "now \(after.cpus) vCPU (at most \(after.maxCpus)), \(after.memoryMiB) MiB (at most \(after.maxMemoryMiB)); from its next start")
-            return (after, nil)
+            return (vm, next, host, task)
         }
         do {
-            let answer = try await agents.resize(Inventory.endpoint(host), vm: after.id, .init(cpus: after.cpus, memoryMiB: after.memoryMiB))
-            await events.record(.info, "vm.resized", targetType: "vm", targetId: after.id, targetName: after.name,
-                                "online: \(before.cpus) → \(after.cpus) vCPU\(answer.onlineCpus.map { " (\($0) online in the guest)" } ?? ""), \(before.memoryMiB) → \(after.memoryMiB) MiB")
-            return (after, answer.onlineCpus)
+            let result = try await performResize(task: task, before: before, after: after, host: host)
+            await releaseOperation(after.id)
+            return result
         } catch {
-            _ = try? await store.db.write { db in
-                guard var row = try VMRecord.fetchOne(db, key: before.id) else { return }
-                row.size = before.size
-                row.qos = before.qos
-                try row.update(db)
+            await releaseOperation(after.id)
+            throw error
+        }
+    }
+
+    private func performResize(task: TaskRecord, before: VMRecord, after: VMRecord, host: HostRecord) async throws -> (VMRecord, onlineCpus: Int?) {
+        try await tasks.perform(task) { _ in
+            guard before.lifecycle.consumesHostResources else {
+                let message = "now \(after.cpus) vCPU (at most \(after.maxCpus)), \(after.memoryMiB) MiB (at most \(after.maxMemoryMiB)); from its next start"
+                await events.record(.info, "vm.resized", targetType: "vm", targetId: after.id, targetName: after.name, message)
+                return ((after, nil), message)
             }
-            throw failure(error, rolledBack: "'\(before.name)' keeps \(before.cpus) vCPU and \(before.memoryMiB) MiB")
+            do {
+                let answer = try await agents.resize(Inventory.endpoint(host), vm: after.id, .init(cpus: after.cpus, memoryMiB: after.memoryMiB))
+                // The reservation may have followed the memory: the cgroup follows the record.
+                if after.qos != before.qos { _ = try? await agents.define(Inventory.endpoint(host), try await definitionFor(after)) }
+                let message = "online: \(before.cpus) → \(after.cpus) vCPU\(answer.onlineCpus.map { " (\($0) online in the guest)" } ?? ""), \(before.memoryMiB) → \(after.memoryMiB) MiB"
+                await events.record(.info, "vm.resized", targetType: "vm", targetId: after.id, targetName: after.name, message)
+                return ((after, answer.onlineCpus), message)
+            } catch {
+                // What the guest runs with now is what its host says (a hot-plug undone, or not).
+                let actual = try? await agents.definition(Inventory.endpoint(host), vm: after.id)
+                _ = try? await store.db.write { db in
+                    guard var row = try VMRecord.fetchOne(db, key: before.id) else { return }
+                    row.size = before.size
+                    if let actual { row.cpus = actual.cpus; row.memoryMiB = actual.memoryMiB }
+                    row.qos = before.qos
+                    try row.update(db)
+                }
+                let kept = actual.map { "\($0.cpus) vCPU and \($0.memoryMiB) MiB, as its host reports" } ?? "\(before.cpus) vCPU and \(before.memoryMiB) MiB"
+                throw failure(error, rolledBack: "'\(before.name)' keeps \(kept)")
+            }
         }
     }
 

@@ -71,7 +71,11 @@ public enum MemoryAmount: Sendable, Equatable {
         let units: [(String, Int)] = [("GiB", 1024), ("G", 1024), ("MiB", 1), ("M", 1)]
         for (suffix, factor) in units where trimmed.hasSuffix(suffix) {
             guard let value = Int(trimmed.dropLast(suffix.count)), value >= 0 else { break }
-            return .mib(value * factor)
+            let (mib, overflow) = value.multipliedReportingOverflow(by: factor)
+            guard !overflow, mib <= Limits.memoryMiB.upperBound else {
+                throw ShepherdError.invalidField(field, "'\(text)' is more memory than any VM has (at most \(Limits.memoryMiB.upperBound) MiB)")
+            }
+            return .mib(mib)
         }
         guard let value = Int(trimmed), value >= 0 else {
             throw ShepherdError.invalidField(field, "'\(text)' is not an amount of memory (MiB, e.g. 512, 2GiB or 50%)")
@@ -81,7 +85,7 @@ public enum MemoryAmount: Sendable, Equatable {
 
     public func mib(of memoryMiB: Int) -> Int {
         switch self {
-        case .mib(let value): value
+        case .mib(let value): min(value, Limits.memoryMiB.upperBound + 1)
         case .percent(let percent): (memoryMiB * percent + 99) / 100
         }
     }

@@ -1,5 +1,6 @@
 import Foundation
 import HostKit
+import QMP
 import Testing
 import TestSupport
 
@@ -82,6 +83,50 @@ struct MigrationTests {
             #expect(vm.pid == sourcePid)
             #expect(try await cluster.exec("mig2", ["true"]).exitCode == 0)
             #expect(cluster.qemuPids() == [Int32(sourcePid)])
+        }
+    }
+
+    /// At 4 MiB/s the copy cannot finish without the manager's policy: the source keeps the
+    /// guest. At 32 MiB/s QEMU finishes it alone while the manager is down: the target runs the
+    /// guest, so the VM is recorded there.
+    @Test("a manager killed mid-migration settles it when it is back: the VM runs once, where the hosts say, and answers",
+          arguments: [("4", 3, "host-1"), ("32", 15, "host-2")])
+    func managerRestartMidMigration(bandwidth: String, downSeconds: Int, expectedHost: String) async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 2, managerArguments: ["--migration-max-bandwidth", bandwidth, "--no-postcopy"]) { cluster in
+            _ = try await cluster.createVM("mig5", memoryMiB: 256, host: "host-1")
+            try #require(try await cluster.start("mig5").state == .succeeded)
+            #expect(try await cluster.exec("mig5", ["sh", "-c", fillMemory(80)]).exitCode == 0)
+            let source = try await cluster.vm("mig5")
+            let sourcePid = try #require(source.pid)
+            // The source QEMU's QMP socket: the agent keeps it under /run/shepherd/<hash of its VM folder>/<id>/.
+            let qmp = "/run/shepherd/" + String(Files.stableHash(cluster.agentDirectory("host-1") + "/vms"), radix: 16) + "/\(source.id)/qmp.sock"
+            _ = try await cluster.startMigration("mig5", to: "host-2")
+            var status = ""
+            for _ in 0..<300 where status != "active" {
+                try await Task.sleep(for: .milliseconds(50))
+                status = (try? await QMP.execute(socketPath: qmp, "query-migrate", timeout: .seconds(2)))?["status"]?.stringValue ?? ""
+            }
+            try #require(status == "active", "the migration never became active (\(status))")
+            try await Task.sleep(for: .seconds(1))
+            await cluster.stopManager(kill: true)
+            try await Task.sleep(for: .seconds(downSeconds))
+            try await cluster.startManager()
+
+            let settled = try await cluster.waitForVM("mig5", timeout: .seconds(120)) { $0.state == .running }
+            let recovered = try await cluster.events().first { $0.kind == "vm.migrate.recovered" && $0.targetName == "mig5" }
+            print("recovery: \(recovered?.message ?? "no event")")
+            #expect(recovered != nil)
+            try await Task.sleep(for: .seconds(5))   // the released QEMU has ended
+            let running = cluster.qemuPids()
+            #expect(running.count == 1, "exactly one QEMU runs mig5: \(running)")
+            let vm = try await cluster.vm("mig5")
+            #expect(vm.hostName == settled.hostName && vm.state == .running)
+            #expect(vm.hostName == (running.first == Int32(sourcePid) ? "host-1" : "host-2"), "recorded on \(vm.hostName), QEMUs \(running)")
+            #expect(vm.hostName == expectedHost, "after \(downSeconds) s down: \(recovered?.message ?? "")")
+            #expect(try await cluster.exec("mig5", ["true"]).exitCode == 0)
+            // The VM is whole again: it migrates normally.
+            let again = try await cluster.migrate("mig5", to: vm.hostName == "host-1" ? "host-2" : "host-1")
+            #expect(again.state == .succeeded, "\(again.error?.message ?? "")")
         }
     }
 

@@ -263,11 +263,17 @@ struct QoSTests {
             }
             #expect(saved > 0, "KSM saved nothing with three identical guests")
 
+            // The swapoff and the deletion run after the task (a swapoff can take minutes).
+            func eventually(_ condition: () -> Bool) async throws -> Bool {
+                for _ in 0..<50 where !condition() { try await Task.sleep(for: .milliseconds(200)) }
+                return condition()
+            }
             #expect(try await cluster.stop("oc3", force: true).state == .succeeded)
             let oc3Swap = try #require(swaps.first { $0.contains("/oc3-") })
-            #expect(!Swap.active().contains(oc3Swap) && FileManager.default.fileExists(atPath: oc3Swap), "stopped: its swap is off, the disk stays")
+            #expect(try await eventually { !Swap.active().contains(oc3Swap) } && FileManager.default.fileExists(atPath: oc3Swap),
+                    "stopped: its swap is off, the disk stays")
             #expect(try await cluster.delete("oc3").state == .succeeded)
-            #expect(!FileManager.default.fileExists(atPath: oc3Swap), "deleted with the VM")
+            #expect(try await eventually { !FileManager.default.fileExists(atPath: oc3Swap) }, "deleted with the VM")
         }
     }
 
