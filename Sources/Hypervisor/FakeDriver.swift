@@ -13,6 +13,8 @@ public actor FakeDriver: HypervisorDriver {
     private var hibernated: Set<String> = []
     private var migrated: Set<String> = []
     private var nextPid: Int32 = 40_000
+    /// Each running VM's "QEMU pid", fixed at its start (as a real one is).
+    private var pids: [String: Int32] = [:]
 
     public init() {}
 
@@ -32,6 +34,7 @@ public actor FakeDriver: HypervisorDriver {
         running.insert(vm)
         crashed.remove(vm)
         nextPid += 1
+        pids[vm] = nextPid
         return try status(vm)
     }
 
@@ -47,7 +50,7 @@ public actor FakeDriver: HypervisorDriver {
         _ = try known(vm)
         if crashed.contains(vm) { return AgentWire.GuestStatus(vmId: vm, power: .crashed, toolsRunning: false, reason: "fake crash") }
         let on = running.contains(vm)
-        return AgentWire.GuestStatus(vmId: vm, power: on ? .running : .stopped, toolsRunning: on, pid: on ? nextPid : nil)
+        return AgentWire.GuestStatus(vmId: vm, power: on ? .running : .stopped, toolsRunning: on, pid: on ? pids[vm] ?? nextPid : nil)
     }
 
     public func statuses() async -> [AgentWire.GuestStatus] {
@@ -72,6 +75,8 @@ public actor FakeDriver: HypervisorDriver {
             images[disk.path] = AgentWire.DiskImage(path: disk.path, format: "qcow2", virtualBytes: disk.sizeBytes, allocatedBytes: 196_608, backing: nil)
         }
         running.insert(request.definition.id)
+        nextPid += 1
+        pids[request.definition.id] = nextPid
         return AgentWire.IncomingAnswer(uri: "tcp:\(request.address):1", pid: nextPid, nbd: request.storage == nil ? nil : "\(request.address):2")
     }
 
