@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build Shepherd's tiny test guest: Debian 12 cloud kernel + busybox initramfs
-# + ext4 root filesystem (busybox, qemu-guest-agent) in a qcow2 image.
+# + ext4 root filesystem (busybox, qemu-guest-agent, nft, iperf3) in a qcow2
+# image.
 #
 # Usage: scripts/build-guest-image.sh [OUTDIR]     (default: <repo>/guest/tiny)
 #
@@ -14,7 +15,8 @@
 # Debian repositories.
 #
 # Host packages needed (Debian 12): apt dpkg kmod busybox-static
-#   qemu-guest-agent qemu-utils e2fsprogs cpio gzip lz4 coreutils libc-bin
+#   qemu-guest-agent nftables iperf3 qemu-utils e2fsprogs cpio gzip lz4
+#   coreutils libc-bin
 set -euo pipefail
 
 die() { echo "build-guest-image: error: $*" >&2; exit 1; }
@@ -32,10 +34,14 @@ CMDLINE="console=ttyS0 root=/dev/vda rw quiet panic=-1 cryptomgr.notests"
 KERNEL_META="linux-image-cloud-amd64"
 # Modules loaded by the initramfs (dependencies are added automatically and
 # everything is loaded in dependency order). button+evdev make ACPI power
-# button events (QMP system_powerdown) visible to busybox acpid.
+# button events (QMP system_powerdown) visible to busybox acpid. 8021q gives
+# VLAN interfaces; nf_tables (its core holds the payload/cmp/bitwise/meta
+# expressions and the filter chain type, enough for address, port and ICMP
+# rules) is loaded here because the guest has no /lib/modules for the
+# kernel's on-demand modprobe.
 MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
          failover net_failover virtio_net virtio_blk virtio_balloon virtio_console pvpanic_pci
-         button evdev)
+         button evdev 8021q nf_tables)
 
 # ---------------------------------------------------------------- host checks
 need() { # need TOOL PACKAGE
@@ -49,13 +55,18 @@ dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok in
     || die "busybox-static is not installed; install Debian package 'busybox-static'"
 [ -x "$BUSYBOX" ] || die "$BUSYBOX missing; reinstall Debian package 'busybox-static'"
 ldd "$BUSYBOX" >/dev/null 2>&1 && die "$BUSYBOX is dynamically linked; install 'busybox-static'"
-QGA=/usr/sbin/qemu-ga
-[ -x "$QGA" ] || die "$QGA not found; install Debian package 'qemu-guest-agent'"
+# Dynamically linked programs copied into the rootfs: PATH:PACKAGE.
+GUEST_PROGRAMS=(/usr/sbin/qemu-ga:qemu-guest-agent /usr/sbin/nft:nftables /usr/bin/iperf3:iperf3)
+for p in "${GUEST_PROGRAMS[@]}"; do
+    [ -x "${p%%:*}" ] || die "${p%%:*} not found; install Debian package '${p#*:}'"
+done
 [ "$(uname -m)" = x86_64 ] || die "only x86_64 hosts are supported"
 [ "$(id -u)" = 0 ] || log "warning: not root; guest files will be owned by uid $(id -u)"
 
 BUSYBOX_VERSION="$(dpkg-query -W -f='${Version}' busybox-static)"
 QGA_VERSION="$(dpkg-query -W -f='${Version}' qemu-guest-agent)"
+NFT_VERSION="$(dpkg-query -W -f='${Version}' nftables)"
+IPERF3_VERSION="$(dpkg-query -W -f='${Version}' iperf3)"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/shepherd-guest.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
@@ -202,16 +213,26 @@ ln -s ../run "$R/var/run"
 install -m 0755 "$BUSYBOX" "$R/bin/busybox"
 install_busybox_links "$R"
 
-# qemu-ga plus every shared library it needs, at the same paths as on the host.
-install -D -m 0755 "$QGA" "$R/usr/sbin/qemu-ga"
-ldd "$QGA" | awk '/=> \//{print $3} /^[ \t]*\/[^ ]+ \(/{print $1}' | sort -u > "$WORK/libs"
-[ -s "$WORK/libs" ] || die "ldd found no libraries for $QGA"
-while IFS= read -r lib; do
-    [ -e "$lib" ] || die "library $lib (needed by qemu-ga) not found"
-    mkdir -p "$R$(dirname "$lib")"
-    cp -L "$lib" "$R$lib"
-done < "$WORK/libs"
-grep -q 'ld-linux' "$WORK/libs" || die "ldd did not report the dynamic loader of $QGA"
+# A host program plus every shared library it needs (and the loader), at the
+# same paths as on the host.
+install_with_libs() { # install_with_libs BINARY
+    local bin="$1" lib libs
+    install -D -m 0755 "$bin" "$R$bin"
+    libs="$(ldd "$bin")" || die "ldd failed on $bin"
+    # The awk below sees only resolved libraries: an unresolved one would be skipped.
+    if grep -q 'not found' <<<"$libs"; then
+        die "$bin needs libraries missing on this host:$(grep 'not found' <<<"$libs" | tr -s ' \t\n' ' ')"
+    fi
+    libs="$(awk '/=> \//{print $3} /^[ \t]*\/[^ ]+ \(/{print $1}' <<<"$libs" | sort -u)"
+    [ -n "$libs" ] || die "ldd found no libraries for $bin"
+    grep -q 'ld-linux' <<<"$libs" || die "ldd did not report the dynamic loader of $bin"
+    while IFS= read -r lib; do
+        [ -e "$lib" ] || die "library $lib (needed by $bin) not found"
+        mkdir -p "$R$(dirname "$lib")"
+        cp -L "$lib" "$R$lib"
+    done <<<"$libs"
+}
+for p in "${GUEST_PROGRAMS[@]}"; do install_with_libs "${p%%:*}"; done
 
 echo tiny > "$R/etc/hostname"
 cat > "$R/etc/hosts" <<'EOF'
@@ -381,7 +402,9 @@ cat > "$WORK/manifest.json" <<EOF
   "packages": {
     "$KPKG": "$KPKG_VERSION",
     "busybox-static": "$BUSYBOX_VERSION",
-    "qemu-guest-agent": "$QGA_VERSION"
+    "qemu-guest-agent": "$QGA_VERSION",
+    "nftables": "$NFT_VERSION",
+    "iperf3": "$IPERF3_VERSION"
   },
   "initrdModules": [$(printf '"%s",' "${ORDER[@]}" | sed 's/,$//')],
   "guestAgentPort": "org.qemu.guest_agent.0",

@@ -7,6 +7,7 @@ packages=(
   qemu-system-x86      # the hypervisor (TCG when KVM does not work)
   qemu-utils           # qemu-img
   qemu-guest-agent     # copied into the guest image: the "tools"
+  nftables iperf3      # copied into the guest image: firewall rules and traffic for network tests
   busybox-static       # the guest's userland
   cpio gzip lz4 xz-utils zstd e2fsprogs kmod dpkg apt   # building the guest image
   iproute2             # network namespaces, veth, bridges for the demo

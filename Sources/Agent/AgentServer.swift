@@ -119,6 +119,11 @@ public struct AgentConfiguration: Sendable {
     public var memoryMiB: Int? = nil
     /// Turn on kernel same-page merging (KSM) at start.
     public var ksm: Bool = true
+    /// Open vSwitch for VM NICs: "system" (the machine's), "managed" (the agent runs its own in
+    /// its network namespace: demo hosts) or "off".
+    public var ovs: String = "system"
+    /// The host NICs a new DVS takes as its uplinks here unless told otherwise.
+    public var uplinks: [String] = []
 
     public init(name: String, cluster: String, managerURL: String, listen: String, advertiseURL: String, stateDirectory: String,
                 joinTokenFile: String?, datastores: [DatastoreMount], driver: String, accelerator: String) {
@@ -138,6 +143,9 @@ public enum AgentServer {
         try Files.ensureDirectory(configuration.stateDirectory, mode: 0o700)
         for datastore in configuration.datastores { try Files.ensureDirectory(datastore.path, mode: 0o755) }
 
+        let network = try HostNetworkAgent(mode: configuration.driver == "fake" ? "fake" : configuration.ovs,
+                                           stateDirectory: configuration.stateDirectory, defaultUplinks: configuration.uplinks, logger: logger)
+        await network.start()
         let driver: any HypervisorDriver
         switch configuration.driver {
         case "fake":
@@ -168,7 +176,7 @@ public enum AgentServer {
             if configuration.ksm {
                 do { try KSM.enable() } catch { logger.warning("KSM stays off: \(error)") }
             }
-            let qemu = try QEMUDriver(stateDirectory: configuration.stateDirectory, accelerator: accelerator, cgroups: cgroups)
+            let qemu = try QEMUDriver(stateDirectory: configuration.stateDirectory, accelerator: accelerator, cgroups: cgroups, network: network.ovs)
             let adopted = try await qemu.adopt()
             let running = adopted.filter { $0.power == .running || $0.power == .paused }
             logger.info("accelerator \(accelerator); \(adopted.count) VM(s) defined here, \(running.count) QEMU process(es) adopted")
@@ -185,6 +193,7 @@ public enum AgentServer {
         router.middlewares.add(AgentAuth(link: manager))
         let leases = LeaseKeeper(configuration: configuration, driver: driver, link: manager, logger: logger)
         AgentRoutes(driver: driver, mounts: manager.mounts).register(on: router)
+        NetworkRoutes(driver: driver, network: network).register(on: router)
         router.get("/agent/v1/leases") { _, _ in JSONResponse.make(leases.leases()) }
         let app = Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: "shepherd-agent"),
                               logger: logger)
@@ -423,6 +432,39 @@ struct AgentRoutes: Sendable {
             try Validate.execCommand(body.command, timeoutSeconds: body.timeoutSeconds)
             return JSONResponse.make(try await driver.exec(context.parameters.require("id"), command: body.command,
                                                            timeoutSeconds: body.timeoutSeconds))
+        }
+    }
+}
+
+/// The manager→agent API of the host's network: DVS bridges and VM NICs.
+struct NetworkRoutes: Sendable {
+    let driver: any HypervisorDriver
+    let network: HostNetworkAgent
+
+    func register(on router: Router<BasicRequestContext>) {
+        router.get("/agent/v1/network") { _, _ in JSONResponse.make(await network.report()) }
+        router.put("/agent/v1/network/switches/:bridge") { request, context in
+            let body = try await request.decode(as: AgentWire.SwitchDefinition.self, context: context)
+            guard body.bridge == (try context.parameters.require("bridge")) else {
+                throw ShepherdError.invalidField("bridge", "the body's bridge must match the path")
+            }
+            return JSONResponse.make(try await network.apply(body))
+        }
+        router.delete("/agent/v1/network/switches/:bridge") { _, context in
+            try await network.remove(bridge: context.parameters.require("bridge"))
+            return JSONResponse.make(AgentWire.Done())
+        }
+        router.put("/agent/v1/vms/:id/nics/:nic") { request, context in
+            let body = try await request.decode(as: AgentWire.NICDefinition.self, context: context)
+            guard body.id == (try context.parameters.require("nic")) else { throw ShepherdError.invalidField("id", "the body's id must match the path") }
+            _ = try Networking.normalizeMAC(body.mac)
+            if let ip = body.ip { _ = try Networking.IPv4CIDR(ip) }
+            try await driver.attachNIC(context.parameters.require("id"), body)
+            return JSONResponse.make(AgentWire.Done())
+        }
+        router.delete("/agent/v1/vms/:id/nics/:nic") { _, context in
+            try await driver.detachNIC(context.parameters.require("id"), nicID: context.parameters.require("nic"))
+            return JSONResponse.make(AgentWire.Done())
         }
     }
 }

@@ -53,6 +53,46 @@ public enum Net {
         try await ip(["link", "set", "dev", a, "up"])
     }
 
+    /// A persistent tap device (`ip tuntap add … mode tap`), up; reused if it exists. QEMU opens it
+    /// by name, and it outlives QEMU until deleted, so the switch port on it stays put meanwhile.
+    public static func addTap(_ name: String) async throws {
+        try checkLinkName(name)
+        if !linkExists(name) { try await ip(["tuntap", "add", "dev", name, "mode", "tap"]) }
+        try await ip(["link", "set", "dev", name, "up"])
+    }
+
+    /// Renames a link inside namespace `ns`.
+    public static func rename(_ link: String, to name: String, inNamespace ns: String) async throws {
+        try checkLinkName(link)
+        try checkLinkName(name)
+        try checkNamespaceName(ns)
+        try await ip(["-n", ns, "link", "set", "dev", link, "name", name])
+    }
+
+    /// Brings `link` in namespace `ns` up or down.
+    public static func setLink(_ link: String, up: Bool, inNamespace ns: String) async throws {
+        try checkLinkName(link)
+        try checkNamespaceName(ns)
+        try await ip(["-n", ns, "link", "set", "dev", link, up ? "up" : "down"])
+    }
+
+    /// The kernel's operational state of a link in our namespace ("up", "down", "lowerlayerdown"…); nil if it does not exist.
+    public static func operationalState(_ name: String) -> String? {
+        guard (try? checkLinkName(name)) != nil,
+              let text = try? String(contentsOfFile: "/sys/class/net/\(name)/operstate", encoding: .utf8) else { return nil }
+        return text.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// A veth pair made straight into two namespaces (`ip link add A netns NSA type veth peer name B netns NSB`),
+    /// both ends up: no name is ever taken in our own namespace.
+    public static func addVethPair(_ a: String, inNamespace nsA: String, _ b: String, inNamespace nsB: String) async throws {
+        try checkLinkName(a); try checkLinkName(b)
+        try checkNamespaceName(nsA); try checkNamespaceName(nsB)
+        try await ip(["link", "add", "name", a, "netns", nsA, "type", "veth", "peer", "name", b, "netns", nsB])
+        try await ip(["-n", nsA, "link", "set", "dev", a, "up"])
+        try await ip(["-n", nsB, "link", "set", "dev", b, "up"])
+    }
+
     /// Moves `link` into the namespace `ns`.
     public static func moveLink(_ link: String, toNamespace ns: String) async throws {
         try checkLinkName(link)
@@ -121,7 +161,8 @@ public enum Net {
         }
     }
 
-    static func checkLinkName(_ name: String) throws { try checkName(name, what: "interface", maxBytes: 15) }
+    /// Refuses a name that is not a valid interface name (1–15 of letters, digits, _ . -).
+    public static func checkLinkName(_ name: String) throws { try checkName(name, what: "interface", maxBytes: 15) }
     static func checkNamespaceName(_ name: String) throws { try checkName(name, what: "network namespace", maxBytes: 200) }
 
     static func checkAddress(_ address: String) throws {

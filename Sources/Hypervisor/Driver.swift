@@ -100,4 +100,11 @@ public protocol HypervisorDriver: Sendable {
     func endNBDMirror(_ vm: String, job: String) async throws
     /// Target: the disks are complete; stop the NBD server and run the guest.
     func resumeIncoming(_ vm: String) async throws
+
+    // MARK: NICs
+
+    /// Adds a NIC (or updates one of that id), hot-plugging it when the VM runs.
+    func attachNIC(_ vm: String, _ nic: AgentWire.NICDefinition) async throws
+    /// Removes a NIC, hot-unplugging it (the guest releases it) when the VM runs.
+    func detachNIC(_ vm: String, nicID: String) async throws
 }

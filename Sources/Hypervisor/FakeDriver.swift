@@ -142,6 +142,19 @@ public actor FakeDriver: HypervisorDriver {
         definitions[vm] = definition
     }
 
+    public func attachNIC(_ vm: String, _ nic: AgentWire.NICDefinition) async throws {
+        var definition = try known(vm)
+        definition.nics.removeAll { $0.id == nic.id }
+        definition.nics.append(nic)
+        definitions[vm] = definition
+    }
+
+    public func detachNIC(_ vm: String, nicID: String) async throws {
+        var definition = try known(vm)
+        definition.nics.removeAll { $0.id == nicID }
+        definitions[vm] = definition
+    }
+
     public func resizeAttachedDisk(_ vm: String, diskID: String, sizeBytes: Int64) async throws {
         guard let disk = try known(vm).disks.first(where: { $0.id == diskID }) else { throw ShepherdError.notFound("disk", diskID) }
         _ = try await resizeDisk(path: disk.path, sizeBytes: sizeBytes)

@@ -12,9 +12,13 @@ public final class QEMUDriver: HypervisorDriver {
     private let qemuBinary: String
     /// The host's VM cgroups (QoS); nil where the machine has none (QoS then is not enforced).
     public let cgroups: CGroups?
+    /// The host's Open vSwitch, where VM NICs get their ports; nil: no networking on this host.
+    public let network: OVS?
     private let supervisors = Supervisors()
 
-    public init(stateDirectory: String, accelerator: String, qemuBinary: String = "qemu-system-x86_64", cgroups: CGroups? = nil) throws {
+    public init(stateDirectory: String, accelerator: String, qemuBinary: String = "qemu-system-x86_64", cgroups: CGroups? = nil,
+                network: OVS? = nil) throws {
+        self.network = network
         self.stateDirectory = stateDirectory
         self.accelerator = accelerator
         self.qemuBinary = qemuBinary
@@ -32,7 +36,7 @@ public final class QEMUDriver: HypervisorDriver {
             guard let data = FileManager.default.contents(atPath: file),
                   let definition = try? JSONDecoder().decode(AgentWire.VMDefinition.self, from: data) else { continue }
             let supervisor = GuestSupervisor(definition: definition, directory: "\(root)/\(id)",
-                                             accelerator: accelerator, qemuBinary: qemuBinary, cgroups: cgroups)
+                                             accelerator: accelerator, qemuBinary: qemuBinary, cgroups: cgroups, network: network)
             // A QEMU that ended while no agent watched leaves its swap disk on.
             if await !supervisor.isRunning { await supervisor.disableSwap() }
             await supervisors.insert(supervisor)
@@ -50,7 +54,7 @@ public final class QEMUDriver: HypervisorDriver {
             return try await existing.status()
         }
         let supervisor = GuestSupervisor(definition: definition, directory: directory, accelerator: accelerator, qemuBinary: qemuBinary,
-                                         cgroups: cgroups)
+                                         cgroups: cgroups, network: network)
         try await supervisor.create()
         await supervisors.insert(supervisor)
         return try await supervisor.status()
@@ -88,7 +92,7 @@ public final class QEMUDriver: HypervisorDriver {
             throw ShepherdError(.illegalState, "VM '\(definition.name)' already runs on this host")
         }
         let supervisor = GuestSupervisor(definition: definition, directory: "\(stateDirectory)/vms/\(definition.id)",
-                                         accelerator: accelerator, qemuBinary: qemuBinary, cgroups: cgroups)
+                                         accelerator: accelerator, qemuBinary: qemuBinary, cgroups: cgroups, network: network)
         // Whole-VM migration: the disks arrive over NBD into empty images made here first.
         var created: [String] = []
         do {
@@ -152,6 +156,7 @@ actor GuestSupervisor {
     private let accelerator: String
     private let qemuBinary: String
     private let cgroups: CGroups?
+    let network: OVS?
     /// The swap disk this VM's start switched on (off again when its QEMU ends).
     private var activeSwap: String?
     /// A swapoff going on after QEMU ended: it pages everything back in, which can take minutes,
@@ -165,7 +170,8 @@ actor GuestSupervisor {
     private var missedPings = 0
     private let toolsMissLimit = 3
 
-    init(definition: AgentWire.VMDefinition, directory: String, accelerator: String, qemuBinary: String, cgroups: CGroups?) {
+    init(definition: AgentWire.VMDefinition, directory: String, accelerator: String, qemuBinary: String, cgroups: CGroups?, network: OVS?) {
+        self.network = network
         self.id = definition.id
         self.cgroups = cgroups
         self.definition = definition
@@ -179,6 +185,7 @@ actor GuestSupervisor {
     /// agents on one machine (a migration's source and target) apart.
     private var socketDirectory: String { "\(runtimeDirectory)/\(id)" }
     private var qmpSocket: String { socketDirectory + "/qmp.sock" }
+    var qmpSocketPath: String { qmpSocket }
     private var guestAgentSocket: String { socketDirectory + "/qga.sock" }
     private var runtimeDirectory: String { GuestSupervisor.runtimeDirectory(forStateDirectory: (directory as NSString).deletingLastPathComponent) }
 
@@ -371,6 +378,7 @@ actor GuestSupervisor {
         guard let pid = livePid() else {
             if let stale = Processes.readPidFile(pidFile) {
                 await cgroups?.remove(vm: id)
+                await unplugPorts(definition.nics)
                 if activeSwap != nil { await disableSwap() }
                 return AgentWire.GuestStatus(vmId: id, power: .crashed, toolsRunning: false, pid: nil,
                                              reason: "the QEMU process (pid \(stale)) ended unexpectedly\(lastLogLine().map { ": " + $0 } ?? "")")
@@ -397,6 +405,8 @@ actor GuestSupervisor {
             tools = lastToolsRunning
         } else if await GuestAgent.ping(socketPath: guestAgentSocket, timeout: pingTimeout) {
             missedPings = 0
+            // Tools just came up (a boot): the guest's NICs get their addresses now.
+            if !lastToolsRunning, !definition.nics.isEmpty { Task { await self.configureGuestNetwork() } }
             lastToolsRunning = true
             tools = true
         } else {
@@ -449,8 +459,15 @@ actor GuestSupervisor {
             activeSwap = swap.path
         }
         do {
+            try await plugPorts(definition.nics)
+        } catch {
+            await disableSwap()
+            throw error
+        }
+        do {
             try await Command.check(qemuBinary, argv + extraArguments, timeout: .seconds(60))
         } catch let error as HostKitError {
+            await unplugPorts(definition.nics)
             await disableSwap()
             let logLine = lastLogLine()
             // QEMU's image lock: another QEMU (on this or another host) still has the disk open.
@@ -461,11 +478,13 @@ actor GuestSupervisor {
         lastToolsRunning = false
         missedPings = 0
         guard let pid = livePid() else {
+            await unplugPorts(definition.nics)
             await disableSwap()
             throw ShepherdError(.agentFailed, "QEMU for '\(definition.name)' exited right after starting\(lastLogLine().map { ": " + $0 } ?? "")")
         }
         do {
             try await applyQoS(pid: pid, placing: true)
+            try await applyLinkStates()
         } catch {
             await quit(pid: pid)
             throw ShepherdError(.agentFailed, "QEMU for '\(definition.name)' was ended again: its QoS could not be applied: \(error)")
@@ -512,6 +531,7 @@ actor GuestSupervisor {
         try? FileManager.default.removeItem(atPath: pidFile)
         lastToolsRunning = false
         await cgroups?.remove(vm: id)
+        await unplugPorts(definition.nics)
         await disableSwap()
     }
 
@@ -790,6 +810,7 @@ public struct QEMUCommandLine: Sendable {
             // The balloon (memory limit, later overcommit); a fixed slot keeps the layout the same
             // on a migration target. Freed guest pages go back to the host as the guest frees them.
             "-device", "virtio-balloon-pci,id=balloon0,addr=0x0f",
+        ] + definition.nics.flatMap(NICDevices.arguments) + [
             "-serial", "file:\(serialLog)",
             "-D", logFile,
             "-no-shutdown", "-daemonize", "-pidfile", pidFile,

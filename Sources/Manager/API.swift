@@ -24,6 +24,7 @@ struct API: APIProtocol {
     let datastores: DatastoreService
     let qos: QoSService
     let balloons: BalloonService
+    let network: NetworkService
     let tasks: TaskEngine
     let version: String
 
@@ -695,6 +696,7 @@ struct API: APIProtocol {
                                      host: Self.report(body.host), datastores: body.datastores.map(Self.report),
                                      agentVersion: body.agentVersion, accelerator: body.accelerator)
         }
+        network.joined(hostID: credential.hostId)
         return .ok(.init(body: .json(.init(hostId: credential.hostId, token: credential.token))))
     }
 
@@ -712,6 +714,7 @@ struct API: APIProtocol {
         }
         await drs.record(guests, hostId: body.hostId)
         await balloons.adjust(hostId: body.hostId, guests: guests)
+        network.heartbeat(hostID: body.hostId)
         if !outcome.failures.isEmpty { await ha.handleFailures(outcome.failures) }
         return .ok(.init(body: .json(.init(isolationResponse: Schemas.IsolationResponse(rawValue: outcome.isolationResponse.rawValue) ?? .leaveRunning,
                                            peers: outcome.peers))))
@@ -729,11 +732,11 @@ struct API: APIProtocol {
 
     // MARK: helpers
 
-    private var unsupportedBody: ShepherdError { ShepherdError(.invalidBody, "the body must be application/json") }
+    var unsupportedBody: ShepherdError { ShepherdError(.invalidBody, "the body must be application/json") }
 
     /// Keeps ShepherdErrors as they are and turns anything unexpected into `internal`, so the
     /// error middleware can tell our failures from requests the runtime could not decode.
-    private func guarded<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+    func guarded<T: Sendable>(_ body: () async throws -> T) async throws -> T {
         do { return try await body() } catch let error as ShepherdError { throw error } catch {
             throw ShepherdError(.internal, "\(error)")
         }

@@ -121,6 +121,27 @@ final class AgentClient: Sendable {
         let _: AgentWire.Done = try await call(endpoint, .POST, "/agent/v1/vms/\(vm)/disks", body: disk, timeout: .seconds(60))
     }
 
+    func network(_ endpoint: Endpoint) async throws -> AgentWire.HostNetwork {
+        try await call(endpoint, .GET, "/agent/v1/network", body: Optional<AgentWire.Done>.none, timeout: .seconds(20))
+    }
+
+    func applySwitch(_ endpoint: Endpoint, _ definition: AgentWire.SwitchDefinition) async throws -> AgentWire.SwitchState {
+        try await call(endpoint, .PUT, "/agent/v1/network/switches/\(definition.bridge)", body: definition, timeout: .seconds(60))
+    }
+
+    func removeSwitch(_ endpoint: Endpoint, bridge: String) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .DELETE, "/agent/v1/network/switches/\(bridge)", body: Optional<AgentWire.Done>.none, timeout: .seconds(60))
+    }
+
+    /// Adds or updates a NIC; a hot-plug waits up to 20 s for the guest's tools to set its address.
+    func putNIC(_ endpoint: Endpoint, vm: String, _ nic: AgentWire.NICDefinition) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .PUT, "/agent/v1/vms/\(vm)/nics/\(nic.id)", body: nic, timeout: .seconds(60))
+    }
+
+    func removeNIC(_ endpoint: Endpoint, vm: String, nicID: String) async throws {
+        let _: AgentWire.Done = try await call(endpoint, .DELETE, "/agent/v1/vms/\(vm)/nics/\(nicID)", body: Optional<AgentWire.Done>.none, timeout: .seconds(45))
+    }
+
     /// The guest has 30 s to release the disk (ACPI eject).
     func detachDisk(_ endpoint: Endpoint, vm: String, diskID: String) async throws {
         let _: AgentWire.Done = try await call(endpoint, .DELETE, "/agent/v1/vms/\(vm)/disks/\(diskID)", body: Optional<AgentWire.Done>.none, timeout: .seconds(45))

@@ -18,6 +18,9 @@ public struct ManagerConfiguration: Sendable {
     public var hostReserveMiB: Int
     public var timing: VMTiming
     public var migration: MigrationSettings
+    /// The physical switch's Open vSwitch database (`unix:PATH`), read by `net diagnose` for the
+    /// VLANs each switch port allows and which host NIC is cabled to it; nil: not known.
+    public var physicalSwitch: String?
 
     public init(stateDirectory: String = "/var/lib/shepherd", listen: [String] = ["127.0.0.1:7443"],
                 hostReserveMiB: Int = 512, timing: VMTiming = VMTiming(), migration: MigrationSettings = MigrationSettings()) {
@@ -68,6 +71,8 @@ public enum ManagerServer {
                       datastores: DatastoreService(store: store, agents: agents, events: events),
                       qos: QoSService(store: store, agents: agents, events: events, vms: vms, hostReserveMiB: configuration.hostReserveMiB),
                       balloons: BalloonService(store: store, agents: agents, events: events, hostReserveMiB: configuration.hostReserveMiB),
+                      network: NetworkService(store: store, agents: agents, tasks: tasks, events: events,
+                                              physicalSwitch: configuration.physicalSwitch.map { OVS.remote(database: $0) }),
                       tasks: tasks, version: version)
 
         let router = Router()

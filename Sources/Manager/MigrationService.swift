@@ -101,12 +101,16 @@ final class MigrationService: Sendable {
                                      unreservedMiB: candidate.unreservedMiB(hostReserveMiB: placement.hostReserveMiB),
                                      unreservedMHz: candidate.unreservedMHz, datastores: candidate.datastores)
             }
+            var sourceSide = try side(source), targetSide = try side(target)
+            sourceSide.switches = try NetworkService.switchNames(db, hostID: source.id)
+            targetSide.switches = try NetworkService.switchNames(db, hostID: target.id)
             let cluster = try ClusterRecord.fetchOne(db, key: source.clusterId)
-            let request = MigrationRequest(vm: vm.name, state: vm.state, toolsRunning: vm.toolsRunning, cpus: vm.cpus,
+            var request = MigrationRequest(vm: vm.name, state: vm.state, toolsRunning: vm.toolsRunning, cpus: vm.cpus,
                                            memoryMiB: vm.memoryMiB, datastore: datastore?.name ?? vm.datastore, datastoreKind: datastore?.kind ?? "unknown",
-                                           source: try side(source), target: try side(target), imcBaseline: cluster?.imcBaseline,
+                                           source: sourceSide, target: targetSide, imcBaseline: cluster?.imcBaseline,
                                            vmCPUModel: vm.cpuModel, memoryReservationMiB: vm.memoryReservationMiB,
                                            cpuReservationMHz: vm.cpuReservationMHz)
+            request.switches = try NetworkService.switchNames(db, vmID: vm.id)
             return Plan(vm: vm, source: source, target: target, request: request,
                         timeoutSeconds: cluster?.migrationTimeoutSeconds ?? 300,
                         maxConcurrent: cluster?.maxConcurrentMigrations ?? 2)

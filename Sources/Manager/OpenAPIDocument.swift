@@ -473,6 +473,121 @@ paths:
             application/json:
               schema: { $ref: "#/components/schemas/Template" }
         default: { $ref: "#/components/responses/Error" }
+  /api/v1/dvs:
+    get:
+      operationId: listDVS
+      description: Every distributed virtual switch, with each host's state.
+      responses:
+        "200":
+          description: The switches.
+          content:
+            application/json:
+              schema: { type: array, items: { $ref: "#/components/schemas/DVS" } }
+        default: { $ref: "#/components/responses/Error" }
+    post:
+      operationId: createDVS
+      description: |
+        Creates a distributed virtual switch (an Open vSwitch bridge of the same name on each host) and
+        puts every host of the cluster, or the listed hosts, on it with its default uplinks unless
+        uplinks says otherwise. All hosts or none: when one host cannot carry it (not connected, an
+        uplink missing) the request is refused and no host keeps the bridge.
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/DVSCreate" }
+      responses:
+        "201":
+          description: The new switch.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/DVS" }
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/dvs/{dvs}:
+    get:
+      operationId: getDVS
+      description: One switch with each host's wanted and actual state (read from its agent now) and how they differ.
+      parameters:
+        - { $ref: "#/components/parameters/DVSRef" }
+      responses:
+        "200":
+          description: The switch.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/DVS" }
+        default: { $ref: "#/components/responses/Error" }
+    delete:
+      operationId: deleteDVS
+      description: Removes the switch's bridge from every host and the switch with its port groups; refused (409) while a port group has NICs.
+      parameters:
+        - { $ref: "#/components/parameters/DVSRef" }
+      responses:
+        "204":
+          description: Deleted.
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/dvs/{dvs}/hosts:
+    post:
+      operationId: addDVSHost
+      description: |
+        Puts one more host of the switch's cluster on it, with its default uplinks unless uplinks
+        names them; refused when the host is in another cluster, not connected, or lacks an uplink.
+      parameters:
+        - { $ref: "#/components/parameters/DVSRef" }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/DVSHostAdd" }
+      responses:
+        "200":
+          description: The switch as it is now.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/DVS" }
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/dvs/{dvs}/portgroups:
+    post:
+      operationId: createPortGroup
+      description: |
+        Adds a port group to the switch: access (vlan; 0 is untagged) or trunk (trunks, the VLANs
+        the guests tag themselves). Refused when both or neither are given or the name is taken.
+      parameters:
+        - { $ref: "#/components/parameters/DVSRef" }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/PortGroupCreate" }
+      responses:
+        "201":
+          description: The new port group.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/PortGroup" }
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/portgroups:
+    get:
+      operationId: listPortGroups
+      description: Every port group, or those of one switch.
+      parameters:
+        - { name: dvs, in: query, required: false, description: "Only this switch's port groups (name or id).", schema: { type: string } }
+      responses:
+        "200":
+          description: The port groups.
+          content:
+            application/json:
+              schema: { type: array, items: { $ref: "#/components/schemas/PortGroup" } }
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/portgroups/{portgroup}:
+    delete:
+      operationId: deletePortGroup
+      description: Deletes a port group; refused (409) while NICs use it.
+      parameters:
+        - { $ref: "#/components/parameters/PortGroupRef" }
+      responses:
+        "204":
+          description: Deleted.
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/vms:
     get:
       operationId: listVMs
@@ -828,6 +943,89 @@ paths:
             application/json:
               schema: { $ref: "#/components/schemas/Task" }
         default: { $ref: "#/components/responses/Error" }
+  /api/v1/vms/{vm}/nics:
+    get:
+      operationId: listNICs
+      description: The VM's NICs in the order they were added.
+      parameters:
+        - { $ref: "#/components/parameters/VMRef" }
+      responses:
+        "200":
+          description: The NICs.
+          content:
+            application/json:
+              schema: { type: array, items: { $ref: "#/components/schemas/NIC" } }
+        default: { $ref: "#/components/responses/Error" }
+    post:
+      operationId: addNIC
+      description: |
+        Adds a NIC on a port group (a virtio-net device on a tap in the switch's bridge), hot-plugged
+        into a running VM, its IP set in the guest through the tools. Refused when the VM's host is
+        not on the port group's switch, or the VM has no free NIC slot.
+      parameters:
+        - { $ref: "#/components/parameters/VMRef" }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/NICCreate" }
+      responses:
+        "202":
+          description: Adding (hot-plug when the VM runs); follow the task.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/vms/{vm}/nics/{nic}:
+    patch:
+      operationId: updateNIC
+      description: |
+        Changes a NIC's link, IP, rate limit or port group, live on a running VM; refused when the
+        new port group's switch does not reach the VM's host.
+      parameters:
+        - { $ref: "#/components/parameters/VMRef" }
+        - { $ref: "#/components/parameters/NICRef" }
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/NICUpdate" }
+      responses:
+        "202":
+          description: Changing; follow the task.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
+    delete:
+      operationId: removeNIC
+      description: Removes a NIC; a running VM's guest releases the device first and its tap leaves the bridge.
+      parameters:
+        - { $ref: "#/components/parameters/VMRef" }
+        - { $ref: "#/components/parameters/NICRef" }
+      responses:
+        "202":
+          description: Removing; follow the task.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Task" }
+        default: { $ref: "#/components/responses/Error" }
+  /api/v1/net/diagnose:
+    get:
+      operationId: diagnoseNetwork
+      description: |
+        Checks the path between two VMs hop by hop (each guest's address and NIC, its port and VLAN,
+        the hosts' bridges and uplinks) and names the first faulty hop; refused when a VM has no NIC.
+      parameters:
+        - { name: from, in: query, required: true, description: "The VM the traffic leaves (name or id).", schema: { type: string } }
+        - { name: to, in: query, required: true, description: "The VM it should reach (name or id).", schema: { type: string } }
+      responses:
+        "200":
+          description: Each hop with its evidence, and the verdict.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Diagnosis" }
+        default: { $ref: "#/components/responses/Error" }
   /api/v1/tasks:
     get:
       operationId: listTasks
@@ -960,6 +1158,24 @@ components:
       in: path
       required: true
       description: The snapshot's name or id.
+      schema: { type: string }
+    DVSRef:
+      name: dvs
+      in: path
+      required: true
+      description: The distributed virtual switch's name or id.
+      schema: { type: string }
+    PortGroupRef:
+      name: portgroup
+      in: path
+      required: true
+      description: The port group's name or id.
+      schema: { type: string }
+    NICRef:
+      name: nic
+      in: path
+      required: true
+      description: The NIC's name (nic0) or id.
       schema: { type: string }
   responses:
     Error:
@@ -1345,6 +1561,136 @@ components:
         description: { type: string }
         quiesce: { type: boolean, description: "Freeze the guest's file systems through the tools for the moment of the snapshot." }
         memory: { type: boolean, description: "Save the running guest's memory too: a revert resumes it where it was. The guest pauses for the save." }
+    BondMode:
+      type: string
+      description: |
+        How a host's uplinks are bonded when it has more than one: active-backup (one carries the
+        traffic, another takes over when it fails), balance-slb (spread by source MAC and VLAN), or
+        lacp (802.3ad; the physical switch must speak LACP).
+      enum: [active-backup, balance-slb, lacp]
+    DVS:
+      type: object
+      required: [id, name, cluster, bridge, bondMode, portGroups, hosts]
+      properties:
+        id: { type: string }
+        name: { type: string }
+        cluster: { type: string, description: "The cluster's name." }
+        bridge: { type: string, description: "The Open vSwitch bridge carrying it, named the same on every host." }
+        bondMode: { $ref: "#/components/schemas/BondMode" }
+        portGroups: { type: array, items: { type: string }, description: "Names of its port groups." }
+        hosts: { type: array, items: { $ref: "#/components/schemas/DVSHost" } }
+    DVSHost:
+      type: object
+      required: [host, uplinks, state, differences]
+      properties:
+        host: { type: string, description: "The host's name." }
+        uplinks: { type: array, items: { type: string }, description: "The host NICs carrying the switch's traffic off the host." }
+        bond: { type: [string, "null"], description: "The bond port's name when there is more than one uplink." }
+        state:
+          type: string
+          enum: [in-sync, differs, unreachable]
+          description: "in-sync: the host's bridge is as wanted; differs: see differences; unreachable: its agent did not answer."
+        differences: { type: array, items: { type: string }, description: "How the host differs from what is wanted, one sentence each; empty when in sync." }
+        members: { type: array, items: { $ref: "#/components/schemas/HostNICState" }, description: "The uplinks with their link state as the host sees them." }
+    HostNICState:
+      type: object
+      required: [name, state]
+      properties:
+        name: { type: string }
+        state: { type: string, description: "up, down, missing, …" }
+    DVSCreate:
+      type: object
+      required: [name]
+      properties:
+        name: { type: string }
+        cluster: { type: string, description: "The cluster's name or id; default the listed hosts' cluster, or the only one." }
+        hosts: { type: array, items: { type: string }, description: "Hosts to put on it (names or ids); default every host of the cluster." }
+        uplinks: { type: array, items: { $ref: "#/components/schemas/UplinkSpec" }, description: "Uplinks per host; a host left out uses its default uplinks." }
+        bondMode: { $ref: "#/components/schemas/BondMode" }
+    UplinkSpec:
+      type: object
+      required: [host, nics]
+      properties:
+        host: { type: string, description: "The host's name or id." }
+        nics: { type: array, items: { type: string }, description: "Its NICs to use as uplinks (eth1, eth2); more than one are bonded." }
+    DVSHostAdd:
+      type: object
+      required: [host]
+      properties:
+        host: { type: string, description: "The host's name or id." }
+        uplinks: { type: array, items: { type: string }, description: "Its NICs to use as uplinks; default the host's default uplinks." }
+    PortGroup:
+      type: object
+      required: [id, name, dvs, kind, nics]
+      properties:
+        id: { type: string }
+        name: { type: string }
+        dvs: { type: string, description: "Its switch's name." }
+        kind: { type: string, enum: [access, trunk] }
+        vlan: { type: integer, description: "Access only: the VLAN its ports tag the VMs' frames with; 0 is untagged." }
+        trunks: { type: string, description: "Trunk only: the VLANs that pass, such as 100,200-210." }
+        nics: { type: integer, description: "VM NICs on it." }
+    PortGroupCreate:
+      type: object
+      description: Exactly one of vlan (an access port group) and trunks (a trunk port group).
+      required: [name]
+      properties:
+        name: { type: string }
+        vlan: { type: integer, minimum: 0, maximum: 4094, description: "0-4094; 0 is untagged." }
+        trunks: { type: string, description: "VLAN ids and ranges within 1-4094 the guests tag themselves, such as 100,200-210." }
+    NICLink:
+      type: string
+      description: "The NIC's cable: down keeps the device but the guest sees no carrier."
+      enum: [up, down]
+    NIC:
+      type: object
+      required: [id, name, vm, portGroup, dvs, mac, link, slot, tap]
+      properties:
+        id: { type: string }
+        name: { type: string, description: "nic0, nic1, … within the VM." }
+        vm: { type: string, description: "The VM's name." }
+        portGroup: { type: string, description: "The port group's name." }
+        dvs: { type: string, description: "The port group's switch." }
+        mac: { type: string }
+        ip: { type: string, description: "IPv4 address with its prefix length (10.0.0.5/24), set in the guest through the tools." }
+        rateMbit: { type: integer, description: "Traffic the VM sends is policed to this many Mbit/s; absent: unlimited." }
+        link: { $ref: "#/components/schemas/NICLink" }
+        slot: { type: integer, description: "Its PCI slot, the same on a migration target." }
+        tap: { type: string, description: "The tap device on the VM's host." }
+    NICCreate:
+      type: object
+      required: [portGroup]
+      properties:
+        portGroup: { type: string, description: "The port group's name or id." }
+        ip: { type: string, description: "IPv4 address with its prefix length, such as 10.0.0.5/24; set in the guest through the tools." }
+        mac: { type: string, description: "A unicast MAC; default a new 52:54:00:xx:xx:xx." }
+        rate: { type: string, description: "Caps what the VM sends: 100M, 1G (bit/s); default unlimited." }
+    NICUpdate:
+      type: object
+      description: Absent fields stay as they are.
+      properties:
+        link: { $ref: "#/components/schemas/NICLink" }
+        ip: { type: string, description: "A new address such as 10.0.0.5/24; the empty string clears it." }
+        rate: { type: string, description: "A new cap such as 100M or 1G; none clears it." }
+        portGroup: { type: string, description: "Moves the NIC to this port group (name or id)." }
+    Diagnosis:
+      type: object
+      required: [from, to, healthy, verdict, hops]
+      properties:
+        from: { type: string, description: "The VM the traffic leaves." }
+        to: { type: string, description: "The VM it should reach." }
+        healthy: { type: boolean, description: "No hop failed." }
+        verdict: { type: string, description: "One sentence naming the first faulty hop and why, or saying the path is healthy." }
+        hops: { type: array, items: { $ref: "#/components/schemas/DiagnosisHop" }, description: "In the order the traffic passes them." }
+    DiagnosisHop:
+      type: object
+      required: [name, status, evidence]
+      properties:
+        name: { type: string, description: "What was checked, such as a guest's address, a NIC's link, a port's VLAN or a host's uplink." }
+        vm: { type: string, description: "The VM it belongs to, if any." }
+        host: { type: string, description: "The host it is on, if any." }
+        status: { type: string, enum: [pass, warn, fail, skip], description: "skip: not checked because an earlier hop failed or it does not apply." }
+        evidence: { type: string, description: "What was seen, with the names and numbers." }
     Template:
       type: object
       required: [id, name, datastore, kernel, initrd, disk, cmdline, createdAt]

@@ -279,8 +279,103 @@ public final class Store: Sendable {
             }
             try db.execute(sql: "UPDATE vm SET maxCpus = cpus, maxMemoryMiB = memoryMiB")
         }
+        migrator.registerMigration("v16: distributed virtual switches, port groups, NICs") { db in
+            try db.create(table: "dvs") { t in
+                t.primaryKey("id", .text)
+                t.column("name", .text).notNull().unique()
+                t.column("clusterId", .text).notNull().references("cluster", onDelete: .cascade)
+                t.column("bridge", .text).notNull().unique()
+                t.column("bondMode", .text).notNull()
+                t.column("allHosts", .boolean).notNull()
+                t.column("createdAt", .datetime).notNull()
+            }
+            try db.create(table: "dvsHost") { t in
+                t.column("dvsId", .text).notNull().references("dvs", onDelete: .cascade)
+                t.column("hostId", .text).notNull().references("host", onDelete: .cascade)
+                t.column("uplinks", .text).notNull()
+                t.primaryKey(["dvsId", "hostId"])
+            }
+            try db.create(table: "portGroup") { t in
+                t.primaryKey("id", .text)
+                t.column("name", .text).notNull().unique()
+                t.column("dvsId", .text).notNull().references("dvs", onDelete: .cascade)
+                t.column("vlan", .integer)
+                t.column("trunks", .text)
+                t.column("createdAt", .datetime).notNull()
+            }
+            try db.create(table: "nic") { t in
+                t.primaryKey("id", .text)
+                t.column("vmId", .text).notNull().references("vm", onDelete: .cascade).indexed()
+                t.column("name", .text).notNull()
+                t.column("portGroupId", .text).notNull().references("portGroup")
+                t.column("mac", .text).notNull().unique()
+                t.column("ip", .text)
+                t.column("rateMbit", .integer)
+                t.column("linkUp", .boolean).notNull()
+                t.column("slot", .integer).notNull()
+                t.column("createdAt", .datetime).notNull()
+                t.uniqueKey(["vmId", "name"])
+                t.uniqueKey(["vmId", "slot"])
+            }
+        }
         return migrator
     }
+}
+
+/// A distributed virtual switch: one OVS bridge of the same name on each of its hosts.
+struct DVSRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "dvs"
+    var id: String
+    var name: String
+    var clusterId: String
+    var bridge: String
+    var bondMode: String
+    /// Made for every host of its cluster: a host joining the cluster later joins it too.
+    var allHosts: Bool
+    var createdAt: Date
+
+    var bond: BondMode { BondMode(rawValue: bondMode) ?? .activeBackup }
+}
+
+/// A host on a DVS with the NICs that are its uplink there (comma-separated).
+struct DVSHostRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "dvsHost"
+    var dvsId: String
+    var hostId: String
+    var uplinks: String
+
+    var uplinkList: [String] { uplinks.split(separator: ",").map(String.init) }
+}
+
+/// A port group: access (the port tags with `vlan`; 0 untagged) or trunk (`trunks` pass, the VM tags).
+struct PortGroupRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "portGroup"
+    var id: String
+    var name: String
+    var dvsId: String
+    var vlan: Int?
+    var trunks: String?
+    var createdAt: Date
+
+    var setting: PortGroupVLAN {
+        if let vlan { return .access(vlan) }
+        return .trunk((try? Networking.parseVLANs(trunks ?? "", field: "trunks")) ?? [])
+    }
+}
+
+/// A VM's NIC on a port group.
+struct NICRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "nic"
+    var id: String
+    var vmId: String
+    var name: String
+    var portGroupId: String
+    var mac: String
+    var ip: String?
+    var rateMbit: Int?
+    var linkUp: Bool
+    var slot: Int
+    var createdAt: Date
 }
 
 struct ClusterRecord: Codable, Sendable, FetchableRecord, PersistableRecord {

@@ -109,8 +109,9 @@ final class VMService: Sendable {
 
     /// The definition an agent needs, with absolute paths on its datastores.
     func definition(_ vm: VMRecord, template: TemplateRecord) async throws -> AgentWire.VMDefinition {
-        let (templateStore, disks) = try await store.db.read { db in
-            (try Inventory.datastore(db, named: template.datastore, field: "template"), try DiskService.definitions(db, vmID: vm.id))
+        let (templateStore, disks, nics) = try await store.db.read { db in
+            (try Inventory.datastore(db, named: template.datastore, field: "template"), try DiskService.definitions(db, vmID: vm.id),
+             try NetworkService.definitions(db, vmID: vm.id))
         }
         let base = templateStore.path
         var result = AgentWire.VMDefinition(
@@ -121,6 +122,7 @@ final class VMService: Sendable {
         result.maxCpus = vm.maxCpus
         result.maxMemoryMiB = vm.maxMemoryMiB
         result.bootCpus = vm.bootCpus
+        result.nics = nics
         return result
     }
 

@@ -31,6 +31,8 @@ public enum AgentWire {
         /// vCPUs QEMU boots with; the rest of `cpus` are hot-plugged CPU devices (a migration
         /// target must start with the same). nil: all of `cpus`.
         public var bootCpus: Int?
+        /// NICs, each on a port of its DVS's bridge.
+        public var nics: [NICDefinition] = []
 
         public init(id: String, name: String, cpus: Int, memoryMiB: Int, kernel: String, initrd: String,
                     cmdline: String, disk: String, sourceDisk: String?, cpuModel: String? = nil, disks: [DiskDefinition] = [],
@@ -45,7 +47,7 @@ public enum AgentWire {
             self.disk = disk; self.sourceDisk = sourceDisk
         }
 
-        private enum CodingKeys: String, CodingKey { case id, name, cpus, memoryMiB, kernel, initrd, cmdline, disk, sourceDisk, cpuModel, disks, linkedClone, qos, swap, maxCpus, maxMemoryMiB, bootCpus }
+        private enum CodingKeys: String, CodingKey { case id, name, cpus, memoryMiB, kernel, initrd, cmdline, disk, sourceDisk, cpuModel, disks, linkedClone, qos, swap, maxCpus, maxMemoryMiB, bootCpus, nics }
 
         /// A definition saved before data disks existed has none.
         public init(from decoder: any Decoder) throws {
@@ -62,6 +64,7 @@ public enum AgentWire {
             maxCpus = try c.decodeIfPresent(Int.self, forKey: .maxCpus)
             maxMemoryMiB = try c.decodeIfPresent(Int.self, forKey: .maxMemoryMiB)
             bootCpus = try c.decodeIfPresent(Int.self, forKey: .bootCpus)
+            nics = try c.decodeIfPresent([NICDefinition].self, forKey: .nics) ?? []
         }
     }
 

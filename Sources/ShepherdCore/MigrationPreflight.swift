@@ -18,6 +18,8 @@ public struct MigrationHost: Sendable, Equatable {
     public var unreservedMHz: Int?
     /// Datastores this host sees.
     public var datastores: Set<String>
+    /// Distributed virtual switches this host is on.
+    public var switches: Set<String> = []
 
     public init(name: String, cluster: String, clusterMemoryOvercommit: Bool, state: HostState, cpuVendor: String,
                 cpuModel: String, providedModel: String? = nil, cores: Int, freeMiB: Int, unreservedMiB: Int? = nil,
@@ -51,6 +53,8 @@ public struct MigrationRequest: Sendable, Equatable {
     public var imcBaseline: String?
     /// The named CPU model the VM runs with (the baseline, or its host's model), nil for the host's own CPU.
     public var vmCPUModel: String?
+    /// The distributed virtual switches of the VM's NICs (the target must be on each).
+    public var switches: Set<String> = []
 
     public init(vm: String, state: String, toolsRunning: Bool, cpus: Int, memoryMiB: Int, passthroughDevices: [String] = [],
                 boundToHost: Bool = false, datastore: String, datastoreKind: String, source: MigrationHost, target: MigrationHost,
@@ -81,6 +85,7 @@ public struct MigrationRefusal: Sendable, Equatable, CustomStringConvertible {
         case storageNotShared = "storage_not_shared"
         case targetCannotSeeStorage = "target_cannot_see_storage"
         case networkUnreachable = "network_unreachable"
+        case targetNotOnDVS = "target_not_on_dvs"
     }
 
     public let check: Check
@@ -151,6 +156,10 @@ public enum MigrationPreflight {
             refusals.append(.init(.storageNotShared, "the disk of '\(vm)' is on \(request.datastoreKind) datastore '\(request.datastore)'; host migration needs shared storage (move the storage too: whole-VM migration)"))
         } else if !target.datastores.contains(request.datastore) {
             refusals.append(.init(.targetCannotSeeStorage, "target '\(target.name)' does not see datastore '\(request.datastore)'"))
+        }
+        let missing = request.switches.subtracting(target.switches).sorted()
+        if !missing.isEmpty {
+            refusals.append(.init(.targetNotOnDVS, "'\(vm)' has NICs on DVS \(missing.map { "'\($0)'" }.joined(separator: ", ")); target '\(target.name)' is not on \(missing.count == 1 ? "it" : "them") (shepherd dvs add-host)"))
         }
         return refusals
     }

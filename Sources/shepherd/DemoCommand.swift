@@ -177,6 +177,11 @@ final class Demo: @unchecked Sendable {
             try await Net.moveLink(inner, toNamespace: namespace)
             try await Net.configure(namespace: namespace, link: inner, address: "\(hostAddress(index))/24")
         }
+        say("cabling each host's eth1 and eth2 to the physical switch (namespace \(physicalSwitch.namespace), Open vSwitch trunk ports)…")
+        try await physicalSwitch.create()
+        for index in 1...hostCount {
+            try await physicalSwitch.connect(hostNamespace: hostName(index), hostIndex: index, hostName: hostName(index), nics: ["eth1", "eth2"])
+        }
         if stop.hasFired { throw CLIError("interrupted") }
 
         if !FileManager.default.fileExists(atPath: bmcPasswordFile) {
@@ -185,6 +190,7 @@ final class Demo: @unchecked Sendable {
         say("starting the manager on 127.0.0.1:\(port) and \(managerAddress):\(port)…")
         manager = try ChildProcess.spawn(selfPath, [
             "manager", "--state-dir", stateDirectory, "--listen", "127.0.0.1:\(port)", "--listen", "\(managerAddress):\(port)",
+            "--physical-switch", physicalSwitch.ovs.database,
         ], logFile: logDirectory + "/manager.log")
         let client = try await waitForManager()
 
@@ -194,7 +200,8 @@ final class Demo: @unchecked Sendable {
                 "--manager", "http://\(managerAddress):\(port)", "--listen", "\(hostAddress(index)):7444",
                 "--state-dir", hostStateDirectory(index), "--join-token-file", stateDirectory + "/join-token",
                 "--datastore", "shared=\(sharedDatastore),shared",
-                "--datastore", "local-\(name)=\(stateDirectory)/datastores/local-\(name),local", "--accel", accelerator]
+                "--datastore", "local-\(name)=\(stateDirectory)/datastores/local-\(name),local", "--accel", accelerator,
+                "--ovs", "managed", "--uplinks", "eth1,eth2"]
                 + (cpuModels.isEmpty ? [] : ["--cpu-model", cpuModels[index - 1]])
                 + (hostMemoryMiB > 0 ? ["--memory", "\(hostMemoryMiB)"] : []))
             // Each host's agent runs under its own Redfish BMC, as a server under its BMC: power-off
@@ -383,7 +390,13 @@ final class Demo: @unchecked Sendable {
         }
     }
 
+    /// The switch the hosts' uplinks are cabled to.
+    var physicalSwitch: PhysicalSwitch { PhysicalSwitch(namespace: "\(prefix)pswitch") }
+
     private func removeNetwork(quiet: Bool) async throws {
+        // Each host's Open vSwitch (its agent started it and leaves it running), then the switch.
+        for index in 1...hostCount { await OVS.managed(forStateDirectory: hostStateDirectory(index)).stop() }
+        await physicalSwitch.destroy()
         for index in 1...hostCount {
             try await Net.deleteNamespace(hostName(index))
             try await Net.deleteLink("\(prefix)shep-h\(index)")

@@ -16,14 +16,22 @@ struct ManagerCommand: AsyncParsableCommand {
     @Option(help: "Milliseconds of pause a live migration's switch-over may take.") var migrationDowntime = 30
     @Flag(help: "Never switch a live migration to post-copy.") var noPostcopy = false
     @Option(help: "MiB/s a live migration may use (0: uncapped).") var migrationMaxBandwidth = 0
+    @Option(help: "The physical switch's Open vSwitch database (unix:PATH), for net diagnose.") var physicalSwitch: String?
 
     func run() async throws {
         for address in listen { _ = try ListenAddress.parse(address) }
-        try await ManagerServer.run(ManagerConfiguration(
+        var configuration = ManagerConfiguration(
             stateDirectory: stateDir, listen: listen, hostReserveMiB: hostReserve,
             timing: VMTiming(toolsTimeoutSeconds: toolsTimeout, gracefulStopSeconds: stopTimeout),
             migration: MigrationSettings(downtimeLimitMs: migrationDowntime, postcopyAllowed: !noPostcopy,
-                                         maxBandwidthBytes: migrationMaxBandwidth > 0 ? Int64(migrationMaxBandwidth) << 20 : 100 << 30)))
+                                         maxBandwidthBytes: migrationMaxBandwidth > 0 ? Int64(migrationMaxBandwidth) << 20 : 100 << 30))
+        if let physicalSwitch {
+            guard physicalSwitch.hasPrefix("unix:/") || physicalSwitch.hasPrefix("tcp:") else {
+                throw ValidationError("--physical-switch must be unix:/PATH or tcp:HOST:PORT")
+            }
+            configuration.physicalSwitch = physicalSwitch
+        }
+        try await ManagerServer.run(configuration)
     }
 }
 
@@ -47,6 +55,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "This host's memory in MiB: its VMs together are held to it (cgroup), default: the machine's.")
     var memory: Int?
     @Option(help: "Kernel same-page merging: on (default) or off.") var ksm = "on"
+    @Option(help: "Open vSwitch for VM NICs: system (the machine's, default), managed (run one in this network namespace) or off.") var ovs = "system"
+    @Option(help: "Host NICs a new DVS uses as uplinks here unless told otherwise (comma-separated, e.g. eth1,eth2).") var uplinks = ""
 
     func run() async throws {
         guard ["auto", "kvm", "tcg"].contains(accel) else { throw ValidationError("--accel must be auto, kvm or tcg") }
@@ -62,6 +72,8 @@ struct AgentCommand: AsyncParsableCommand {
         configuration.cores = cores
         configuration.memoryMiB = memory
         configuration.ksm = ksm == "on"
+        configuration.ovs = ovs
+        configuration.uplinks = uplinks.split(separator: ",").map(String.init)
         try await AgentServer.run(configuration)
     }
 }

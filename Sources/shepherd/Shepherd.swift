@@ -15,5 +15,6 @@ struct Shepherd: AsyncParsableCommand {
             VMCommand.self, HostCommand.self, ClusterCommand.self, DatastoreCommand.self, TemplateCommand.self,
             TaskCommand.self, EventCommand.self, ManagerCommand.self, AgentCommand.self, DemoCommand.self,
             DRSCommand.self, RuleCommand.self, SimulateCommand.self, BMCCommand.self, DiskCommand.self, SnapshotCommand.self,
+            DVSCommand.self, PortGroupCommand.self, NICCommand.self, NetCommand.self,
         ])
 }

@@ -55,6 +55,11 @@ public final class TestCluster: @unchecked Sendable {
     /// Hosts whose agent runs in its own network namespace, reaching the manager over a bridge,
     /// so that their management link can be cut (`cutManagementLink`).
     public let namespacedHosts: Set<String>
+    /// With `network: true`: the physical switch the namespaced hosts are cabled to (eth1, eth2
+    /// each), and each of them runs its own Open vSwitch for VM NICs.
+    public private(set) var physicalSwitch: PhysicalSwitch?
+    /// The namespace of a namespaced host (for running probes inside it).
+    public func hostNamespace(_ name: String) -> String { namespace(name) }
     private let netTag = String(Int.random(in: 100...999))
     private let subnet = "10.\(Int.random(in: 200...230)).\(Int.random(in: 1...250))"
     private var bridge: String { "stb\(netTag)" }
@@ -77,12 +82,18 @@ public final class TestCluster: @unchecked Sendable {
     /// Starts a manager and `hosts` agents (host-1…) with `driver` ("fake" or "qemu").
     public static func start(driver: String, hosts: Int = 1, managerArguments: [String] = [],
                              agentArguments: [String: [String]] = [:], bmc: Bool = false,
-                             namespaced: Set<String> = []) async throws -> TestCluster {
+                             namespaced: Set<String> = [], network: Bool = false) async throws -> TestCluster {
         let cluster = try TestCluster(driver: driver, managerArguments: managerArguments, bmc: bmc, namespaced: namespaced)
         cluster.agentArguments = agentArguments
         cluster.ksmBefore = KSM.status()?.running
         do {
             if !namespaced.isEmpty { try await Net.addBridge(cluster.bridge, address: "\(cluster.subnet).1/24") }
+            if network {
+                guard !namespaced.isEmpty else { throw HarnessError("network: true needs namespaced hosts") }
+                let physical = PhysicalSwitch(namespace: "st\(cluster.netTag)-pswitch")
+                cluster.physicalSwitch = physical
+                try await physical.create()
+            }
             try await cluster.startFirstManager()
             for index in 1...max(1, hosts) where hosts > 0 { try await cluster.startAgent("host-\(index)") }
             if hosts > 0 { try await cluster.waitForHosts(connected: hosts) }
@@ -97,10 +108,10 @@ public final class TestCluster: @unchecked Sendable {
 
     /// Runs `body` with a fresh cluster and always shuts it down afterwards.
     public static func with<T>(driver: String, hosts: Int = 1, managerArguments: [String] = [], agentArguments: [String: [String]] = [:],
-                               bmc: Bool = false, namespaced: Set<String> = [],
+                               bmc: Bool = false, namespaced: Set<String> = [], network: Bool = false,
                                _ body: (TestCluster) async throws -> T) async throws -> T {
         let cluster = try await start(driver: driver, hosts: hosts, managerArguments: managerArguments, agentArguments: agentArguments,
-                                      bmc: bmc, namespaced: namespaced)
+                                      bmc: bmc, namespaced: namespaced, network: network)
         do {
             let result = try await body(cluster)
             await cluster.shutdown()
@@ -140,7 +151,8 @@ public final class TestCluster: @unchecked Sendable {
     public func startManager() async throws {
         let bridgeListen = namespacedHosts.isEmpty ? [] : ["--listen", "\(subnet).1:\(managerPort)"]
         let process = try ChildProcess.spawn(binary, ["manager", "--state-dir", stateDirectory, "--listen", "127.0.0.1:\(managerPort)",
-                                                      "--tools-timeout", "90", "--stop-timeout", "60"] + bridgeListen + managerArguments,
+                                                      "--tools-timeout", "90", "--stop-timeout", "60"] + bridgeListen
+                                                      + (physicalSwitch.map { ["--physical-switch", $0.ovs.database] } ?? []) + managerArguments,
                                              logFile: directory + "/manager.log")
         manager = process
         for _ in 0..<200 {
@@ -172,6 +184,10 @@ public final class TestCluster: @unchecked Sendable {
             try await Net.setMaster(outerLink(name), bridge: bridge)
             try await Net.moveLink(outerLink(name) + "p", toNamespace: namespace(name))
             try await Net.configure(namespace: namespace(name), link: outerLink(name) + "p", address: "\(hostAddress(name))/24")
+            if let physicalSwitch {
+                try await physicalSwitch.connect(hostNamespace: namespace(name), hostIndex: Int(name.filter(\.isNumber)) ?? 0, hostName: name,
+                                                 nics: ["eth1", "eth2"])
+            }
         }
         let managerURL = namespaced ? "http://\(subnet).1:\(managerPort)" : url
         let listen = namespaced ? "\(hostAddress(name)):\(port)" : "127.0.0.1:\(port)"
@@ -179,7 +195,9 @@ public final class TestCluster: @unchecked Sendable {
             "agent", "--name", name, "--manager", managerURL, "--listen", listen,
             "--state-dir", agentDirectory(name), "--join-token-file", stateDirectory + "/join-token",
             "--datastore", "shared=\(sharedDatastore),shared", "--driver", driver,
-        ] + (agentArguments[name] ?? [])
+        ] + (namespaced && physicalSwitch != nil ? ["--ovs", "managed", "--uplinks", "eth1,eth2"]
+             : driver == "fake" ? ["--uplinks", "eth1,eth2"] : ["--ovs", "off"])
+            + (agentArguments[name] ?? [])
             // KSM is machine-wide: only tests that ask for it (--ksm on) switch it on.
             + ((agentArguments[name] ?? []).contains("--ksm") ? [] : ["--ksm", "off"])
         guard withBMC else {
@@ -487,6 +505,10 @@ public final class TestCluster: @unchecked Sendable {
             await CGroups(host: name, stateDirectory: agentDirectory(name))?.removeEmptyGroups(includingHost: true, waiting: .seconds(5))
         }
         await stopManager()
+        if physicalSwitch != nil {
+            for name in namespacedHosts { await OVS.managed(forStateDirectory: agentDirectory(name)).stop() }
+            await physicalSwitch?.destroy()
+        }
         for name in namespacedHosts {
             try? await Net.deleteNamespace(namespace(name))
             try? await Net.deleteLink(outerLink(name))

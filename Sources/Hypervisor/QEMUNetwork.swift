@@ -1,0 +1,204 @@
+import Foundation
+import HostKit
+import QMP
+import ShepherdCore
+
+/// A VM's NICs: virtio-net devices on persistent taps, each tap a port of its DVS's OVS bridge
+/// with the port group's VLAN setting. The agent makes the tap and the port before QEMU opens
+/// the tap and removes both after QEMU ends, so a port exists exactly while its VM runs here.
+enum NICDevices {
+    static func device(_ nic: AgentWire.NICDefinition) -> String { "nic-" + String(nic.id.prefix(8)) }
+    static func netdev(_ nic: AgentWire.NICDefinition) -> String { "net-" + String(nic.id.prefix(8)) }
+
+    /// `-netdev` and `-device` of the command line.
+    static func arguments(_ nic: AgentWire.NICDefinition) -> [String] {
+        ["-netdev", "tap,id=\(netdev(nic)),ifname=\(nic.tap),script=no,downscript=no", "-device", deviceOption(nic)]
+    }
+
+    /// Checksum offload off: with it, guest TCP over OVS's user-space datapath arrives with bad
+    /// checksums (ICMP hides it).
+    static func deviceOption(_ nic: AgentWire.NICDefinition) -> String {
+        "virtio-net-pci,id=\(device(nic)),netdev=\(netdev(nic)),mac=\(nic.mac),csum=off,guest_csum=off,addr=0x\(String(nic.slot, radix: 16))"
+    }
+
+    static func deviceArguments(_ nic: AgentWire.NICDefinition) -> [String: JSONValue] {
+        ["driver": "virtio-net-pci", "id": .string(device(nic)), "netdev": .string(netdev(nic)), "mac": .string(nic.mac),
+         "csum": false, "guest_csum": false, "addr": .string("0x" + String(nic.slot, radix: 16))]
+    }
+
+    static func vlan(_ nic: AgentWire.NICDefinition) -> OVS.VLANSetting { OVS.VLANSetting(tag: nic.vlanTag, trunks: nic.trunks) }
+}
+
+extension GuestSupervisor {
+    private func requireSwitch(for nics: [AgentWire.NICDefinition]) throws -> OVS {
+        guard let network else {
+            throw ShepherdError(.agentFailed, "'\(definition.name)' has \(nics.count) NIC(s) but this host runs no Open vSwitch (agent started with --ovs off)")
+        }
+        return network
+    }
+
+    /// Makes each NIC's tap and its port on the bridge (with VLAN, policing and the VM's ids).
+    /// All or nothing: what this call made goes again on failure.
+    func plugPorts(_ nics: [AgentWire.NICDefinition]) async throws {
+        guard !nics.isEmpty else { return }
+        let network = try requireSwitch(for: nics)
+        var plugged: [AgentWire.NICDefinition] = []
+        do {
+            for nic in nics {
+                let bridges = try await network.bridges()
+                guard bridges.contains(nic.bridge) else {
+                    throw ShepherdError(.preflightFailed, "NIC \(nic.name) of '\(definition.name)' needs bridge \(nic.bridge), which this host does not have (is the host on the NIC's DVS?)")
+                }
+                try await Net.addTap(nic.tap)
+                plugged.append(nic)
+                try await network.addPort(nic.tap, bridge: nic.bridge, vlan: NICDevices.vlan(nic),
+                                          externalIDs: ["shepherd-vm": id, "shepherd-nic": nic.id])
+                try await network.setPolicing(nic.tap, kbps: nic.rateMbit.map { $0 * 1000 })
+            }
+        } catch {
+            await unplugPorts(plugged)
+            throw error
+        }
+    }
+
+    /// Removes the NICs' ports and taps (gone already is fine).
+    func unplugPorts(_ nics: [AgentWire.NICDefinition]) async {
+        for nic in nics {
+            try? await network?.deletePort(nic.tap)
+            try? await Net.deleteLink(nic.tap)
+        }
+    }
+
+    /// After launch: NICs whose cable is unplugged say so to the guest.
+    func applyLinkStates() async throws {
+        for nic in definition.nics where !nic.linkUp {
+            _ = try await qmp("set_link", ["name": .string(NICDevices.device(nic)), "up": false])
+        }
+    }
+
+    /// Adds a NIC to the definition; a running VM gets it hot-plugged (and its address set
+    /// through its tools). Nothing stays half-done on failure.
+    func attach(_ nic: AgentWire.NICDefinition) async throws {
+        guard !definition.nics.contains(where: { $0.id == nic.id }) else { return try await update(nic) }
+        try await exclusive { me in
+            if me.livePid() != nil {
+                try await me.plugPorts([nic])
+                do {
+                    _ = try await me.qmp("netdev_add", ["type": "tap", "id": .string(NICDevices.netdev(nic)), "ifname": .string(nic.tap),
+                                                        "script": "no", "downscript": "no"])
+                    do {
+                        _ = try await me.qmp("device_add", NICDevices.deviceArguments(nic))
+                    } catch {
+                        _ = try? await me.qmp("netdev_del", ["id": .string(NICDevices.netdev(nic))])
+                        throw error
+                    }
+                } catch {
+                    await me.unplugPorts([nic])
+                    throw error
+                }
+                if !nic.linkUp { _ = try? await me.qmp("set_link", ["name": .string(NICDevices.device(nic)), "up": false]) }
+            }
+            var changed = me.definition
+            changed.nics.append(nic)
+            try me.redefine(changed)
+        }
+        if isRunning { await configureGuestNetwork(only: nic.id, waitForTools: .seconds(20)) }
+    }
+
+    /// Removes a NIC; a running guest must release the device (ACPI) within `timeout`.
+    func detach(nicID: String, timeout: Duration = .seconds(30)) async throws {
+        guard let nic = definition.nics.first(where: { $0.id == nicID }) else { return }
+        try await exclusive { me in
+            if me.livePid() != nil {
+                let device = NICDevices.device(nic)
+                if try await me.qomExists("/machine/peripheral/\(device)") {
+                    _ = try await me.qmp("device_del", ["id": .string(device)])
+                    let started = ContinuousClock.now
+                    while try await me.qomExists("/machine/peripheral/\(device)") {
+                        guard ContinuousClock.now - started < timeout else {
+                            throw ShepherdError(.timedOut, "the guest of '\(me.definition.name)' did not release NIC \(nic.name) within \(timeout.inSeconds) s (ACPI eject unanswered)")
+                        }
+                        try await Task.sleep(for: .milliseconds(200))
+                    }
+                }
+                _ = try? await me.qmp("netdev_del", ["id": .string(NICDevices.netdev(nic))])
+                await me.unplugPorts([nic])
+            }
+            var changed = me.definition
+            changed.nics.removeAll { $0.id == nicID }
+            try me.redefine(changed)
+        }
+    }
+
+    /// A NIC's new settings (cable, VLAN, rate, address), live on a running VM.
+    func update(_ nic: AgentWire.NICDefinition) async throws {
+        guard let old = definition.nics.first(where: { $0.id == nic.id }) else {
+            throw ShepherdError.notFound("NIC", nic.name)
+        }
+        guard old.mac == nic.mac, old.slot == nic.slot else {
+            throw ShepherdError(.illegalState, "NIC \(nic.name): the MAC and slot of an existing NIC do not change")
+        }
+        try await exclusive { me in
+            if me.livePid() != nil {
+                let network = try me.requireSwitch(for: [nic])
+                if old.bridge != nic.bridge {
+                    try await network.deletePort(nic.tap)
+                }
+                if old.bridge != nic.bridge || NICDevices.vlan(old) != NICDevices.vlan(nic) {
+                    try await network.addPort(nic.tap, bridge: nic.bridge, vlan: NICDevices.vlan(nic),
+                                              externalIDs: ["shepherd-vm": me.id, "shepherd-nic": nic.id])
+                }
+                if old.rateMbit != nic.rateMbit { try await network.setPolicing(nic.tap, kbps: nic.rateMbit.map { $0 * 1000 }) }
+                if old.linkUp != nic.linkUp {
+                    _ = try await me.qmp("set_link", ["name": .string(NICDevices.device(nic)), "up": .bool(nic.linkUp)])
+                }
+            }
+            var changed = me.definition
+            changed.nics = changed.nics.map { $0.id == nic.id ? nic : $0 }
+            try me.redefine(changed)
+        }
+        if old.ip != nic.ip, isRunning { await configureGuestNetwork(only: nic.id, waitForTools: .seconds(20)) }
+    }
+
+    private func qomExists(_ path: String) async throws -> Bool {
+        do {
+            _ = try await QMP.execute(socketPath: qmpSocketPath, "qom-list", arguments: ["path": .string(path)], timeout: .seconds(5))
+            return true
+        } catch let error as QMPError where error.kind == .commandFailed {
+            return false
+        }
+    }
+
+    /// Brings the guest's interfaces of the NICs up and sets their addresses through the tools
+    /// (found by MAC). Quietly does nothing when the tools do not answer in `waitForTools`: the
+    /// next time they come up it runs again.
+    func configureGuestNetwork(only nicID: String? = nil, waitForTools: Duration = .zero) async {
+        let nics = definition.nics.filter { nicID == nil || $0.id == nicID }
+        guard !nics.isEmpty else { return }
+        let started = ContinuousClock.now
+        var interfaces: [JSONValue] = []
+        while true {
+            if let list = try? await guestAgentCommand("guest-network-get-interfaces", timeout: .seconds(5)).arrayValue,
+               nics.allSatisfy({ nic in list.contains { $0["hardware-address"]?.stringValue?.lowercased() == nic.mac } }) {
+                interfaces = list
+                break
+            }
+            guard ContinuousClock.now - started < waitForTools else { return }
+            try? await Task.sleep(for: .milliseconds(500))
+        }
+        for nic in nics {
+            guard let name = interfaces.first(where: { $0["hardware-address"]?.stringValue?.lowercased() == nic.mac })?["name"]?.stringValue,
+                  name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else { continue }
+            var commands = [["ip", "link", "set", "dev", name, "up"]]
+            if let ip = nic.ip {
+                commands += [["ip", "-4", "addr", "flush", "dev", name], ["ip", "addr", "add", ip, "dev", name]]
+            }
+            for command in commands { _ = try? await exec(command, timeoutSeconds: 10) }
+        }
+    }
+}
+
+extension QEMUDriver {
+    public func attachNIC(_ vm: String, _ nic: AgentWire.NICDefinition) async throws { try await supervisor(vm).attach(nic) }
+    public func detachNIC(_ vm: String, nicID: String) async throws { try await supervisor(vm).detach(nicID: nicID) }
+}
