@@ -61,6 +61,19 @@ public enum Net {
         try await ip(["link", "set", "dev", name, "up"])
     }
 
+    /// Shapes what the kernel sends out of `link` to `mbit` Mbit/s with a token bucket (`tc … tbf`;
+    /// 50 ms of queue); nil removes it. On a VM's tap that is the traffic to the VM.
+    public static func shape(_ link: String, mbit: Int?) async throws {
+        try checkLinkName(link)
+        guard let mbit else {
+            _ = try? await Command.run("tc", ["qdisc", "del", "dev", link, "root"], timeout: timeout)
+            return
+        }
+        let burstBytes = max(16 * 1024, mbit * 1_000_000 / 8 / 50)   // 20 ms at the rate, at least 16 KiB
+        try await Command.check("tc", ["qdisc", "replace", "dev", link, "root", "tbf", "rate", "\(mbit)mbit", "burst", "\(burstBytes)",
+                                       "latency", "50ms"], timeout: timeout)
+    }
+
     /// Renames a link inside namespace `ns`.
     public static func rename(_ link: String, to name: String, inNamespace ns: String) async throws {
         try checkLinkName(link)

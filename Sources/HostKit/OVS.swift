@@ -123,7 +123,8 @@ public struct OVS: Sendable, Equatable {
     /// Makes the bridge (user-space datapath) if it does not exist.
     public func addBridge(_ name: String) async throws {
         try Net.checkLinkName(name)
-        try await vsctl(["--may-exist", "add-br", name, "--", "set", "Bridge", name, "datapath_type=netdev"])
+        // OpenFlow 1.3 for meters (NIC rate limits).
+        try await vsctl(["--may-exist", "add-br", name, "--", "set", "Bridge", name, "datapath_type=netdev", "protocols=OpenFlow10,OpenFlow13"])
     }
 
     /// Removes the bridge and every port on it.
@@ -180,13 +181,20 @@ public struct OVS: Sendable, Equatable {
         try await vsctl(["--if-exists", "del-port"] + (bridge.map { [$0] } ?? []) + [port])
     }
 
-    /// Sets (or clears, with nil) an interface's ingress policing (kbit/s; burst a tenth of it,
-    /// at least 64 kbit) — traffic the VM sends.
-    public func setPolicing(_ interface: String, kbps: Int?) async throws {
-        try Net.checkLinkName(interface)
-        let rate = kbps ?? 0
-        try await vsctl(["set", "Interface", interface, "ingress_policing_rate=\(rate)",
-                         "ingress_policing_burst=\(rate == 0 ? 0 : max(64, rate / 10))"])
+    /// Polices what enters the bridge from `port` to `kbps` (nil: removes the limit) with an
+    /// OpenFlow meter and a flow sending the port's traffic through it. The user-space datapath
+    /// ignores `ingress_policing_rate` on system ports (measured: a 20 Mbit/s policing rate left
+    /// TCP at 133 Mbit/s); meters work (20 Mbit/s → 19.7 with a burst of a quarter second).
+    /// `id` names the meter and the flow's cookie on this bridge.
+    public func setRateLimit(port: String, bridge: String, id: UInt32, kbps: Int?) async throws {
+        try Net.checkLinkName(port)
+        try Net.checkLinkName(bridge)
+        let cookie = "0x" + String(id, radix: 16)
+        _ = try? await ofctl(["-O", "OpenFlow13", "del-flows", bridge, "cookie=\(cookie)/-1"])
+        _ = try? await ofctl(["-O", "OpenFlow13", "del-meter", bridge, "meter=\(id)"])
+        guard let kbps else { return }
+        try await ofctl(["-O", "OpenFlow13", "add-meter", bridge, "meter=\(id),kbps,burst,band=type=drop,rate=\(kbps),burst_size=\(max(1000, kbps / 4))"])
+        try await ofctl(["-O", "OpenFlow13", "add-flow", bridge, "cookie=\(cookie),priority=100,in_port=\(port),actions=meter:\(id),NORMAL"])
     }
 
     /// One port as the switch has it now.

@@ -27,6 +27,9 @@ enum NICDevices {
     }
 
     static func vlan(_ nic: AgentWire.NICDefinition) -> OVS.VLANSetting { OVS.VLANSetting(tag: nic.vlanTag, trunks: nic.trunks) }
+
+    /// The NIC's meter id (and flow cookie) on its bridge: stable, from its id.
+    static func meter(_ nic: AgentWire.NICDefinition) -> UInt32 { UInt32(truncatingIfNeeded: Files.stableHash(nic.id) % 0x7fff_fff0) + 1 }
 }
 
 extension GuestSupervisor {
@@ -53,7 +56,7 @@ extension GuestSupervisor {
                 plugged.append(nic)
                 try await network.addPort(nic.tap, bridge: nic.bridge, vlan: NICDevices.vlan(nic),
                                           externalIDs: ["shepherd-vm": id, "shepherd-nic": nic.id])
-                try await network.setPolicing(nic.tap, kbps: nic.rateMbit.map { $0 * 1000 })
+                if nic.rateMbit != nil { try await applyRate(nic, on: network) }
             }
         } catch {
             await unplugPorts(plugged)
@@ -61,9 +64,17 @@ extension GuestSupervisor {
         }
     }
 
+    /// The NIC's rate both ways: what the VM sends is policed by an OpenFlow meter as it enters
+    /// the bridge, what it receives is shaped on its tap (the kernel queue OVS sends through).
+    func applyRate(_ nic: AgentWire.NICDefinition, on network: OVS) async throws {
+        try await network.setRateLimit(port: nic.tap, bridge: nic.bridge, id: NICDevices.meter(nic), kbps: nic.rateMbit.map { $0 * 1000 })
+        try await Net.shape(nic.tap, mbit: nic.rateMbit)
+    }
+
     /// Removes the NICs' ports and taps (gone already is fine).
     func unplugPorts(_ nics: [AgentWire.NICDefinition]) async {
         for nic in nics {
+            if nic.rateMbit != nil, let network { try? await network.setRateLimit(port: nic.tap, bridge: nic.bridge, id: NICDevices.meter(nic), kbps: nil) }
             try? await network?.deletePort(nic.tap)
             try? await Net.deleteLink(nic.tap)
         }
@@ -142,13 +153,14 @@ extension GuestSupervisor {
             if me.livePid() != nil {
                 let network = try me.requireSwitch(for: [nic])
                 if old.bridge != nic.bridge {
+                    if old.rateMbit != nil { try? await network.setRateLimit(port: old.tap, bridge: old.bridge, id: NICDevices.meter(old), kbps: nil) }
                     try await network.deletePort(nic.tap)
                 }
                 if old.bridge != nic.bridge || NICDevices.vlan(old) != NICDevices.vlan(nic) {
                     try await network.addPort(nic.tap, bridge: nic.bridge, vlan: NICDevices.vlan(nic),
                                               externalIDs: ["shepherd-vm": me.id, "shepherd-nic": nic.id])
                 }
-                if old.rateMbit != nic.rateMbit { try await network.setPolicing(nic.tap, kbps: nic.rateMbit.map { $0 * 1000 }) }
+                if old.rateMbit != nic.rateMbit || old.bridge != nic.bridge { try await me.applyRate(nic, on: network) }
                 if old.linkUp != nic.linkUp {
                     _ = try await me.qmp("set_link", ["name": .string(NICDevices.device(nic)), "up": .bool(nic.linkUp)])
                 }

@@ -72,7 +72,7 @@ extension API {
         guard case .json(let body) = input.body else { throw unsupportedBody }
         let task = try await guarded {
             try await network.updateNIC(vm: input.path.vm, nic: input.path.nic,
-                                        .init(portGroup: body.portGroup, ip: body.ip.map { $0.isEmpty ? nil : $0 },
+                                        .init(portGroup: body.portGroup, ip: body.ip.map { $0.isEmpty ? nil : $0 }, mac: body.mac,
                                               rate: body.rate.map { $0 == "none" ? nil : $0 }, linkUp: body.link.map { $0 == .up }))
         }
         return .accepted(.init(body: .json(Self.task(task))))

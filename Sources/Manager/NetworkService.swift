@@ -233,7 +233,8 @@ final class NetworkService: Sendable {
                 done.append(host)
             } catch {
                 for undone in done { try? await agents.removeSwitch(Inventory.endpoint(undone), bridge: record.bridge) }
-                throw ShepherdError(.agentFailed, "DVS '\(record.name)' could not be built on '\(host.name)': \(error)\(done.isEmpty ? "" : "; removed again from \(done.map(\.name).joined(separator: ", "))"); nothing was created")
+                let code = (error as? ShepherdError)?.code ?? .agentFailed
+                throw ShepherdError(code, "DVS '\(record.name)' could not be built on '\(host.name)': \((error as? ShepherdError)?.message ?? "\(error)")\(done.isEmpty ? "" : "; removed again from \(done.map(\.name).joined(separator: ", "))"); nothing was created")
             }
         }
     }
@@ -472,16 +473,17 @@ final class NetworkService: Sendable {
             return (vm, host, nic, task)
         }
         tasks.run(task) { [self] progress in
-            defer { Task { await VMService.releaseOperation(in: store, vm.id) } }
             do {
                 await progress.update(20, vm.state == "running" ? "hot-plugging \(nic.name) into '\(vm.name)'" : "adding \(nic.name) to '\(vm.name)'")
                 let definition = try await store.db.read { db in try Self.definition(db, nic) }
                 try await agents.putNIC(Inventory.endpoint(host), vm: vm.id, definition)
                 let message = "\(nic.name) (\(nic.mac)) on port group '\(groupName)'\(ip.map { ", \($0)" } ?? "")\(vm.state == "running" ? ", hot-plugged" : "")"
                 await events.record(.info, "nic.added", targetType: "vm", targetId: vm.id, targetName: vm.name, message)
+                await release(vm.id, task: task.id)
                 return message
             } catch {
                 _ = try? await store.db.write { db in try NICRecord.deleteOne(db, key: nic.id) }
+                await release(vm.id, task: task.id)
                 throw failure(error, rolledBack: "'\(vm.name)' has no new NIC")
             }
         }
@@ -512,13 +514,13 @@ final class NetworkService: Sendable {
             return (vm, host, old, new, task)
         }
         tasks.run(task) { [self] progress in
-            defer { Task { await VMService.releaseOperation(in: store, vm.id) } }
             do {
                 await progress.update(20, "changing \(new.name) of '\(vm.name)'")
                 let definition = try await store.db.read { db in try Self.definition(db, new) }
                 try await agents.putNIC(Inventory.endpoint(host), vm: vm.id, definition)
                 let changes = Self.describeChanges(old, new)
                 await events.record(.info, "nic.changed", targetType: "vm", targetId: vm.id, targetName: vm.name, "\(new.name): \(changes)")
+                await release(vm.id, task: task.id)
                 return "\(new.name): \(changes)"
             } catch {
                 _ = try? await store.db.write { db in try old.update(db) }
@@ -526,6 +528,7 @@ final class NetworkService: Sendable {
                 if let definition = try? await store.db.read({ db in try Self.definition(db, old) }) {
                     try? await agents.putNIC(Inventory.endpoint(host), vm: vm.id, definition)
                 }
+                await release(vm.id, task: task.id)
                 throw failure(error, rolledBack: "\(old.name) of '\(vm.name)' keeps its settings")
             }
         }
@@ -543,18 +546,28 @@ final class NetworkService: Sendable {
             return (vm, host, nic, task)
         }
         tasks.run(task) { [self] progress in
-            defer { Task { await VMService.releaseOperation(in: store, vm.id) } }
             do {
                 await progress.update(20, vm.state == "running" ? "hot-unplugging \(nic.name) from '\(vm.name)'" : "removing \(nic.name)")
                 try await agents.removeNIC(Inventory.endpoint(host), vm: vm.id, nicID: nic.id)
                 _ = try await store.db.write { db in try NICRecord.deleteOne(db, key: nic.id) }
                 await events.record(.info, "nic.removed", targetType: "vm", targetId: vm.id, targetName: vm.name, "\(nic.name) (\(nic.mac)) removed")
+                await release(vm.id, task: task.id)
                 return "\(nic.name) removed from '\(vm.name)'"
             } catch {
+                await release(vm.id, task: task.id)
                 throw failure(error, rolledBack: "\(nic.name) stays on '\(vm.name)'")
             }
         }
         return task
+    }
+
+    /// Ends the VM's operation lock if this task still holds it.
+    private func release(_ vmID: String, task: String) async {
+        _ = try? await store.db.write { db in
+            guard var row = try VMRecord.fetchOne(db, key: vmID), row.operationTask == task else { return }
+            row.operationTask = nil
+            try row.update(db)
+        }
     }
 
     static func describeChanges(_ old: NICRecord, _ new: NICRecord) -> String {

@@ -1588,8 +1588,8 @@ components:
         bond: { type: [string, "null"], description: "The bond port's name when there is more than one uplink." }
         state:
           type: string
-          enum: [in-sync, differs, unreachable]
-          description: "in-sync: the host's bridge is as wanted; differs: see differences; unreachable: its agent did not answer."
+          enum: [in-sync, differs, unreachable, unknown]
+          description: "in-sync: the host's bridge is as wanted; differs: see differences; unreachable: its agent did not answer; unknown: not asked (lists and create answers; get one DVS to compare)."
         differences: { type: array, items: { type: string }, description: "How the host differs from what is wanted, one sentence each; empty when in sync." }
         members: { type: array, items: { $ref: "#/components/schemas/HostNICState" }, description: "The uplinks with their link state as the host sees them." }
     HostNICState:
@@ -1653,7 +1653,7 @@ components:
         dvs: { type: string, description: "The port group's switch." }
         mac: { type: string }
         ip: { type: string, description: "IPv4 address with its prefix length (10.0.0.5/24), set in the guest through the tools." }
-        rateMbit: { type: integer, description: "Traffic the VM sends is policed to this many Mbit/s; absent: unlimited." }
+        rateMbit: { type: integer, description: "Its rate limit both ways, Mbit/s: what the VM sends is policed (an OpenFlow meter), what it receives is shaped (tc on its tap); absent: unlimited." }
         link: { $ref: "#/components/schemas/NICLink" }
         slot: { type: integer, description: "Its PCI slot, the same on a migration target." }
         tap: { type: string, description: "The tap device on the VM's host." }
@@ -1664,7 +1664,7 @@ components:
         portGroup: { type: string, description: "The port group's name or id." }
         ip: { type: string, description: "IPv4 address with its prefix length, such as 10.0.0.5/24; set in the guest through the tools." }
         mac: { type: string, description: "A unicast MAC; default a new 52:54:00:xx:xx:xx." }
-        rate: { type: string, description: "Caps what the VM sends: 100M, 1G (bit/s); default unlimited." }
+        rate: { type: string, description: "Rate limit both ways: 100M, 1G (bit/s; at least 1M); default unlimited." }
     NICUpdate:
       type: object
       description: Absent fields stay as they are.
@@ -1673,6 +1673,7 @@ components:
         ip: { type: string, description: "A new address such as 10.0.0.5/24; the empty string clears it." }
         rate: { type: string, description: "A new cap such as 100M or 1G; none clears it." }
         portGroup: { type: string, description: "Moves the NIC to this port group (name or id)." }
+        mac: { type: string, description: "Refused: a NIC's MAC does not change (remove it and add one with the new MAC)." }
     Diagnosis:
       type: object
       required: [from, to, healthy, verdict, hops]
@@ -1801,7 +1802,7 @@ components:
       properties:
         check:
           type: string
-          description: "vm_not_running, tools_not_running, passthrough_device, bound_to_host, same_host, target_not_connected, target_in_maintenance, target_short_of_cpu, target_short_of_memory, cpu_vendor_mismatch, cpu_model_mismatch, overcommit_mismatch, storage_not_shared, target_cannot_see_storage, network_unreachable"
+          description: "vm_not_running, tools_not_running, passthrough_device, bound_to_host, same_host, target_not_connected, target_in_maintenance, target_short_of_cpu, target_short_of_memory, cpu_vendor_mismatch, cpu_model_mismatch, overcommit_mismatch, storage_not_shared, target_cannot_see_storage, network_unreachable, target_not_on_dvs"
         message: { type: string }
     MigrationCheck:
       type: object

@@ -217,6 +217,7 @@ final class Demo: @unchecked Sendable {
         if stop.hasFired { throw CLIError("interrupted") }
         try await registerBMCs(client)
         try await registerTemplate(client)
+        try await setUpNetwork(client)
         if withGuests { try await bringGuests(client) }
     }
 
@@ -305,6 +306,21 @@ final class Demo: @unchecked Sendable {
         }
     }
 
+    /// First run: a DVS on every host (eth1+eth2 bonded to the physical switch) with port group
+    /// vm-net on VLAN 100.
+    private func setUpNetwork(_ client: Client) async throws {
+        if case .ok(let ok) = try await client.listDVS(), try !ok.body.json.isEmpty { return }
+        switch try await client.createDVS(body: .json(.init(name: "dvs0"))) {
+        case .created: break
+        case .default(let status, let error): throw CLIError.api(status, error)
+        }
+        switch try await client.createPortGroup(path: .init(dvs: "dvs0"), body: .json(.init(name: "vm-net", vlan: 100))) {
+        case .created: break
+        case .default(let status, let error): throw CLIError.api(status, error)
+        }
+        say("network: DVS dvs0 on every host (eth1+eth2 bonded, active-backup, to the physical switch \(physicalSwitch.namespace)), port group vm-net on VLAN 100")
+    }
+
     /// First run: create and start demo-1. Later runs: start the VMs that ran when the demo stopped.
     private func bringGuests(_ client: Client) async throws {
         guard case .ok(let ok) = try await client.listVMs() else { return }
@@ -313,6 +329,11 @@ final class Demo: @unchecked Sendable {
         if vms.isEmpty {
             say("creating VM demo-1 (1 vCPU, 128 MiB) from template tiny…")
             switch try await client.createVM(body: .json(.init(name: "demo-1", cpus: 1, memoryMiB: 128))) {
+            case .accepted(let accepted): _ = try await follow(try accepted.body.json, client: client)
+            case .default(let status, let error): throw CLIError.api(status, error)
+            }
+            say("adding a NIC on vm-net (10.100.0.11/24, set in the guest through its tools)…")
+            switch try await client.addNIC(path: .init(vm: "demo-1"), body: .json(.init(portGroup: "vm-net", ip: "10.100.0.11/24"))) {
             case .accepted(let accepted): _ = try await follow(try accepted.body.json, client: client)
             case .default(let status, let error): throw CLIError.api(status, error)
             }

@@ -47,6 +47,21 @@ struct DemoTests {
             #expect(demoVM?.state == .running, "round \(round)")
             #expect(demoVM?.toolsStatus == .running, "round \(round)")
             #expect(Net.namespaceExists("\(prefix)host-1"))
+            #expect(Net.namespaceExists("\(prefix)pswitch"), "the physical switch namespace")
+            // demo-1 is on port group vm-net (VLAN 100) of DVS dvs0, its address set through its tools.
+            if case .ok(let nics) = try await client.listNICs(path: .init(vm: "demo-1")) {
+                #expect(try nics.body.json.map(\.ip) == ["10.100.0.11/24"], "round \(round)")
+            } else {
+                Issue.record("demo-1's NICs could not be listed")
+            }
+            var address = ""
+            for _ in 0..<40 where !address.contains("10.100.0.11/24") {
+                if case .ok(let ok) = try await client.execInVM(path: .init(vm: "demo-1"), body: .json(.init(command: ["ip", "-o", "-4", "addr"]))) {
+                    address = try ok.body.json.stdout
+                }
+                try await Task.sleep(for: .milliseconds(500))
+            }
+            #expect(address.contains("10.100.0.11/24"), "the guest has its address: \(address)")
 
             kill(demo.pid, SIGTERM)
             let status = await demo.waitForExit(timeout: .seconds(120))
@@ -56,6 +71,13 @@ struct DemoTests {
                 #expect(!Net.linkExists("\(prefix)shep-h\(index)"))
             }
             #expect(!Net.linkExists("\(prefix)shep-br0"))
+            #expect(!Net.namespaceExists("\(prefix)pswitch"))
+            let switches = (1...3).map { OVS.managed(forStateDirectory: "\(directory)/state/hosts/\(prefix)host-\($0)").directory! }
+                + [PhysicalSwitch(namespace: "\(prefix)pswitch").ovs.directory!]
+            for folder in switches {
+                #expect(!FileManager.default.fileExists(atPath: folder), "an Open vSwitch of the demo is left: \(folder)")
+                #expect(processes(mentioning: folder).isEmpty, "Open vSwitch daemons of \(folder) are left")
+            }
             let leftovers = processes(mentioning: directory)
             #expect(leftovers.isEmpty, "processes left behind: \(leftovers)")
             for pid in leftovers { _ = Processes.kill(pid) }

@@ -163,6 +163,106 @@ struct NetworkTests {
         }
     }
 
+    /// `net diagnose` between two VMs: whether it says healthy, and its verdict.
+    static func diagnose(_ cluster: TestCluster, _ from: String, _ to: String) async throws -> (healthy: Bool, verdict: String) {
+        let answer = try await call(cluster, "GET", "/api/v1/net/diagnose?from=\(from)&to=\(to)", expect: 200) as? [String: Any]
+        return (answer?["healthy"] as? Bool ?? false, answer?["verdict"] as? String ?? "\(String(describing: answer))")
+    }
+
+    @Test("net diagnose says healthy for a healthy pair and names each injected fault: NIC link down, wrong subnet, guest firewall, VLAN mismatch, access vs trunk, uplinks down, switch port not allowing the VLAN")
+    func diagnoseFaults() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 2, namespaced: ["host-1", "host-2"], network: true) { cluster in
+            try await Self.call(cluster, "POST", "/api/v1/dvs", #"{"name":"prod"}"#, expect: 201)
+            try await Self.call(cluster, "POST", "/api/v1/dvs/prod/portgroups", #"{"name":"web","vlan":100}"#, expect: 201)
+            try await Self.call(cluster, "POST", "/api/v1/dvs/prod/portgroups", #"{"name":"db","vlan":200}"#, expect: 201)
+            try await Self.call(cluster, "POST", "/api/v1/dvs/prod/portgroups", #"{"name":"tagged","trunks":"100,200"}"#, expect: 201)
+            try await Self.bootWithNIC(cluster, "a", host: "host-1", portGroup: "web", ip: "10.9.2.11/24", hotplug: false)
+            try await Self.bootWithNIC(cluster, "b", host: "host-2", portGroup: "web", ip: "10.9.2.12/24", hotplug: false)
+            #expect(try await Self.waitForPing(cluster, "a", "10.9.2.12"))
+
+            func expectFault(_ what: String, _ words: [String], sourceLocation: SourceLocation = #_sourceLocation) async throws {
+                let (healthy, verdict) = try await Self.diagnose(cluster, "a", "b")
+                print("network: diagnose with \(what): \(verdict)")
+                #expect(!healthy, "\(what): \(verdict)", sourceLocation: sourceLocation)
+                for word in words { #expect(verdict.contains(word), "\(what): the verdict should name '\(word)': \(verdict)", sourceLocation: sourceLocation) }
+            }
+            func expectHealthy(_ what: String, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+                let (healthy, verdict) = try await Self.diagnose(cluster, "a", "b")
+                #expect(healthy && verdict.hasPrefix("healthy"), "\(what): \(verdict)", sourceLocation: sourceLocation)
+            }
+            try await expectHealthy("a healthy pair")
+
+            try await Self.nicTask(cluster, "PATCH", "/api/v1/vms/a/nics/nic0", #"{"link":"down"}"#)
+            try await expectFault("a's link down", ["NIC link", "of a", "--link up"])
+            try await Self.nicTask(cluster, "PATCH", "/api/v1/vms/a/nics/nic0", #"{"link":"up"}"#)
+
+            try await Self.nicTask(cluster, "PATCH", "/api/v1/vms/b/nics/nic0", #"{"ip":"10.9.3.12/24"}"#)
+            try await expectFault("b in another subnet", ["same subnet", "10.9.3.12/24", "10.9.2.11/24"])
+            try await Self.nicTask(cluster, "PATCH", "/api/v1/vms/b/nics/nic0", #"{"ip":"10.9.2.12/24"}"#)
+
+            let firewall = try await cluster.exec("b", ["sh", "-c", "nft add table inet f && nft add chain inet f input '{ type filter hook input priority 0; }' && nft add rule inet f input icmp type echo-request drop"])
+            try #require(firewall.exitCode == 0, "\(firewall.stderr)")
+            try await expectFault("b's firewall dropping pings", ["guest firewall of b", "echo-request drop"])
+            #expect(try await cluster.exec("b", ["nft", "delete", "table", "inet", "f"]).exitCode == 0)
+
+            try await Self.nicTask(cluster, "PATCH", "/api/v1/vms/b/nics/nic0", #"{"portGroup":"db"}"#)
+            try await expectFault("b on VLAN 200", ["VLAN", "VLAN 100", "VLAN 200"])
+            try await Self.nicTask(cluster, "PATCH", "/api/v1/vms/b/nics/nic0", #"{"portGroup":"tagged"}"#)
+            try await expectFault("b on a trunk sending untagged", ["trunk", "untagged"])
+            try await Self.nicTask(cluster, "PATCH", "/api/v1/vms/b/nics/nic0", #"{"portGroup":"web"}"#)
+            try await expectHealthy("b back on web")
+
+            let physical = try #require(cluster.physicalSwitch)
+            let ports = ["eth1", "eth2"].map { PhysicalSwitch.port(hostIndex: 2, nic: $0) }
+            try await physical.setPort(ports[0], up: false)
+            let (oneDown, warning) = try await Self.diagnose(cluster, "a", "b")
+            #expect(oneDown && warning.contains("warning") && warning.contains("eth1"), "one bond member down is a warning: \(warning)")
+            try await physical.setPort(ports[1], up: false)
+            try await expectFault("every uplink of host-2 down", ["uplink", "host-2"])
+            for port in ports { try await physical.setPort(port, up: true) }
+            #expect(try await Self.waitForPing(cluster, "a", "10.9.2.12"))
+
+            for port in ports { try await physical.allow(port: port, vlans: [200]) }
+            try await expectFault("the switch not allowing VLAN 100 to host-2", ["physical switch", "VLAN 100", "host-2"])
+            for port in ports { try await physical.allow(port: port, vlans: nil) }
+            #expect(try await Self.waitForPing(cluster, "a", "10.9.2.12"))
+            try await expectHealthy("everything restored")
+        }
+    }
+
+    @Test("a NIC's rate limit holds TCP both ways (what the VM sends: policed by a meter; what it receives: shaped on its tap) to within 20 %")
+    func nicRateLimit() async throws {
+        try await TestCluster.with(driver: "qemu", hosts: 2, namespaced: ["host-1", "host-2"], network: true) { cluster in
+            try await Self.call(cluster, "POST", "/api/v1/dvs", #"{"name":"prod"}"#, expect: 201)
+            try await Self.call(cluster, "POST", "/api/v1/dvs/prod/portgroups", #"{"name":"web","vlan":100}"#, expect: 201)
+            try await Self.bootWithNIC(cluster, "sender", host: "host-1", portGroup: "web", ip: "10.9.4.11/24", hotplug: false)
+            try await Self.bootWithNIC(cluster, "receiver", host: "host-2", portGroup: "web", ip: "10.9.4.12/24", hotplug: false)
+            #expect(try await Self.waitForPing(cluster, "sender", "10.9.4.12"))
+            #expect(try await cluster.exec("receiver", ["iperf3", "-s", "-D"]).exitCode == 0)
+            try await Task.sleep(for: .milliseconds(500))
+            let limit = 10.0
+            let unlimited = try await Self.iperf(cluster, from: "sender", to: "10.9.4.12")
+            try await Self.nicTask(cluster, "PATCH", "/api/v1/vms/sender/nics/nic0", #"{"rate":"10M"}"#)
+            let sent = try await Self.iperf(cluster, from: "sender", to: "10.9.4.12")
+            let received = try await Self.iperf(cluster, from: "sender", to: "10.9.4.12", reverse: true)
+            print("network: TCP across hosts: \(Int(unlimited)) Mbit/s unlimited; with a 10 Mbit/s limit \(String(format: "%.1f", sent)) sent, \(String(format: "%.1f", received)) received")
+            #expect(abs(sent - limit) <= limit * 0.2, "what the VM sends under a 10 Mbit/s limit: \(sent) Mbit/s (unlimited: \(unlimited))")
+            #expect(abs(received - limit) <= limit * 0.2, "what the VM receives under a 10 Mbit/s limit: \(received) Mbit/s (unlimited: \(unlimited))")
+            try await Self.nicTask(cluster, "PATCH", "/api/v1/vms/sender/nics/nic0", #"{"rate":"none"}"#)
+            let again = try await Self.iperf(cluster, from: "sender", to: "10.9.4.12")
+            #expect(again > limit * 1.5, "without the limit TCP is well above it again: \(again) Mbit/s (first unlimited run: \(unlimited))")
+        }
+    }
+
+    /// TCP throughput (Mbit/s) from `vm` to `address` (or back with `reverse`), 4 s of iperf3.
+    static func iperf(_ cluster: TestCluster, from vm: String, to address: String, reverse: Bool = false) async throws -> Double {
+        let run = try await cluster.exec(vm, ["iperf3", "-c", address, "-t", "4", "-J"] + (reverse ? ["-R"] : []))
+        try #require(run.exitCode == 0, "\(run.stdout.suffix(400)) \(run.stderr)")
+        let json = try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any]
+        let end = json?["end"] as? [String: Any]
+        return ((end?["sum_received"] as? [String: Any])?["bits_per_second"] as? Double ?? 0) / 1e6
+    }
+
     /// "N packets received" from busybox ping's summary.
     static func received(_ output: String) -> Int {
         guard let line = output.split(separator: "\n").first(where: { $0.contains("packets received") }) else { return 0 }
