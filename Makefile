@@ -8,7 +8,7 @@ STATE_DIR ?= /var/lib/shepherd
 GUEST ?= guest/tiny
 SWIFT_BUILD_FLAGS ?=
 
-.PHONY: all deps build guest install demo test bench bench-storage bench-memory faults openapi clean
+.PHONY: all deps build guest install demo test bench bench-storage bench-memory bench-network faults openapi clean
 
 all: build
 
@@ -39,6 +39,7 @@ bench: build guest
 	bench/planetlab.sh
 	$(MAKE) bench-storage
 	$(MAKE) bench-memory
+	$(MAKE) bench-network
 
 # Storage migration next to qemu-img convert, and the guest's write latency during the mirror.
 bench-storage: deps guest
@@ -52,6 +53,13 @@ bench-memory: deps guest
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
 	SHEPHERD_GUEST_IMAGE=$(abspath $(GUEST)) SHEPHERD_BINARY=$(abspath .build/debug/shepherd) \
 	  swift test --skip-build --filter Benchmarks.MemoryBenchmark $(SWIFT_BUILD_FLAGS)
+
+# The virtual switch path: guest-to-guest TCP and ping on one host and across hosts, next to the
+# kernel-only and the guest-less DVS path; NIC rate limits asked vs measured.
+bench-network: deps guest
+	swift build --build-tests $(SWIFT_BUILD_FLAGS)
+	SHEPHERD_GUEST_IMAGE=$(abspath $(GUEST)) SHEPHERD_BINARY=$(abspath .build/debug/shepherd) \
+	  swift test --skip-build --filter Benchmarks.NetworkBenchmark $(SWIFT_BUILD_FLAGS)
 
 # The randomized HA fault campaign (FAULT_ROUNDS rounds, FAULT_SEED to replay); results in bench/results/.
 FAULT_ROUNDS ?= 20

@@ -11,6 +11,8 @@ packages=(
   busybox-static       # the guest's userland
   cpio gzip lz4 xz-utils zstd e2fsprogs kmod dpkg apt   # building the guest image
   iproute2             # network namespaces, veth, bridges for the demo
+  openvswitch-switch   # each host's distributed virtual switch (user-space datapath) and the demo's physical switch
+  iputils-ping ethtool # the network benchmark's guest-less reference paths
   libsqlite3-dev       # SQLite for GRDB
   python3 bc curl      # small helpers in benchmarks
   python3-venv         # the venv for sushy-tools (Debian's pip refuses system-wide installs)

@@ -265,7 +265,7 @@ struct NICCommand: AsyncParsableCommand {
         @Option(name: .customLong("portgroup"), help: "The port group to plug it into.") var portGroup: String
         @Option(help: "IPv4 address with its prefix length, e.g. 10.0.0.5/24.") var ip: String?
         @Option(help: "A unicast MAC (default: a new 52:54:00:xx:xx:xx).") var mac: String?
-        @Option(help: "Cap what the VM sends, e.g. 100M or 1G (bit/s).") var rate: String?
+        @Option(help: "Rate limit both ways, e.g. 100M or 1G (bit/s; sent traffic policed, received shaped).") var rate: String?
 
         func run() async throws {
             if let ip { _ = try Networking.IPv4CIDR(ip, field: "--ip") }
