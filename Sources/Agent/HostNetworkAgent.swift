@@ -42,7 +42,15 @@ final class HostNetworkAgent: Sendable {
         guard let ovs else { return }
         do {
             try await ovs.start()
-            for definition in wanted.withLock({ $0 }) { try await build(definition, on: ovs) }
+            guard ovs.isRunning else {
+                logger.error("Open vSwitch (\(mode)) does not run on this host: VM NICs and DVS bridges cannot be made until it does")
+                return
+            }
+            for definition in wanted.withLock({ $0 }) {
+                do { try await build(definition, on: ovs) } catch {
+                    logger.error("DVS '\(definition.dvs)' (bridge \(definition.bridge)) could not be built again: \(error)")
+                }
+            }
             logger.info("Open vSwitch (\(mode)) up; \(wanted.withLock(\.count)) DVS bridge(s)")
         } catch {
             logger.error("Open vSwitch (\(mode)) is not usable: \(error)")
@@ -95,16 +103,24 @@ final class HostNetworkAgent: Sendable {
         try await ovs.addBridge(definition.bridge)
         // The bridge's own internal port: up, so the switch forwards (it carries no address).
         let existing = try await ovs.ports(bridge: definition.bridge)
-        for port in existing where port.interfaces.allSatisfy({ $0.externalIDs["shepherd-nic"] == nil }) && port.name != definition.uplinkPort {
-            try await ovs.deletePort(port.name, bridge: definition.bridge)
+        // An uplink Shepherd made that is no longer as wanted goes (also one whose members were
+        // changed by hand: add-bond cannot change members in place); ports an operator added
+        // (a mirror, a host address) are left alone.
+        for port in existing where !port.interfaces.isEmpty && port.interfaces.allSatisfy({ $0.externalIDs[Self.uplinkID] != nil }) {
+            let asWanted = port.name == definition.uplinkPort && Set(port.interfaces.map(\.name)) == Set(definition.uplinks.count > 1 ? definition.uplinks : [port.name])
+            if !asWanted { try await ovs.deletePort(port.name, bridge: definition.bridge) }
         }
         for uplink in definition.uplinks where Net.linkExists(uplink) { try await Net.setLink(uplink, up: true) }
         if definition.uplinks.count > 1, let port = definition.uplinkPort {
-            try await ovs.addBond(port, bridge: definition.bridge, members: definition.uplinks, mode: definition.bondMode.ovsMode)
+            try await ovs.addBond(port, bridge: definition.bridge, members: definition.uplinks, mode: definition.bondMode.ovsMode,
+                                  externalIDs: [Self.uplinkID: definition.dvs])
         } else if let port = definition.uplinkPort {
-            try await ovs.addPort(port, bridge: definition.bridge, vlan: .init(tag: nil, trunks: []))
+            try await ovs.addPort(port, bridge: definition.bridge, vlan: .init(tag: nil, trunks: []), externalIDs: [Self.uplinkID: definition.dvs])
         }
     }
+
+    /// The external id marking the interfaces of an uplink Shepherd made.
+    static let uplinkID = "shepherd-uplink"
 
     /// Removes a DVS bridge; refused while a VM NIC is on it.
     func remove(bridge: String) async throws {

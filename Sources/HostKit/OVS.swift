@@ -162,8 +162,8 @@ public struct OVS: Sendable, Equatable {
         try await vsctl(arguments)
     }
 
-    /// Adds a bond port over `members` (or changes its mode).
-    public func addBond(_ port: String, bridge: String, members: [String], mode: String) async throws {
+    /// Adds a bond port over `members` (or changes its mode); `externalIDs` go on every member.
+    public func addBond(_ port: String, bridge: String, members: [String], mode: String, externalIDs: [String: String] = [:]) async throws {
         try Net.checkLinkName(port)
         try Net.checkLinkName(bridge)
         for member in members { try Net.checkLinkName(member) }
@@ -171,8 +171,16 @@ public struct OVS: Sendable, Equatable {
             throw HostKitError(kind: .failed, message: "bond mode '\(mode)' is not one of active-backup, balance-slb, balance-tcp")
         }
         var arguments = ["--may-exist", "add-bond", bridge, port] + members + ["--", "set", "Port", port, "bond_mode=\(mode)"]
-        // LACP for balance-tcp (the switch side must speak it); a short updelay keeps failover quick.
-        arguments += ["lacp=\(mode == "balance-tcp" ? "active" : "off")", "other_config:bond-detect-mode=carrier"]
+        // LACP for balance-tcp, falling back to active-backup when the switch does not answer it
+        // (a bond whose LACP fails would otherwise drop everything); members judged by carrier.
+        arguments += ["lacp=\(mode == "balance-tcp" ? "active" : "off")", "other_config:lacp-fallback-ab=true",
+                      "other_config:bond-detect-mode=carrier"]
+        for member in members {
+            for (key, value) in externalIDs.sorted(by: { $0.key < $1.key }) {
+                try Self.checkID(key); try Self.checkID(value)
+                arguments += ["--", "set", "Interface", member, "external_ids:\(key)=\(value)"]
+            }
+        }
         try await vsctl(arguments)
     }
 

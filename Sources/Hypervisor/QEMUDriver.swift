@@ -37,8 +37,10 @@ public final class QEMUDriver: HypervisorDriver {
                   let definition = try? JSONDecoder().decode(AgentWire.VMDefinition.self, from: data) else { continue }
             let supervisor = GuestSupervisor(definition: definition, directory: "\(root)/\(id)",
                                              accelerator: accelerator, qemuBinary: qemuBinary, cgroups: cgroups, network: network)
-            // A QEMU that ended while no agent watched leaves its swap disk on.
-            if await !supervisor.isRunning { await supervisor.disableSwap() }
+            // A QEMU that ended while no agent watched leaves its swap disk on; one that runs gets
+            // its switch ports and rate limits again (an Open vSwitch restarted meanwhile forgot
+            // its meters; adding what exists changes nothing).
+            if await !supervisor.isRunning { await supervisor.disableSwap() } else { try? await supervisor.plugPorts(definition.nics) }
             await supervisors.insert(supervisor)
         }
         return await statuses()
@@ -378,7 +380,8 @@ actor GuestSupervisor {
         guard let pid = livePid() else {
             if let stale = Processes.readPidFile(pidFile) {
                 await cgroups?.remove(vm: id)
-                await unplugPorts(definition.nics)
+                // Only while no start is under way: its new ports must not be unplugged.
+                await exclusive { me in if me.livePid() == nil { await me.unplugPorts(me.definition.nics) } }
                 if activeSwap != nil { await disableSwap() }
                 return AgentWire.GuestStatus(vmId: id, power: .crashed, toolsRunning: false, pid: nil,
                                              reason: "the QEMU process (pid \(stale)) ended unexpectedly\(lastLogLine().map { ": " + $0 } ?? "")")
@@ -405,7 +408,9 @@ actor GuestSupervisor {
             tools = lastToolsRunning
         } else if await GuestAgent.ping(socketPath: guestAgentSocket, timeout: pingTimeout) {
             missedPings = 0
-            // Tools just came up (a boot): the guest's NICs get their addresses now.
+            // Tools just came up (a boot, a reboot, an agent restart): the guest's NICs get the
+            // addresses Shepherd manages where they are missing — adding only, so the guest's
+            // other addresses and its routes stay.
             if !lastToolsRunning, !definition.nics.isEmpty { Task { await self.configureGuestNetwork() } }
             lastToolsRunning = true
             tools = true

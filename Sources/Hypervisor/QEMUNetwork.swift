@@ -113,7 +113,7 @@ extension GuestSupervisor {
             changed.nics.append(nic)
             try me.redefine(changed)
         }
-        if isRunning { await configureGuestNetwork(only: nic.id, waitForTools: .seconds(20)) }
+        if isRunning { await configureGuestNetworkSoon(only: nic.id) }
     }
 
     /// Removes a NIC; a running guest must release the device (ACPI) within `timeout`.
@@ -152,24 +152,34 @@ extension GuestSupervisor {
         try await exclusive { me in
             if me.livePid() != nil {
                 let network = try me.requireSwitch(for: [nic])
-                if old.bridge != nic.bridge {
-                    if old.rateMbit != nil { try? await network.setRateLimit(port: old.tap, bridge: old.bridge, id: NICDevices.meter(old), kbps: nil) }
-                    try await network.deletePort(nic.tap)
-                }
-                if old.bridge != nic.bridge || NICDevices.vlan(old) != NICDevices.vlan(nic) {
-                    try await network.addPort(nic.tap, bridge: nic.bridge, vlan: NICDevices.vlan(nic),
-                                              externalIDs: ["shepherd-vm": me.id, "shepherd-nic": nic.id])
-                }
-                if old.rateMbit != nic.rateMbit || old.bridge != nic.bridge { try await me.applyRate(nic, on: network) }
-                if old.linkUp != nic.linkUp {
-                    _ = try await me.qmp("set_link", ["name": .string(NICDevices.device(nic)), "up": .bool(nic.linkUp)])
+                do {
+                    try await me.applyLive(from: old, to: nic, on: network)
+                } catch {
+                    // Nothing half-done: the port, VLAN, rate and cable as they were.
+                    try? await me.applyLive(from: nic, to: old, on: network, force: true)
+                    throw error
                 }
             }
             var changed = me.definition
             changed.nics = changed.nics.map { $0.id == nic.id ? nic : $0 }
             try me.redefine(changed)
         }
-        if old.ip != nic.ip, isRunning { await configureGuestNetwork(only: nic.id, waitForTools: .seconds(20)) }
+        if old.ip != nic.ip, isRunning { await configureGuestNetworkSoon(only: nic.id, removing: old.ip) }
+    }
+
+    /// Moves a running NIC's port, VLAN, rate and cable from `old` to `new` (`force`: every step, to undo).
+    private func applyLive(from old: AgentWire.NICDefinition, to new: AgentWire.NICDefinition, on network: OVS, force: Bool = false) async throws {
+        if old.bridge != new.bridge || force {
+            if old.rateMbit != nil { try? await network.setRateLimit(port: old.tap, bridge: old.bridge, id: NICDevices.meter(old), kbps: nil) }
+            if old.bridge != new.bridge { try await network.deletePort(new.tap) }
+        }
+        if old.bridge != new.bridge || NICDevices.vlan(old) != NICDevices.vlan(new) || force {
+            try await network.addPort(new.tap, bridge: new.bridge, vlan: NICDevices.vlan(new), externalIDs: ["shepherd-vm": id, "shepherd-nic": new.id])
+        }
+        if old.rateMbit != new.rateMbit || old.bridge != new.bridge || force { try await applyRate(new, on: network) }
+        if old.linkUp != new.linkUp || force {
+            _ = try await qmp("set_link", ["name": .string(NICDevices.device(new)), "up": .bool(new.linkUp)])
+        }
     }
 
     private func qomExists(_ path: String) async throws -> Bool {
@@ -181,12 +191,22 @@ extension GuestSupervisor {
         }
     }
 
-    /// Brings the guest's interfaces of the NICs up and sets their addresses through the tools
-    /// (found by MAC). Quietly does nothing when the tools do not answer in `waitForTools`: the
-    /// next time they come up it runs again.
-    func configureGuestNetwork(only nicID: String? = nil, waitForTools: Duration = .zero) async {
+    /// Sets the guest's addresses within the request when its tools answer in 10 s (so the task
+    /// ends with the guest configured), else keeps trying in the background for a minute (a guest
+    /// still booting, or slow to see a hot-plugged device).
+    func configureGuestNetworkSoon(only nicID: String, removing: String? = nil) async {
+        if await configureGuestNetwork(only: nicID, waitForTools: .seconds(10), removing: removing) { return }
+        Task { await self.configureGuestNetwork(only: nicID, waitForTools: .seconds(60), removing: removing) }
+    }
+
+    /// Brings the guest's interfaces of the NICs up and adds their addresses through the tools
+    /// (found by MAC) where the guest does not have them yet; `removing`: the address Shepherd set
+    /// before goes. Never flushes: other addresses and the guest's routes stay. Quietly does
+    /// nothing when the tools do not answer within `waitForTools`.
+    @discardableResult
+    func configureGuestNetwork(only nicID: String? = nil, waitForTools: Duration = .zero, removing: String? = nil) async -> Bool {
         let nics = definition.nics.filter { nicID == nil || $0.id == nicID }
-        guard !nics.isEmpty else { return }
+        guard !nics.isEmpty else { return true }
         let started = ContinuousClock.now
         var interfaces: [JSONValue] = []
         while true {
@@ -195,18 +215,22 @@ extension GuestSupervisor {
                 interfaces = list
                 break
             }
-            guard ContinuousClock.now - started < waitForTools else { return }
+            guard ContinuousClock.now - started < waitForTools else { return false }
             try? await Task.sleep(for: .milliseconds(500))
         }
         for nic in nics {
             guard let name = interfaces.first(where: { $0["hardware-address"]?.stringValue?.lowercased() == nic.mac })?["name"]?.stringValue,
                   name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else { continue }
+            let has = Set((interfaces.first { $0["name"]?.stringValue == name }?["ip-addresses"]?.arrayValue ?? []).compactMap { entry -> String? in
+                guard let address = entry["ip-address"]?.stringValue, let prefix = entry["prefix"]?.intValue else { return nil }
+                return "\(address)/\(prefix)"
+            })
             var commands = [["ip", "link", "set", "dev", name, "up"]]
-            if let ip = nic.ip {
-                commands += [["ip", "-4", "addr", "flush", "dev", name], ["ip", "addr", "add", ip, "dev", name]]
-            }
-            for command in commands { _ = try? await exec(command, timeoutSeconds: 10) }
+            if let removing, removing != nic.ip, has.contains(removing) { commands.append(["ip", "addr", "del", removing, "dev", name]) }
+            if let ip = nic.ip, !has.contains(ip) { commands.append(["ip", "addr", "add", ip, "dev", name]) }
+            for command in commands { _ = try? await exec(command, timeoutSeconds: 5) }
         }
+        return true
     }
 }
 

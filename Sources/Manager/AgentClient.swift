@@ -133,9 +133,10 @@ final class AgentClient: Sendable {
         let _: AgentWire.Done = try await call(endpoint, .DELETE, "/agent/v1/network/switches/\(bridge)", body: Optional<AgentWire.Done>.none, timeout: .seconds(60))
     }
 
-    /// Adds or updates a NIC; a hot-plug waits up to 20 s for the guest's tools to set its address.
+    /// Adds or updates a NIC; the agent waits up to 10 s for the guest's tools to set its address
+    /// (then goes on in the background), each guest command at most 5 s.
     func putNIC(_ endpoint: Endpoint, vm: String, _ nic: AgentWire.NICDefinition) async throws {
-        let _: AgentWire.Done = try await call(endpoint, .PUT, "/agent/v1/vms/\(vm)/nics/\(nic.id)", body: nic, timeout: .seconds(60))
+        let _: AgentWire.Done = try await call(endpoint, .PUT, "/agent/v1/vms/\(vm)/nics/\(nic.id)", body: nic, timeout: .seconds(90))
     }
 
     func removeNIC(_ endpoint: Endpoint, vm: String, nicID: String) async throws {

@@ -139,7 +139,8 @@ final class DRSService: Sendable {
             vmIDs.append(vm.id)
         }
         let vmIndex = Dictionary(uniqueKeysWithValues: vmIDs.enumerated().map { ($1, $0) })
-        let snapshotRules = rules.compactMap { Self.rule($0, vmIndex: vmIndex, hostIndex: hostIndex) }
+        let switchRules = try await store.db.read { db in try NetworkService.placementRules(db, vmIndex: vmIndex, hostIndex: hostIndex) }
+        let snapshotRules = rules.compactMap { Self.rule($0, vmIndex: vmIndex, hostIndex: hostIndex) } + switchRules
         let snapshot = ClusterSnapshot(hosts: snapshotHosts, vms: snapshotVMs, rules: snapshotRules, memoryOvercommitRatio: cluster.overcommitRatio)
         let result = DRS.recommend(snapshot, settings: Self.settings(cluster), forecastMHz: forecast, held: held)
         return Evaluation(snapshot: snapshot, moves: result.moves, unresolved: result.unresolved,
@@ -164,6 +165,7 @@ final class DRSService: Sendable {
         let vmIndex = Dictionary(uniqueKeysWithValues: (others.map(\.id) + [vm.id]).enumerated().map { ($1, $0) })
         let rules = try RuleRecord.filter(Column("clusterId") == clusterId).order(Column("name")).fetchAll(db)
             .compactMap { rule($0, vmIndex: vmIndex, hostIndex: hostIndex) }
+            + NetworkService.placementRules(db, vmIndex: vmIndex, hostIndex: hostIndex)
         let ratio = try ClusterRecord.fetchOne(db, key: clusterId)?.overcommitRatio ?? 1
         return (ClusterSnapshot(hosts: snapshotHosts, vms: snapshotVMs, rules: rules, memoryOvercommitRatio: ratio), snapshotVMs.count - 1, hosts)
     }

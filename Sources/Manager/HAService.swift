@@ -239,7 +239,9 @@ final class HAService: Sendable {
                        memoryReservationMiB: vm.memoryReservationMiB, haPriority: vm.state == "unknown" ? Self.priority(vm.haPriority) : nil)
         }
         let ratio = try hosts.first.flatMap { try ClusterRecord.fetchOne(db, key: $0.clusterId) }?.overcommitRatio ?? 1
-        return (ClusterSnapshot(hosts: snapshotHosts, vms: snapshotVMs, memoryOvercommitRatio: ratio), vms.map(\.id))
+        // A restart lands only on hosts that carry the VM's switches.
+        let rules = try NetworkService.placementRules(db, vmIndex: Dictionary(uniqueKeysWithValues: vms.enumerated().map { ($1.id, $0) }), hostIndex: index)
+        return (ClusterSnapshot(hosts: snapshotHosts, vms: snapshotVMs, rules: rules, memoryOvercommitRatio: ratio), vms.map(\.id))
     }
 
     private func note(_ key: String, _ severity: EventLog.Severity, _ kind: String, _ vm: VMRecord, _ message: String) async {

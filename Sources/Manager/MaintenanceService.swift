@@ -124,7 +124,8 @@ final class MaintenanceService: Sendable {
     /// The best other host for a VM, by the same placement the scheduler uses.
     private func chooseTarget(for vm: VMRecord, leaving host: HostRecord) async throws -> HostCandidate {
         try await store.db.read { [placement] db in
-            let candidates = try Inventory.candidates(db, excluding: vm.id).filter { $0.id != host.id }
+            let allowed = try NetworkService.allowedHosts(db, vmID: vm.id)
+            let candidates = try Inventory.candidates(db, excluding: vm.id).filter { $0.id != host.id && (allowed?.contains($0.id) ?? true) }
             return try placement.place(vm.placementRequest, on: candidates).get()
         }
     }

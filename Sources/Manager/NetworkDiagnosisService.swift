@@ -13,7 +13,7 @@ extension NetworkService {
         for d in /sys/class/net/*; do n=${d##*/}; echo "if $n $(cat $d/address) $(cat $d/operstate) $(cat $d/carrier 2>/dev/null || echo 0)"; done; \
         ip -o -4 addr show | while read -r i n f a rest; do echo "addr $n $a"; done; \
         sed -n 's/^\\([^ ]*\\) *| *\\([0-9]*\\) *| *\\([^ ]*\\).*/vlan \\1 \\2 \\3/p' /proc/net/vlan/config 2>/dev/null; \
-        echo nft; nft list ruleset 2>/dev/null
+        echo nft; nft list ruleset 2>/dev/null; exit 0
         """
 
     func diagnose(_ fromReference: String, _ toReference: String) async throws -> (String, String, NetworkDiagnosis.Result) {
@@ -27,13 +27,19 @@ extension NetworkService {
         if sideA.nic == nil, sideB.nic == nil {
             throw ShepherdError(.illegalState, "neither '\(a.name)' nor '\(b.name)' has a NIC: nothing connects them (shepherd nic add VM --portgroup …)")
         }
-        if let physicalSwitch, let neighbors = try? await PhysicalSwitch.neighbors(of: physicalSwitch) {
-            for index in [0, 1] {
+        var switchProblem: String?
+        if let physicalSwitch {
+            do {
+                let neighbors = try await PhysicalSwitch.neighbors(of: physicalSwitch)
+                for index in [0, 1] {
                 var side = index == 0 ? sideA : sideB
                 side.switchPorts = neighbors.filter { $0.host == side.host }.map {
                     NetworkDiagnosis.SwitchPort(port: $0.port, nic: $0.nic, up: $0.up, allowed: $0.allowed)
                 }
                 if index == 0 { sideA = side } else { sideB = side }
+                }
+            } catch {
+                switchProblem = "the physical switch (\(physicalSwitch.database)) could not be read: \(error)"
             }
         }
         // A real probe: ping from A to B's address in a shared subnet (or B's first).
@@ -47,7 +53,15 @@ extension NetworkService {
                 probe = result.map { $0.exitCode == 0 }
             }
         }
-        return (a.name, b.name, NetworkDiagnosis.diagnose(sideA, sideB, probe: probe))
+        var result = NetworkDiagnosis.diagnose(sideA, sideB, probe: probe)
+        if let switchProblem {
+            result.hops = result.hops.map { hop in
+                var hop = hop
+                if hop.name == "physical switch", hop.status == .skip { hop.evidence = switchProblem }
+                return hop
+            }
+        }
+        return (a.name, b.name, result)
     }
 
     /// The NIC of each VM to check: a pair on one DVS, preferring one VLAN; else each one's first.

@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import HostKit
+import Scheduling
 import Synchronization
 import ShepherdCore
 
@@ -97,9 +98,52 @@ final class NetworkService: Sendable {
             """, arguments: [vmID]))
     }
 
+    /// The hosts a VM can run on for its NICs: those on every DVS of its NICs (nil: no NICs, any host).
+    static func allowedHosts(_ db: Database, vmID: String) throws -> Set<String>? {
+        let dvses = try String.fetchAll(db, sql: """
+            SELECT DISTINCT portGroup.dvsId FROM nic JOIN portGroup ON portGroup.id = nic.portGroupId WHERE nic.vmId = ?
+            """, arguments: [vmID])
+        guard !dvses.isEmpty else { return nil }
+        var allowed: Set<String>?
+        for id in dvses {
+            let hosts = Set(try String.fetchAll(db, sql: "SELECT hostId FROM dvsHost WHERE dvsId = ?", arguments: [id]))
+            allowed = allowed.map { $0.intersection(hosts) } ?? hosts
+        }
+        return allowed
+    }
+
+    /// Mandatory VM-to-hosts rules from the VMs' NICs, one per DVS ("DVS 'prod'"): placement,
+    /// HA restarts and DRS keep a VM on hosts that carry its switches.
+    static func placementRules(_ db: Database, vmIndex: [String: Int], hostIndex: [String: Int]) throws -> [PlacementRule] {
+        let rows = try Row.fetchAll(db, sql: """
+            SELECT DISTINCT nic.vmId AS vm, dvs.id AS dvs, dvs.name AS name FROM nic
+            JOIN portGroup ON portGroup.id = nic.portGroupId JOIN dvs ON dvs.id = portGroup.dvsId
+            """)
+        var members: [String: (name: String, vms: [Int])] = [:]
+        for row in rows {
+            guard let index = vmIndex[row["vm"] as String] else { continue }
+            members[row["dvs"] as String, default: (row["name"] as String, [])].vms.append(index)
+        }
+        return try members.sorted { $0.key < $1.key }.map { id, entry in
+            let hosts = Set(try String.fetchAll(db, sql: "SELECT hostId FROM dvsHost WHERE dvsId = ?", arguments: [id]).compactMap { hostIndex[$0] })
+            return .vmToHosts(name: "DVS '\(entry.name)' (its NICs)", vms: entry.vms, hosts: hosts, mandatory: true)
+        }
+    }
+
     /// What the VM's host runs: each NIC with its bridge and VLAN setting, by slot.
     static func definitions(_ db: Database, vmID: String) throws -> [AgentWire.NICDefinition] {
         try NICRecord.filter(Column("vmId") == vmID).order(Column("slot")).fetchAll(db).map { try definition(db, $0) }
+    }
+
+    /// A clone's NICs: the source's, on the same port groups and slots, each with a new MAC and
+    /// no address (two guests with one MAC or one IP on a network break both).
+    static func copyNICs(_ db: Database, from source: String, to clone: String) throws {
+        for nic in try NICRecord.filter(Column("vmId") == source).fetchAll(db) {
+            var mac = Networking.newMAC()
+            while try NICRecord.filter(Column("mac") == mac).fetchCount(db) > 0 { mac = Networking.newMAC() }
+            try NICRecord(id: newID(), vmId: clone, name: nic.name, portGroupId: nic.portGroupId, mac: mac, ip: nil, rateMbit: nic.rateMbit,
+                          linkUp: nic.linkUp, slot: nic.slot, createdAt: Date()).insert(db)
+        }
     }
 
     static func definition(_ db: Database, _ nic: NICRecord) throws -> AgentWire.NICDefinition {
@@ -130,6 +174,10 @@ final class NetworkService: Sendable {
         for (host, nics) in request.uplinks {
             try Validate.name(host, field: "uplinks.host")
             for nic in nics { try Self.checkNICName(nic, field: "uplinks.nics") }
+            if Set(nics).count != nics.count { throw ShepherdError.invalidField("uplinks.nics", "\(host) lists a NIC twice (\(nics.joined(separator: ",")))") }
+        }
+        if let hosts = request.hosts, Set(hosts).count != hosts.count {
+            throw ShepherdError.invalidField("hosts", "a host is listed twice (\(hosts.joined(separator: ",")))")
         }
         let bridge = Networking.bridgeName(dvs: request.name)
         let (cluster, hosts) = try await store.db.read { db -> (ClusterRecord, [HostRecord]) in
@@ -159,8 +207,11 @@ final class NetworkService: Sendable {
             for name in request.uplinks.keys where !hosts.contains(where: { $0.name == name }) {
                 throw ShepherdError.invalidField("uplinks", "'\(name)' is not one of the DVS's hosts (\(hosts.map(\.name).joined(separator: ", ")))")
             }
-            guard !hosts.isEmpty else { throw ShepherdError.invalidField("hosts", "cluster '\(cluster.name)' has no hosts to put on the DVS") }
-            return (cluster, hosts)
+            // A DVS for the whole cluster skips hosts that cannot be reached now; they join it
+            // on their first heartbeat back. Named hosts must all be there.
+            let reachable = request.hosts == nil ? hosts.filter { $0.hostState == .connected || $0.hostState == .maintenance } : hosts
+            guard !reachable.isEmpty else { throw ShepherdError.invalidField("hosts", "cluster '\(cluster.name)' has no connected hosts to put on the DVS") }
+            return (cluster, reachable)
         }
         let record = DVSRecord(id: newID(), name: request.name, clusterId: cluster.id, bridge: bridge,
                                bondMode: (request.bondMode ?? .activeBackup).rawValue, allHosts: request.hosts == nil, createdAt: Date())
@@ -182,6 +233,7 @@ final class NetworkService: Sendable {
     func addHost(_ reference: String, host hostName: String, uplinks given: [String]?) async throws -> DVSView {
         try Validate.name(hostName, field: "host")
         for nic in given ?? [] { try Self.checkNICName(nic, field: "uplinks") }
+        if let given, Set(given).count != given.count { throw ShepherdError.invalidField("uplinks", "a NIC is listed twice (\(given.joined(separator: ",")))") }
         let (record, host) = try await store.db.read { db -> (DVSRecord, HostRecord) in
             let record = try Self.dvs(db, reference)
             let host = try Inventory.host(db, hostName, field: "host")
@@ -232,7 +284,8 @@ final class NetworkService: Sendable {
                 _ = try await agents.applySwitch(Inventory.endpoint(host), .init(dvs: record.name, bridge: record.bridge, uplinks: uplinks, bondMode: record.bond))
                 done.append(host)
             } catch {
-                for undone in done { try? await agents.removeSwitch(Inventory.endpoint(undone), bridge: record.bridge) }
+                // The failing host too: it may have built part of it.
+                for undone in done + [host] { try? await agents.removeSwitch(Inventory.endpoint(undone), bridge: record.bridge) }
                 let code = (error as? ShepherdError)?.code ?? .agentFailed
                 throw ShepherdError(code, "DVS '\(record.name)' could not be built on '\(host.name)': \((error as? ShepherdError)?.message ?? "\(error)")\(done.isEmpty ? "" : "; removed again from \(done.map(\.name).joined(separator: ", "))"); nothing was created")
             }
@@ -262,6 +315,13 @@ final class NetworkService: Sendable {
             let rows = try DVSHostRecord.filter(Column("hostId") == hostID).fetchAll(db)
             return (host, try rows.compactMap { row in try DVSRecord.fetchOne(db, key: row.dvsId).map { ($0, row.uplinkList) } })
         }) else { return }
+        // Bridges the host still builds for a DVS this manager no longer has (deleted while the host was away).
+        if let network = try? await agents.network(Inventory.endpoint(host)) {
+            let known = Set((try? await store.db.read { db in try DVSRecord.fetchAll(db).map(\.bridge) }) ?? [])
+            for stale in network.switches where stale.wanted != nil && !known.contains(stale.bridge) {
+                try? await agents.removeSwitch(Inventory.endpoint(host), bridge: stale.bridge)
+            }
+        }
         for (record, uplinks) in switches {
             do {
                 _ = try await agents.applySwitch(Inventory.endpoint(host), .init(dvs: record.name, bridge: record.bridge, uplinks: uplinks, bondMode: record.bond))
@@ -272,9 +332,10 @@ final class NetworkService: Sendable {
         }
     }
 
-    /// Deletes a DVS (refused while a NIC is on one of its port groups) from every host.
+    /// Deletes a DVS (refused while a NIC is on one of its port groups), then removes it from
+    /// every host; a host that cannot be reached drops it when it comes back (sync).
     func delete(_ reference: String) async throws {
-        let (record, hosts) = try await store.db.read { db -> (DVSRecord, [HostRecord]) in
+        let (record, hosts) = try await store.db.write { db -> (DVSRecord, [HostRecord]) in
             let record = try Self.dvs(db, reference)
             let nics = try NICRecord.fetchAll(db, sql: "SELECT nic.* FROM nic JOIN portGroup ON portGroup.id = nic.portGroupId WHERE portGroup.dvsId = ?",
                                               arguments: [record.id])
@@ -284,13 +345,14 @@ final class NetworkService: Sendable {
             }
             let hosts = try HostRecord.fetchAll(db, sql: "SELECT host.* FROM host JOIN dvsHost ON dvsHost.hostId = host.id WHERE dvsHost.dvsId = ?",
                                                 arguments: [record.id])
+            // In the same transaction as the check: no NIC can join it meanwhile.
+            try DVSRecord.deleteOne(db, key: record.id)
             return (record, hosts)
         }
         var unreachable: [String] = []
         for host in hosts {
             do { try await agents.removeSwitch(Inventory.endpoint(host), bridge: record.bridge) } catch { unreachable.append("\(host.name) (\(error))") }
         }
-        _ = try await store.db.write { db in try DVSRecord.deleteOne(db, key: record.id) }
         await events.record(unreachable.isEmpty ? .info : .warning, "dvs.deleted", targetType: "dvs", targetId: record.id, targetName: record.name,
                             unreachable.isEmpty ? "removed from \(hosts.count) host(s)" : "deleted; bridge \(record.bridge) may remain on \(unreachable.joined(separator: ", "))")
     }
@@ -453,6 +515,7 @@ final class NetworkService: Sendable {
             let group = try Self.portGroup(db, groupName)
             let dvs = try Self.dvs(db, group.dvsId)
             try Self.checkHostOnDVS(db, host: host, dvs: dvs, vm: vm)
+            try Self.checkAddress(db, ip, on: group, except: nil)
             let existing = try NICRecord.filter(Column("vmId") == vm.id).fetchAll(db)
             guard let slot = Networking.nicSlots.first(where: { slot in !existing.contains { $0.slot == slot } }) else {
                 throw ShepherdError(.insufficientResources, "'\(vm.name)' has \(existing.count) NICs, the most a VM can have")
@@ -482,6 +545,8 @@ final class NetworkService: Sendable {
                 await release(vm.id, task: task.id)
                 return message
             } catch {
+                // The host may have plugged it before the error (a timeout): take it out there too.
+                try? await agents.removeNIC(Inventory.endpoint(host), vm: vm.id, nicID: nic.id)
                 _ = try? await store.db.write { db in try NICRecord.deleteOne(db, key: nic.id) }
                 await release(vm.id, task: task.id)
                 throw failure(error, rolledBack: "'\(vm.name)' has no new NIC")
@@ -507,6 +572,9 @@ final class NetworkService: Sendable {
             }
             if let ip { new.ip = ip }
             if let rate { new.rateMbit = rate }
+            if new.ip != old.ip || new.portGroupId != old.portGroupId {
+                try Self.checkAddress(db, new.ip, on: try Self.portGroup(db, new.portGroupId), except: old.id)
+            }
             if let link = request.linkUp { new.linkUp = link }
             let task = tasks.newTask(kind: "nic.update", targetType: "vm", targetId: vm.id, targetName: vm.name)
             try VMService.hold(db, &vm, for: task)
@@ -577,6 +645,21 @@ final class NetworkService: Sendable {
         if old.rateMbit != new.rateMbit { parts.append("rate \(new.rateMbit.map { "\($0) Mbit/s" } ?? "unlimited")") }
         if old.portGroupId != new.portGroupId { parts.append("moved to another port group") }
         return parts.isEmpty ? "nothing changed" : parts.joined(separator: ", ")
+    }
+
+    /// An address Shepherd sets must be reachable (not on a trunk, where the guest tags its own
+    /// frames) and not another NIC's on the same port group.
+    private static func checkAddress(_ db: Database, _ ip: String?, on group: PortGroupRecord, except nicID: String?) throws {
+        guard let ip, let address = try? Networking.IPv4CIDR(ip) else { return }
+        if case .trunk = group.setting {
+            throw ShepherdError.invalidField("ip", "'\(group.name)' is a trunk: its guest tags its own frames, so an untagged address there reaches nothing; set the address on the guest's VLAN interface, or use an access port group")
+        }
+        for other in try NICRecord.filter(Column("portGroupId") == group.id && Column("ip") != nil).fetchAll(db) where other.id != nicID {
+            if let theirs = try? Networking.IPv4CIDR(other.ip ?? ""), theirs.address == address.address {
+                let owner = try VMRecord.fetchOne(db, key: other.vmId)?.name ?? other.vmId
+                throw ShepherdError(.alreadyExists, "ip: \(address.address) is already \(other.name) of '\(owner)' on port group '\(group.name)'")
+            }
+        }
     }
 
     private static func checkHostOnDVS(_ db: Database, host: HostRecord, dvs: DVSRecord, vm: VMRecord) throws {

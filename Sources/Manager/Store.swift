@@ -359,7 +359,8 @@ struct PortGroupRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
 
     var setting: PortGroupVLAN {
         if let vlan { return .access(vlan) }
-        return .trunk((try? Networking.parseVLANs(trunks ?? "", field: "trunks")) ?? [])
+        // A list that does not parse (never written so) isolates rather than opens every VLAN.
+        return (try? Networking.parseVLANs(trunks ?? "", field: "trunks")).map(PortGroupVLAN.trunk) ?? .access(4095)
     }
 }
 

@@ -158,6 +158,7 @@ final class VMService: Sendable {
             clone.size = source.size
             try Self.hold(db, &source, for: task)
             try clone.insert(db)
+            try NetworkService.copyNICs(db, from: source.id, to: clone.id)
             return (source, clone, host, target, task, try DiskService.attached(db, vmID: source.id))
         }
         tasks.run(task) { [self] progress in

@@ -207,9 +207,14 @@ struct NetworkTests {
 
             try await Self.nicTask(cluster, "PATCH", "/api/v1/vms/b/nics/nic0", #"{"portGroup":"db"}"#)
             try await expectFault("b on VLAN 200", ["VLAN", "VLAN 100", "VLAN 200"])
-            try await Self.nicTask(cluster, "PATCH", "/api/v1/vms/b/nics/nic0", #"{"portGroup":"tagged"}"#)
+            // Shepherd refuses an address on a trunk; the mistake happens when the guest sets one itself.
+            let (refused, why) = try await cluster.raw("PATCH", "/api/v1/vms/b/nics/nic0", token: cluster.adminToken, body: #"{"portGroup":"tagged"}"#)
+            #expect(refused == 400 && why.contains("trunk"), "\(why)")
+            try await Self.nicTask(cluster, "PATCH", "/api/v1/vms/b/nics/nic0", #"{"ip":"","portGroup":"tagged"}"#)
+            let own = try await cluster.exec("b", ["sh", "-c", "ip addr add 10.9.2.12/24 dev $(ip -o link | grep -v ' lo:' | head -1 | cut -d: -f2 | tr -d ' ')"])
+            try #require(own.exitCode == 0, "\(own.stderr)")
             try await expectFault("b on a trunk sending untagged", ["trunk", "untagged"])
-            try await Self.nicTask(cluster, "PATCH", "/api/v1/vms/b/nics/nic0", #"{"portGroup":"web"}"#)
+            try await Self.nicTask(cluster, "PATCH", "/api/v1/vms/b/nics/nic0", #"{"portGroup":"web","ip":"10.9.2.12/24"}"#)
             try await expectHealthy("b back on web")
 
             let physical = try #require(cluster.physicalSwitch)

@@ -306,6 +306,26 @@ struct NetworkAPITests {
         }
     }
 
+    @Test("placement keeps a VM with NICs on the hosts of its DVS: maintenance moves it past a host without the switch; a VM without NICs goes to the first choice")
+    func placementFollowsTheSwitch() async throws {
+        try await TestCluster.with(driver: "fake", hosts: 3) { cluster in
+            // host-2 (the lowest-numbered other host, placement's first choice) is not on the switch.
+            #expect(try await Self.call(cluster, "POST", "/api/v1/dvs", #"{"name":"edge","hosts":["host-1","host-3"]}"#).0 == 201)
+            #expect(try await Self.call(cluster, "POST", "/api/v1/dvs/edge/portgroups", #"{"name":"dmz","vlan":30}"#).0 == 201)
+            for name in ["n1", "plain"] {
+                #expect(try await cluster.createVM(name, host: "host-1").state == .succeeded)
+                #expect(try await cluster.start(name).state == .succeeded)
+            }
+            let added = try await Self.finished(cluster, try await Self.call(cluster, "POST", "/api/v1/vms/n1/nics", #"{"portGroup":"dmz"}"#))
+            #expect(added.succeeded, "\(added.message)")
+            let entered = try await cluster.maintenance("enter", "host-1")
+            #expect(entered.state == .succeeded, "\(entered.error?.message ?? entered.message)")
+            #expect(try await cluster.vm("n1").hostName == "host-3", "the VM with a NIC on 'edge' goes where 'edge' is")
+            #expect(try await cluster.vm("plain").hostName == "host-2", "a VM without NICs goes to placement's first choice")
+            #expect(try await cluster.maintenance("exit", "host-1").state == .succeeded)
+        }
+    }
+
     // MARK: diagnosis
 
     @Test("diagnosing two VMs without NICs is refused saying neither has one; an unknown VM is not found")
