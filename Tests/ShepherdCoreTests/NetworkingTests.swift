@@ -1,15 +1,12 @@
 import Testing
 @testable import ShepherdCore
 
-/// SplitMix64: a tiny seeded generator, so MAC tests are the same on every run.
-private struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
+/// A generator that counts: the same MACs on every run, each call's bytes different.
+private struct CountingGenerator: RandomNumberGenerator {
+    var value: UInt64
     mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
+        value &+= 0x0123_4567_89ab_cdef
+        return value
     }
 }
 
@@ -101,7 +98,7 @@ struct NetworkingTests {
 
     @Test("new MACs carry QEMU's prefix, are valid, and differ from one call to the next")
     func newMACs() throws {
-        var generator = SeededGenerator(state: 42)
+        var generator = CountingGenerator(value: 42)
         let first = Networking.newMAC(using: &generator)
         let second = Networking.newMAC(using: &generator)
         for mac in [first, second, Networking.newMAC()] {
@@ -109,7 +106,7 @@ struct NetworkingTests {
             #expect(try Networking.normalizeMAC(mac) == mac)
         }
         #expect(first != second)
-        var replay = SeededGenerator(state: 42)
+        var replay = CountingGenerator(value: 42)
         #expect(Networking.newMAC(using: &replay) == first)
     }
 
