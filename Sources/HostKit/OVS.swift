@@ -184,6 +184,15 @@ public struct OVS: Sendable, Equatable {
         try await vsctl(arguments)
     }
 
+    /// An interface's external id `key`, nil when the interface or the id does not exist.
+    public func externalID(of interface: String, key: String) async throws -> String? {
+        try Net.checkLinkName(interface)
+        try Self.checkID(key)
+        let value = try await vsctl(["--if-exists", "get", "Interface", interface, "external_ids:\(key)"])
+            .trimmingCharacters(in: .whitespacesAndNewlines).trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+        return value.isEmpty ? nil : value
+    }
+
     public func deletePort(_ port: String, bridge: String? = nil) async throws {
         try Net.checkLinkName(port)
         try await vsctl(["--if-exists", "del-port"] + (bridge.map { [$0] } ?? []) + [port])

@@ -52,6 +52,10 @@ extension GuestSupervisor {
                 guard bridges.contains(nic.bridge) else {
                     throw ShepherdError(.preflightFailed, "NIC \(nic.name) of '\(definition.name)' needs bridge \(nic.bridge), which this host does not have (is the host on the NIC's DVS?)")
                 }
+                // Tap names are a hash of the NIC's id: never take over another NIC's.
+                if Net.linkExists(nic.tap), let owner = (try? await network.externalID(of: nic.tap, key: "shepherd-nic")) ?? nil, owner != nic.id {
+                    throw ShepherdError(.alreadyExists, "NIC \(nic.name) of '\(definition.name)' would use tap \(nic.tap), which another NIC (\(owner)) has on this host; remove the NIC and add it again (a new id, a new tap)")
+                }
                 try await Net.addTap(nic.tap)
                 plugged.append(nic)
                 try await network.addPort(nic.tap, bridge: nic.bridge, vlan: NICDevices.vlan(nic),

@@ -88,9 +88,10 @@ struct MigrationTests {
 
     /// At 4 MiB/s the copy cannot finish without the manager's policy: the source keeps the
     /// guest. At 32 MiB/s QEMU finishes it alone while the manager is down: the target runs the
-    /// guest, so the VM is recorded there.
+    /// guest, so the VM is recorded there. (30 s down: on a loaded machine a TCG guest's own
+    /// dirtying kept QEMU from switching over within 15 s once, in a fresh-clone run.)
     @Test("a manager killed mid-migration settles it when it is back: the VM runs once, where the hosts say, and answers",
-          arguments: [("4", 3, "host-1"), ("32", 15, "host-2")])
+          arguments: [("4", 3, "host-1"), ("32", 30, "host-2")])
     func managerRestartMidMigration(bandwidth: String, downSeconds: Int, expectedHost: String) async throws {
         try await TestCluster.with(driver: "qemu", hosts: 2, managerArguments: ["--migration-max-bandwidth", bandwidth, "--no-postcopy"]) { cluster in
             _ = try await cluster.createVM("mig5", memoryMiB: 256, host: "host-1")
