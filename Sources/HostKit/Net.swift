@@ -74,14 +74,6 @@ public enum Net {
                                        "latency", "50ms"], timeout: timeout)
     }
 
-    /// Renames a link inside namespace `ns`.
-    public static func rename(_ link: String, to name: String, inNamespace ns: String) async throws {
-        try checkLinkName(link)
-        try checkLinkName(name)
-        try checkNamespaceName(ns)
-        try await ip(["-n", ns, "link", "set", "dev", link, "name", name])
-    }
-
     /// Brings `link` in namespace `ns` up or down.
     public static func setLink(_ link: String, up: Bool, inNamespace ns: String) async throws {
         try checkLinkName(link)

@@ -47,8 +47,8 @@ extension GuestSupervisor {
         let network = try requireSwitch(for: nics)
         var plugged: [AgentWire.NICDefinition] = []
         do {
+            let bridges = try await network.bridges()
             for nic in nics {
-                let bridges = try await network.bridges()
                 guard bridges.contains(nic.bridge) else {
                     throw ShepherdError(.preflightFailed, "NIC \(nic.name) of '\(definition.name)' needs bridge \(nic.bridge), which this host does not have (is the host on the NIC's DVS?)")
                 }
