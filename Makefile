@@ -20,7 +20,7 @@ build: deps
 
 # The guest image is built once and kept (guest/ is not in git).
 guest: deps $(GUEST)/manifest.json
-$(GUEST)/manifest.json: scripts/build-guest-image.sh
+$(GUEST)/manifest.json: scripts/build-guest-image.sh scripts/guest-dirty.c
 	scripts/build-guest-image.sh $(GUEST)
 
 install: build

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build Shepherd's tiny test guest: Debian 12 cloud kernel + busybox initramfs
-# + ext4 root filesystem (busybox, qemu-guest-agent, nft, iperf3) in a qcow2
-# image.
+# + ext4 root filesystem (busybox, qemu-guest-agent, nft, iperf3, and `dirty`,
+# a memory dirtier built here from scripts/guest-dirty.c) in a qcow2 image.
 #
 # Usage: scripts/build-guest-image.sh [OUTDIR]     (default: <repo>/guest/tiny)
 #
@@ -16,7 +16,7 @@
 #
 # Host packages needed (Debian 12): apt dpkg kmod busybox-static
 #   qemu-guest-agent nftables iperf3 qemu-utils e2fsprogs cpio gzip lz4
-#   coreutils libc-bin
+#   coreutils libc-bin gcc libc6-dev
 set -euo pipefail
 
 die() { echo "build-guest-image: error: $*" >&2; exit 1; }
@@ -50,6 +50,8 @@ need() { # need TOOL PACKAGE
 need apt-get apt; need apt-cache apt; need dpkg-deb dpkg; need dpkg-query dpkg
 need modinfo kmod; need mke2fs e2fsprogs; need qemu-img qemu-utils
 need cpio cpio; need gzip gzip; need ldd libc-bin; need sha256sum coreutils
+need gcc gcc
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || die "the static C library is missing; install Debian package 'libc6-dev'"
 BUSYBOX=/bin/busybox
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed' \
     || die "busybox-static is not installed; install Debian package 'busybox-static'"
@@ -233,6 +235,8 @@ install_with_libs() { # install_with_libs BINARY
     done <<<"$libs"
 }
 for p in "${GUEST_PROGRAMS[@]}"; do install_with_libs "${p%%:*}"; done
+# The memory dirtier for migration tests and benchmarks: static, so it needs no library.
+gcc -static -O2 -Wall -o "$R/usr/bin/dirty" "$REPO_ROOT/scripts/guest-dirty.c" || die "cannot compile scripts/guest-dirty.c"
 
 echo tiny > "$R/etc/hostname"
 cat > "$R/etc/hosts" <<'EOF'
@@ -406,6 +410,7 @@ cat > "$WORK/manifest.json" <<EOF
     "nftables": "$NFT_VERSION",
     "iperf3": "$IPERF3_VERSION"
   },
+  "programs": ["dirty"],
   "initrdModules": [$(printf '"%s",' "${ORDER[@]}" | sed 's/,$//')],
   "guestAgentPort": "org.qemu.guest_agent.0",
   "sha256": {

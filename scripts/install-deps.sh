@@ -9,6 +9,7 @@ packages=(
   qemu-guest-agent     # copied into the guest image: the "tools"
   nftables iperf3      # copied into the guest image: firewall rules and traffic for network tests
   busybox-static       # the guest's userland
+  gcc libc6-dev        # the guest's static memory dirtier (scripts/guest-dirty.c)
   cpio gzip lz4 xz-utils zstd e2fsprogs kmod dpkg apt   # building the guest image
   iproute2             # network namespaces, veth, bridges for the demo
   openvswitch-switch   # each host's distributed virtual switch (user-space datapath) and the demo's physical switch

@@ -6,8 +6,10 @@ import ShepherdCore
 /// without it, so the hosts say what happened: if the target runs the guest, the switch-over
 /// took place — the VM is recorded there (with the disks the target runs on) once the source has
 /// finished sending, and the source's QEMU ends; otherwise the source keeps the guest — its
-/// migration is cancelled (a paused source resumes) and the target's QEMU ends. Until it is
-/// settled, heartbeats leave such a VM alone (`HostService.reconcile`).
+/// migration is cancelled (a paused source resumes) and the target's QEMU ends — unless QEMU had
+/// finished sending and the guest then ended on the target: the source's memory is older than
+/// what ran there, so neither side resumes and the VM is recorded crashed, to boot from its disks.
+/// Until it is settled, heartbeats leave such a VM alone (`HostService.reconcile`).
 extension MigrationService {
     static let recoveryRetry: Duration = .seconds(5)
     static let recoveryPatience: Duration = .seconds(600)
@@ -83,17 +85,41 @@ extension MigrationService {
             return "the migration to \(target.name) had switched over when the manager stopped: '\(vm.name)' runs there; its old QEMU on \(source.name) ended"
         }
 
-        // Not switched over: the guest stays on the source.
+        // Not switched over: the guest stays on the source — unless the source had sent it all.
         let onSource = try await agents.status(from, vm: vm.id)
+        let sourceAlive = onSource.power == .running || onSource.power == .paused
+        // Every answer below decides whether stale memory may run: none is guessed (a failure retries).
+        let sent = sourceAlive ? try await agents.migrationProgress(from, vm: vm.id).status : "none"
+        // The disks the manager records for the VM; a whole-VM migration's target made its own copies.
+        let recorded = try await store.db.read { db in Set([vm.diskPath] + (try DiskService.attached(db, vmID: vm.id).map(\.path))) }
+        let targetDisks = onTarget == nil ? [] : try await agents.definition(to, vm: vm.id).diskPaths
+        let memoryOnly = targetDisks.allSatisfy(recorded.contains)
+        if sent.hasPrefix("postcopy") {
+            // Part of the guest's memory is on each host and the target does not run it: neither can.
+            let reason = "a post-copy migration to \(target.name) was cut off by a manager restart and the target does not run the guest (\(onTarget?.power.rawValue ?? "gone")): its memory is split between \(source.name) and \(target.name), so neither side can safely resume it"
+            try await vms.setLifecycle(vm.id, .unknown(reason: reason))
+            return reason
+        }
+        if sent == "completed", memoryOnly {
+            // QEMU finished on its own, and a memory-only target starts the guest at once (it is
+            // not held with -S). Still loading: wait for it (retried). Gone: what ran there may
+            // have written the disks, so the source's paused memory is older than they may be;
+            // resuming it could corrupt the guest's file systems. Both end; it boots from its disks.
+            if onTarget?.power == .paused {
+                throw ShepherdError(.illegalState, "the target on \(target.name) has the whole guest but does not run it yet")
+            }
+            let why = onTarget.map { $0.reason ?? $0.power.rawValue } ?? "the target no longer knows the VM"
+            try await agents.release(from, vm: vm.id)
+            if onTarget != nil { try await agents.release(to, vm: vm.id) }
+            let reason = "the migration to \(target.name) completed while the manager was away and the guest then ended there (\(why)); its paused copy on \(source.name) is older than what may have run on \(target.name), so it was not resumed"
+            try await vms.setLifecycle(vm.id, .crashed(reason: reason))
+            return reason + "; it boots from its disks with `shepherd vm start`"
+        }
         try? await agents.cancelMigration(from, vm: vm.id)
         var targetNote = ""
         if onTarget != nil {
-            // A whole-VM migration's target made its own copies of the disks: they go with it.
-            let copies = (try? await agents.definition(to, vm: vm.id)).map { [$0.disk] + $0.disks.map(\.path) } ?? []
-            let sourceDefinition = try? await agents.definition(from, vm: vm.id)
-            let sourceFiles = Set(sourceDefinition.map { [$0.disk] + $0.disks.map(\.path) } ?? [])
             try await agents.release(to, vm: vm.id)
-            for path in copies where !sourceFiles.contains(path) { try? await agents.deleteDisk(to, path: path) }
+            for path in targetDisks where !recorded.contains(path) { try? await agents.deleteDisk(to, path: path) }
             targetNote = "; its half-started copy on \(target.name) ended"
         }
         guard onSource.power == .running || onSource.power == .paused else {

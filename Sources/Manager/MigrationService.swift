@@ -246,11 +246,13 @@ final class MigrationService: Sendable {
             }
             decisions.append("pre-copy with max-bandwidth \(settings.maxBandwidthBytes >> 20) MiB/s, downtime limit \(settings.downtimeLimitMs) ms, auto-converge and XBZRLE on")
             var final: AgentWire.MigrationProgress
+            var abandonedBytes: Int64 = 0
             do {
                 final = try await watch(vm: vm, from: from, to: to, target: target, timeoutSeconds: timeoutSeconds, postcopyArmed: false,
                                         postcopyAllowed: storage == nil, cancel: cancel, progress: progress, decisions: &decisions)
             } catch let needed as PostcopyNeeded {
                 decisions.append("after \(String(format: "%.1f", needed.afterSeconds)) s: \(needed.reason) (the migration restarted with post-copy armed)")
+                abandonedBytes = needed.sentBytes
                 try await agents.cancelMigration(from, vm: vm.id)
                 try await agents.release(to, vm: vm.id)
                 incoming = try await startAttempt(vm: vm, definition: definition, from: from, to: to, target: target,
@@ -309,7 +311,7 @@ final class MigrationService: Sendable {
             do { try await agents.syncClock(to, vm: vm.id) } catch {
                 decisions.append("guest clock not set: the tools did not answer")
             }
-            let summary = "migrated to \(target.name) in \(Int(switchedAfter / .milliseconds(1))) ms (QEMU's last attempt: \(final.totalTimeMs) ms); downtime \(final.downtimeMs.map { "\($0) ms" } ?? "unknown"); \(final.transferredBytes >> 20) MiB sent in \(final.passes) passes; policy: \(decisions.joined(separator: "; "))"
+            let summary = "migrated to \(target.name) in \(Int(switchedAfter / .milliseconds(1))) ms (QEMU's last attempt: \(final.totalTimeMs) ms); downtime \(final.downtimeMs.map { "\($0) ms" } ?? "unknown"); \(final.transferredBytes >> 20) MiB sent in \(final.passes) passes\(abandonedBytes > 0 ? " (\((final.transferredBytes + abandonedBytes) >> 20) MiB with the abandoned pre-copy)" : ""); policy: \(decisions.joined(separator: "; "))"
             await events.record(.info, "vm.migrated", targetType: "vm", targetId: vm.id, targetName: vm.name, "from \(source.name): \(summary)")
             return summary
         } catch {
@@ -387,8 +389,16 @@ final class MigrationService: Sendable {
         var inPostcopy = postcopyArmed
         var polls = 0
         var cancelNoted = false
+        var peakRemaining: Int64 = 0, peakThrottle = 0
+        // The throttle the published dirty rate was measured under (QEMU raises it at a sync, then
+        // publishes the rate of the period before), and the guest's non-zero memory at the first sync.
+        var lastPasses = 0, throttleSeen = 0, rateThrottle = 0
+        var nonZeroAtFirstSync: Int64?
+        func noteThrottle() {
+            if peakThrottle > 0 { decisions.append("auto-converge throttled the guest's vCPUs up to \(peakThrottle) %") }
+        }
         while true {
-            try await Task.sleep(for: .milliseconds(200))
+            try await Task.sleep(for: .milliseconds(100))
             polls += 1
             if cancel.isRaised {
                 guard inPostcopy else { throw ShepherdError(.cancelled, "cancelled by the user") }
@@ -400,39 +410,52 @@ final class MigrationService: Sendable {
             let state = try await agents.migrationProgress(from, vm: vm.id)
             switch state.status {
             case "completed":
+                noteThrottle()
                 return state
             case "failed", "cancelled", "cancelling":
                 throw ShepherdError(.agentFailed, "QEMU reports the migration \(state.status)\(state.error.map { ": " + $0 } ?? "")")
             default:
                 break
             }
-            if polls % 5 == 0 {
+            if polls % 10 == 0 {
                 let targetStatus = try await agents.status(to, vm: vm.id)
                 if targetStatus.power == .crashed || targetStatus.power == .stopped {
                     throw ShepherdError(.agentFailed, "the target QEMU on \(target.name) ended during the migration (\(targetStatus.reason ?? targetStatus.power.rawValue))")
                 }
             }
             if state.status == "postcopy-active" { inPostcopy = true; cancel.markPostcopy() }
+            // After the first pass, what waits to be sent is what the guest dirtied meanwhile.
+            if state.passes >= 2 { peakRemaining = max(peakRemaining, state.remainingBytes) }
+            if state.passes >= 2, nonZeroAtFirstSync == nil { nonZeroAtFirstSync = max(0, state.totalBytes - (state.zeroBytes ?? 0)) }
+            let throttle = state.cpuThrottlePercent ?? 0
+            if state.passes != lastPasses { rateThrottle = throttleSeen; lastPasses = state.passes }
+            throttleSeen = throttle
+            peakThrottle = max(peakThrottle, throttle)
             let sample = MigrationSample(
                 elapsedSeconds: Double(state.totalTimeMs) / 1000, pass: state.passes, remainingBytes: Double(state.remainingBytes),
                 transferredBytes: Double(state.transferredBytes), dirtyBytesPerSecond: Double(state.dirtyBytesPerSecond),
-                bandwidthBytesPerSecond: Double(state.bandwidthBytesPerSecond), expectedDowntimeMs: Double(state.expectedDowntimeMs))
+                bandwidthBytesPerSecond: Double(state.bandwidthBytesPerSecond), expectedDowntimeMs: Double(state.expectedDowntimeMs),
+                throttlePercent: Double(throttle), rateThrottlePercent: Double(rateThrottle), peakRemainingBytes: Double(peakRemaining),
+                nonZeroBytes: Double(nonZeroAtFirstSync ?? max(0, state.totalBytes - (state.zeroBytes ?? 0))))
             switch ConvergencePolicy.decide(sample, settings: convergence, inPostcopy: inPostcopy) {
             case .keepGoing:
                 break
             case .switchToPostcopy(let reason):
-                guard postcopyArmed else { throw PostcopyNeeded(reason: reason, afterSeconds: sample.elapsedSeconds) }
+                noteThrottle()
+                guard postcopyArmed else { throw PostcopyNeeded(reason: reason, afterSeconds: sample.elapsedSeconds, sentBytes: state.transferredBytes) }
                 decisions.append("after \(String(format: "%.1f", sample.elapsedSeconds)) s: \(reason)")
                 cancel.markPostcopy()
                 try await agents.startPostcopy(from, vm: vm.id)
                 inPostcopy = true
             case .abort(let reason):
+                noteThrottle()
                 decisions.append("aborted: \(reason)")
                 throw ShepherdError(.timedOut, reason)
             }
             let total = max(1, state.transferredBytes + state.remainingBytes)
             let percent = 10 + Int(85 * Double(state.transferredBytes) / Double(total))
-            await progress.update(percent, "\(inPostcopy ? "post-copy" : "pass \(state.passes)"): \(state.remainingBytes >> 20) MiB left, \(state.bandwidthBytesPerSecond >> 20) MiB/s, dirty \(state.dirtyBytesPerSecond >> 20) MiB/s, expected downtime \(state.expectedDowntimeMs) ms")
+            let throttled = throttle > 0 ? " (guest throttled \(throttle) %)" : ""
+            await progress.update(percent, "\(inPostcopy ? "post-copy" : "pass \(state.passes)"): \(state.remainingBytes >> 20) MiB left, \(state.bandwidthBytesPerSecond >> 20) MiB/s, dirty \(state.dirtyBytesPerSecond >> 20) MiB/s\(throttled), expected downtime \(state.expectedDowntimeMs) ms")
         }
     }
 }
@@ -472,4 +495,6 @@ final class CancelFlag: Sendable {
 struct PostcopyNeeded: Error {
     let reason: String
     let afterSeconds: Double
+    /// What the abandoned pre-copy attempt had sent.
+    let sentBytes: Int64
 }

@@ -3,6 +3,8 @@ public enum AgentWire {
     /// What a host needs to run a VM: the whole definition travels, so the agent can adopt the
     /// VM after its own restart without asking the manager.
     public struct VMDefinition: Codable, Sendable, Equatable {
+        /// The root disk and every data disk.
+        public var diskPaths: [String] { [disk] + disks.map(\.path) }
         public var id: String
         public var name: String
         public var cpus: Int
@@ -241,14 +243,19 @@ extension AgentWire {
         public var bandwidthBytesPerSecond: Int64
         public var passes: Int
         public var duplicatePages: Int64
+        /// The zero pages found so far, in bytes (sent as a marker, not as data).
+        public var zeroBytes: Int64?
+        /// How hard auto-converge throttles the guest's vCPUs now (0–99; nil when it does not).
+        public var cpuThrottlePercent: Int?
         public var error: String?
         public init(status: String, totalTimeMs: Int, downtimeMs: Int?, expectedDowntimeMs: Int, transferredBytes: Int64,
                     remainingBytes: Int64, totalBytes: Int64, dirtyBytesPerSecond: Int64, bandwidthBytesPerSecond: Int64,
-                    passes: Int, duplicatePages: Int64, error: String?) {
+                    passes: Int, duplicatePages: Int64, zeroBytes: Int64? = nil, cpuThrottlePercent: Int? = nil, error: String?) {
             self.status = status; self.totalTimeMs = totalTimeMs; self.downtimeMs = downtimeMs; self.expectedDowntimeMs = expectedDowntimeMs
             self.transferredBytes = transferredBytes; self.remainingBytes = remainingBytes; self.totalBytes = totalBytes
             self.dirtyBytesPerSecond = dirtyBytesPerSecond; self.bandwidthBytesPerSecond = bandwidthBytesPerSecond
-            self.passes = passes; self.duplicatePages = duplicatePages; self.error = error
+            self.passes = passes; self.duplicatePages = duplicatePages; self.zeroBytes = zeroBytes
+            self.cpuThrottlePercent = cpuThrottlePercent; self.error = error
         }
     }
 

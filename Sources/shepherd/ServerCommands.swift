@@ -20,6 +20,9 @@ struct ManagerCommand: AsyncParsableCommand {
 
     func run() async throws {
         for address in listen { _ = try ListenAddress.parse(address) }
+        // QEMU takes 1 ms and more; 0 would never let a migration switch over.
+        guard migrationDowntime >= 1 else { throw ValidationError("--migration-downtime must be at least 1 ms, not \(migrationDowntime)") }
+        guard migrationMaxBandwidth >= 0 else { throw ValidationError("--migration-max-bandwidth must be 0 (uncapped) or more MiB/s, not \(migrationMaxBandwidth)") }
         var configuration = ManagerConfiguration(
             stateDirectory: stateDir, listen: listen, hostReserveMiB: hostReserve,
             timing: VMTiming(toolsTimeoutSeconds: toolsTimeout, gracefulStopSeconds: stopTimeout),
