@@ -146,11 +146,6 @@ public enum ConvergencePolicy {
         public var throttlePercent: Double
     }
 
-    /// Seconds until the remaining memory fits the downtime, or nil when it never will (within an hour).
-    public static func predictedSeconds(_ sample: MigrationSample, settings: ConvergenceSettings = .init()) -> Double? {
-        predict(sample, settings: settings)?.seconds
-    }
-
     /// Follows QEMU pass by pass: each pass sends what the last one left while the guest dirties
     /// more (at most its dirty set); with auto-converge every second sync period in which the guest
     /// dirtied more than the trigger share of what was sent throttles it one step harder.

@@ -145,9 +145,9 @@ struct ConvergenceTests {
 
     @Test("prediction: pass after pass, about the remaining memory over the net rate; none when the guest keeps up with the link")
     func prediction() throws {
-        let seconds = try #require(ConvergencePolicy.predictedSeconds(sample(at: 5, remaining: 100, dirty: 50, bandwidth: 100)))
+        let seconds = try #require(ConvergencePolicy.predict(sample(at: 5, remaining: 100, dirty: 50, bandwidth: 100), settings: settings)?.seconds)
         #expect(abs(seconds - 1.97) < 0.01, "\(seconds)")   // 1 + 0.5 + … until 3 MiB (30 ms at 100 MiB/s) is left
-        #expect(ConvergencePolicy.predictedSeconds(sample(at: 5, dirty: 100, bandwidth: 100), settings: unthrottled) == nil)
-        #expect(ConvergencePolicy.predictedSeconds(sample(at: 5, dirty: 50, bandwidth: 0)) == nil)
+        #expect(ConvergencePolicy.predict(sample(at: 5, dirty: 100, bandwidth: 100), settings: unthrottled) == nil)
+        #expect(ConvergencePolicy.predict(sample(at: 5, dirty: 50, bandwidth: 0), settings: settings) == nil)
     }
 }
